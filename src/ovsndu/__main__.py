@@ -1,0 +1,5 @@
+"""``python -m ovsndu``: the command line."""
+
+from ovsndu.cli import main
+
+raise SystemExit(main())

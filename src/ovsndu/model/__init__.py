@@ -1,0 +1,41 @@
+"""The state model: nine immutable categories, canonical order, digests, diffs (pure)."""
+
+from ovsndu.model.state import (
+    CATEGORIES,
+    ENTRY_TYPES,
+    Conntrack,
+    Entry,
+    FdbEntry,
+    Flow,
+    Group,
+    Meter,
+    Port,
+    Route,
+    Snapshot,
+    TlvMapping,
+    TunnelNeighbor,
+    VswitchdInfo,
+    category_digest,
+    entry_from_dict,
+    sort_entries,
+)
+
+__all__ = [
+    "CATEGORIES",
+    "ENTRY_TYPES",
+    "Conntrack",
+    "Entry",
+    "FdbEntry",
+    "Flow",
+    "Group",
+    "Meter",
+    "Port",
+    "Route",
+    "Snapshot",
+    "TlvMapping",
+    "TunnelNeighbor",
+    "VswitchdInfo",
+    "category_digest",
+    "entry_from_dict",
+    "sort_entries",
+]

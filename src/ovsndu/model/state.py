@@ -1,0 +1,436 @@
+"""The typed, immutable picture of a vswitchd's runtime state: nine categories.
+
+Pure: no I/O.  Each category is a frozen dataclass; its ``VOLATILE`` fields
+(counters, durations, ages, remaining timeouts) are kept in the snapshot but
+left out of the canonical encoding, hence out of digests and comparisons.
+``IDENTITY`` names the fields that say *which* entry it is, so a diff can tell
+a changed entry from an added and a removed one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ovsndu.errors import ModelError
+
+CATEGORIES: tuple[str, ...] = (
+    "ports",
+    "tunnel_neighbors",
+    "flows",
+    "meters",
+    "groups",
+    "tlv_mappings",
+    "conntrack",
+    "fdb",
+    "routes",
+)
+
+FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Entry:
+    """Base of every category's entry."""
+
+    CATEGORY: ClassVar[str] = ""
+    IDENTITY: ClassVar[tuple[str, ...]] = ()
+    VOLATILE: ClassVar[frozenset[str]] = frozenset()
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields, as JSON/msgpack primitives (tuples become lists)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def stable(self) -> dict[str, Any]:
+        """The fields that carry across a restart: what digests cover."""
+        return {
+            f.name: _plain(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.name not in self.VOLATILE
+        }
+
+    def canonical(self) -> bytes:
+        """The canonical encoding: sorted-key compact JSON of :meth:`stable`."""
+        return json.dumps(
+            self.stable(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode()
+
+    def identity(self) -> tuple[Any, ...]:
+        """Which entry this is, independent of its other values."""
+        return tuple(_plain_key(getattr(self, name)) for name in self.IDENTITY)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _plain_key(value: Any) -> Any:
+    return "" if value is None else value
+
+
+# --- the nine categories --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Port(Entry):
+    """One interface of a bridge port, with its OpenFlow and datapath numbers."""
+
+    CATEGORY: ClassVar[str] = "ports"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("bridge", "port", "interface")
+    VOLATILE: ClassVar[frozenset[str]] = frozenset({"dp_port"})
+
+    bridge: str
+    port: str
+    interface: str
+    type: str
+    ofport: int
+    dp_port: int | None = None
+    mac: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TunnelNeighbor(Entry):
+    """An entry of the native-tunnelling neighbour cache (``tnl/neigh/show``)."""
+
+    CATEGORY: ClassVar[str] = "tunnel_neighbors"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("bridge", "ip")
+
+    bridge: str
+    ip: str
+    mac: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Flow(Entry):
+    """An OpenFlow rule; ``match`` and ``actions`` are ovs-ofctl text that re-installs verbatim."""
+
+    CATEGORY: ClassVar[str] = "flows"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("bridge", "table", "priority", "match")
+    VOLATILE: ClassVar[frozenset[str]] = frozenset(
+        {"duration", "n_packets", "n_bytes", "idle_age", "hard_age"}
+    )
+
+    bridge: str
+    table: int
+    cookie: str
+    priority: int
+    match: str
+    actions: str
+    idle_timeout: int = 0
+    hard_timeout: int = 0
+    flags: tuple[str, ...] = ()
+    importance: int = 0
+    duration: float | None = None
+    n_packets: int | None = None
+    n_bytes: int | None = None
+    idle_age: int | None = None
+    hard_age: int | None = None
+
+    def spec(self) -> str:
+        """The ``ovs-ofctl add-flow`` text that installs this rule again."""
+        parts = [f"table={self.table}", f"cookie={self.cookie}", f"priority={self.priority}"]
+        if self.idle_timeout:
+            parts.append(f"idle_timeout={self.idle_timeout}")
+        if self.hard_timeout:
+            parts.append(f"hard_timeout={self.hard_timeout}")
+        if self.importance:
+            parts.append(f"importance={self.importance}")
+        parts.extend(self.flags)
+        if self.match:
+            parts.append(self.match)
+        return ",".join(parts) + f" actions={self.actions}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Meter(Entry):
+    """An OpenFlow meter; ``bands`` are ``type=drop rate=N burst_size=M`` texts."""
+
+    CATEGORY: ClassVar[str] = "meters"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("bridge", "meter_id")
+
+    bridge: str
+    meter_id: int
+    flags: tuple[str, ...]
+    bands: tuple[str, ...]
+
+    def spec(self) -> str:
+        """The ``ovs-ofctl add-meter`` text."""
+        head = ",".join((f"meter={self.meter_id}", *self.flags))
+        return head + " " + "bands=" + " ".join(self.bands)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Group(Entry):
+    """An OpenFlow group: type, selection properties and buckets (ovs-ofctl text)."""
+
+    CATEGORY: ClassVar[str] = "groups"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("bridge", "group_id")
+
+    bridge: str
+    group_id: int
+    type: str
+    selection_method: str | None = None
+    properties: str = ""
+    buckets: tuple[str, ...] = ()
+
+    def spec(self) -> str:
+        """The ``ovs-ofctl add-group`` text."""
+        parts = [f"group_id={self.group_id}", f"type={self.type}"]
+        if self.properties:
+            parts.append(self.properties)
+        parts.extend(f"bucket={b}" for b in self.buckets)
+        return ",".join(parts)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlvMapping(Entry):
+    """A Geneve TLV to ``tun_metadataN`` mapping of a bridge."""
+
+    CATEGORY: ClassVar[str] = "tlv_mappings"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("bridge", "index")
+
+    bridge: str
+    tlv_class: str
+    tlv_type: int
+    length: int
+    index: int
+
+    def spec(self) -> str:
+        """The ``ovs-ofctl add-tlv-map`` text."""
+        return (
+            f"{{class={self.tlv_class},type={self.tlv_type:#x},len={self.length}}}"
+            f"->tun_metadata{self.index}"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Conntrack(Entry):
+    """A userspace connection-tracking entry; tuples are ``src=..,dst=..,sport=..`` texts."""
+
+    CATEGORY: ClassVar[str] = "conntrack"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("zone", "protocol", "orig")
+    VOLATILE: ClassVar[frozenset[str]] = frozenset({"timeout"})
+
+    protocol: str
+    orig: str
+    reply: str
+    zone: int = 0
+    mark: int = 0
+    labels: str = "0x0"
+    state_orig: str | None = None
+    state_reply: str | None = None
+    nat: str = ""
+    timeout: int | None = None
+
+    @property
+    def state(self) -> str | None:
+        """The TCP protocol state as ``orig/reply``, or None for other protocols."""
+        if self.state_orig is None:
+            return None
+        return f"{self.state_orig}/{self.state_reply}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FdbEntry(Entry):
+    """A MAC learning entry; ``port`` is the OpenFlow port number or ``LOCAL``."""
+
+    CATEGORY: ClassVar[str] = "fdb"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("bridge", "vlan", "mac")
+    VOLATILE: ClassVar[frozenset[str]] = frozenset({"age"})
+
+    bridge: str
+    port: str
+    vlan: int
+    mac: str
+    static: bool = False
+    age: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route(Entry):
+    """An OVS routing-table entry; ``kind`` is ``user`` (added) or ``cached`` (from the kernel)."""
+
+    CATEGORY: ClassVar[str] = "routes"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("kind", "prefix", "pkt_mark")
+    VOLATILE: ClassVar[frozenset[str]] = frozenset({"src"})
+
+    kind: str
+    prefix: str
+    dev: str
+    gateway: str | None = None
+    pkt_mark: int = 0
+    local: bool = False
+    src: str | None = None
+
+
+ENTRY_TYPES: Mapping[str, type[Entry]] = types.MappingProxyType(
+    {
+        cls.CATEGORY: cls
+        for cls in (Port, TunnelNeighbor, Flow, Meter, Group, TlvMapping, Conntrack, FdbEntry, Route)
+    }
+)
+assert tuple(ENTRY_TYPES) == CATEGORIES
+
+
+def entry_from_dict(category: str, data: Mapping[str, Any]) -> Entry:
+    """Rebuild one entry from :meth:`Entry.to_dict` output; unknown or missing keys are errors."""
+    try:
+        cls = ENTRY_TYPES[category]
+    except KeyError:
+        raise ModelError(f"unknown category {category!r}") from None
+    hints = _hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in hints:
+            raise ModelError(f"{category}: unknown field {key!r}")
+        kwargs[key] = tuple(value) if isinstance(value, list) else value
+        if not _type_ok(kwargs[key], hints[key]):
+            raise ModelError(f"{category}: field {key!r} has wrong type {type(value).__name__}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ModelError(f"{category}: {exc}") from None
+
+
+_HINT_CACHE: dict[type[Entry], dict[str, Any]] = {}
+
+
+def _hints(cls: type[Entry]) -> dict[str, Any]:
+    if cls not in _HINT_CACHE:
+        names = {f.name for f in dataclasses.fields(cls)}
+        _HINT_CACHE[cls] = {
+            k: v for k, v in typing.get_type_hints(cls).items() if k in names
+        }
+    return _HINT_CACHE[cls]
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    options = typing.get_args(hint) if typing.get_origin(hint) is types.UnionType else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return True
+        if typing.get_origin(option) is tuple:
+            if isinstance(value, tuple) and all(isinstance(v, str) for v in value):
+                return True
+        elif option is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return True
+        elif option is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        elif option in (str, bool) and type(value) is option:
+            return True
+    return False
+
+
+def sort_entries(entries: Iterable[Entry]) -> tuple[Entry, ...]:
+    """Canonical order: by identity, then by canonical encoding."""
+    return tuple(sorted(entries, key=lambda e: (e.identity(), e.canonical())))
+
+
+def category_digest(entries: Iterable[Entry]) -> str:
+    """SHA-256 over the canonical encodings of *entries* in canonical order."""
+    h = hashlib.sha256()
+    for encoded in sorted(e.canonical() for e in entries):
+        h.update(encoded)
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VswitchdInfo:
+    """Which process the snapshot was read from."""
+
+    pid: int | None
+    version: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every category of one vswitchd's state, in canonical order, immutable."""
+
+    vswitchd: VswitchdInfo
+    categories: Mapping[str, tuple[Entry, ...]] = field(
+        default_factory=lambda: types.MappingProxyType({c: () for c in CATEGORIES})
+    )
+
+    @classmethod
+    def build(
+        cls, vswitchd: VswitchdInfo, categories: Mapping[str, Iterable[Entry]]
+    ) -> Snapshot:
+        """Sort and freeze; every one of the nine categories must be present."""
+        missing = set(CATEGORIES) - set(categories)
+        extra = set(categories) - set(CATEGORIES)
+        if missing or extra:
+            raise ModelError(f"categories missing {sorted(missing)} / unknown {sorted(extra)}")
+        frozen: dict[str, tuple[Entry, ...]] = {}
+        for name in CATEGORIES:
+            entries = sort_entries(categories[name])
+            wrong = [e for e in entries if e.CATEGORY != name]
+            if wrong:
+                raise ModelError(f"{name}: holds a {type(wrong[0]).__name__}")
+            frozen[name] = entries
+        return cls(vswitchd, types.MappingProxyType(frozen))
+
+    def digest(self, category: str) -> str:
+        """The category's SHA-256 digest."""
+        return category_digest(self.categories[category])
+
+    def digests(self) -> dict[str, str]:
+        """Every category's digest."""
+        return {name: self.digest(name) for name in CATEGORIES}
+
+    def counts(self) -> dict[str, int]:
+        """Every category's entry count."""
+        return {name: len(self.categories[name]) for name in CATEGORIES}
+
+    def replace(self, category: str, entries: Iterable[Entry]) -> Snapshot:
+        """A copy with one category's entries replaced."""
+        cats = dict(self.categories)
+        cats[category] = tuple(entries)
+        return Snapshot.build(self.vswitchd, cats)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The documented JSON shape (format 1)."""
+        return {
+            "format": FORMAT,
+            "vswitchd": {"pid": self.vswitchd.pid, "version": self.vswitchd.version},
+            "categories": {
+                name: {
+                    "count": len(entries),
+                    "digest": category_digest(entries),
+                    "entries": [e.to_dict() for e in entries],
+                }
+                for name, entries in self.categories.items()
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Snapshot:
+        """Parse the JSON shape; the stored digests and counts must match the entries."""
+        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+            raise ModelError(f"not an ovsndu snapshot of format {FORMAT}")
+        info = data.get("vswitchd") or {}
+        cats = data.get("categories")
+        if not isinstance(cats, Mapping):
+            raise ModelError("snapshot has no 'categories' object")
+        built: dict[str, list[Entry]] = {}
+        for name, body in cats.items():
+            if not isinstance(body, Mapping) or not isinstance(body.get("entries"), list):
+                raise ModelError(f"{name}: no 'entries' list")
+            built[name] = [entry_from_dict(name, e) for e in body["entries"]]
+            if not isinstance(name, str) or name not in ENTRY_TYPES:
+                raise ModelError(f"unknown category {name!r}")
+        snap = cls.build(VswitchdInfo(pid=info.get("pid"), version=info.get("version")), built)
+        for name, body in cats.items():
+            if "digest" in body and body["digest"] != snap.digest(name):
+                raise ModelError(f"{name}: stored digest does not match its entries")
+            if "count" in body and body["count"] != len(snap.categories[name]):
+                raise ModelError(f"{name}: stored count does not match its entries")
+        return snap
