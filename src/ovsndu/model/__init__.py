@@ -39,3 +39,7 @@ __all__ = [
     "entry_from_dict",
     "sort_entries",
 ]
+
+from ovsndu.model.diff import CategoryDiff, diff_category, diff_snapshots  # noqa: E402
+
+__all__ += ["CategoryDiff", "diff_category", "diff_snapshots"]

@@ -163,8 +163,8 @@ class Meter(Entry):
 
     def spec(self) -> str:
         """The ``ovs-ofctl add-meter`` text."""
-        head = ",".join((f"meter={self.meter_id}", *self.flags))
-        return head + " " + "bands=" + " ".join(self.bands)
+        bands = ",".join(band.replace(" ", ",") for band in self.bands)
+        return ",".join((f"meter={self.meter_id}", *self.flags, f"bands={bands}"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

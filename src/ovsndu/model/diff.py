@@ -1,0 +1,53 @@
+"""Per-category differences between two snapshots (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ovsndu.model.state import CATEGORIES, Entry, Snapshot, category_digest
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryDiff:
+    """What differs in one category: entries only in A, only in B, and changed pairs."""
+
+    category: str
+    digest_a: str
+    digest_b: str
+    removed: tuple[Entry, ...]
+    added: tuple[Entry, ...]
+    changed: tuple[tuple[Entry, Entry], ...]
+
+    @property
+    def equal(self) -> bool:
+        """Whether the digests match."""
+        return self.digest_a == self.digest_b
+
+
+def diff_category(category: str, a: tuple[Entry, ...], b: tuple[Entry, ...]) -> CategoryDiff:
+    """Match entries by identity; equal identities with different encodings are changes."""
+    index_a: dict[tuple[object, ...], list[Entry]] = {}
+    for e in a:
+        index_a.setdefault(e.identity(), []).append(e)
+    index_b: dict[tuple[object, ...], list[Entry]] = {}
+    for e in b:
+        index_b.setdefault(e.identity(), []).append(e)
+    removed: list[Entry] = []
+    added: list[Entry] = []
+    changed: list[tuple[Entry, Entry]] = []
+    for key in sorted(set(index_a) | set(index_b), key=repr):
+        left = {e.canonical(): e for e in index_a.get(key, [])}
+        right = {e.canonical(): e for e in index_b.get(key, [])}
+        only_left = [left[k] for k in sorted(left.keys() - right.keys())]
+        only_right = [right[k] for k in sorted(right.keys() - left.keys())]
+        while only_left and only_right:
+            changed.append((only_left.pop(0), only_right.pop(0)))
+        removed += only_left
+        added += only_right
+    return CategoryDiff(category, category_digest(a), category_digest(b),
+                        tuple(removed), tuple(added), tuple(changed))
+
+
+def diff_snapshots(a: Snapshot, b: Snapshot) -> list[CategoryDiff]:
+    """One :class:`CategoryDiff` per category, in the canonical category order."""
+    return [diff_category(name, a.categories[name], b.categories[name]) for name in CATEGORIES]

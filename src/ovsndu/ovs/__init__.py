@@ -1,0 +1,1 @@
+"""Adapters that talk to Open vSwitch: JSON-RPC (unixctl, OVSDB), ovs-ofctl, sandboxes."""

@@ -1,0 +1,78 @@
+"""OVSDB over JSON-RPC: the few selects and updates ovsndu needs on ``Open_vSwitch``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ovsndu.errors import OvsdbError
+from ovsndu.ovs.jsonrpc import JsonRpcClient
+
+DB = "Open_vSwitch"
+
+
+def socket_path(db: str) -> str:
+    """``unix:/path`` or ``/path`` → ``/path``; other remotes are not supported."""
+    if db.startswith("unix:"):
+        return db[5:]
+    if db.startswith("/"):
+        return db
+    raise OvsdbError(f"unsupported OVSDB remote {db!r} (use unix:PATH)")
+
+
+class Ovsdb:
+    """A connection to ovsdb-server's ``Open_vSwitch`` database."""
+
+    def __init__(self, db: str, *, timeout: float = 30.0):
+        self._rpc = JsonRpcClient(socket_path(db), timeout=timeout, error=OvsdbError)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._rpc.close()
+
+    def __enter__(self) -> Ovsdb:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def transact(self, *ops: dict[str, Any]) -> list[Any]:
+        """Run one transaction; raise OvsdbError if any operation failed."""
+        result = self._rpc.call("transact", [DB, *ops])
+        if not isinstance(result, list):
+            raise OvsdbError("transact: malformed reply")
+        for op, res in zip(ops, result, strict=False):
+            if isinstance(res, dict) and res.get("error"):
+                raise OvsdbError(f"{op.get('op')} {op.get('table')}: {res['error']}: "
+                                 f"{res.get('details', '')}")
+        return result
+
+    def select(self, table: str, columns: list[str], where: list[Any] | None = None
+               ) -> list[dict[str, Any]]:
+        """Rows of *table* (only *columns*, plus ``_uuid``), values decoded to Python."""
+        op = {"op": "select", "table": table, "where": where or [],
+              "columns": ["_uuid", *columns]}
+        rows = self.transact(op)[0].get("rows", [])
+        return [{k: decode(v) for k, v in row.items()} for row in rows]
+
+    def set_other_config(self, key: str, value: str | None) -> None:
+        """Set (or with None, remove) one ``other_config`` key of the ``Open_vSwitch`` row."""
+        ops: list[dict[str, Any]] = [
+            {"op": "mutate", "table": "Open_vSwitch", "where": [],
+             "mutations": [["other_config", "delete", ["set", [key]]]]},
+        ]
+        if value is not None:
+            ops.append({"op": "mutate", "table": "Open_vSwitch", "where": [],
+                        "mutations": [["other_config", "insert", ["map", [[key, value]]]]]})
+        self.transact(*ops)
+
+def decode(value: Any) -> Any:
+    """OVSDB wire values → Python: ``["uuid", u]`` → u, sets → lists, maps → dicts."""
+    if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+        tag, body = value
+        if tag in ("uuid", "named-uuid"):
+            return body
+        if tag == "set":
+            return [decode(v) for v in body]
+        if tag == "map":
+            return {decode(k): decode(v) for k, v in body}
+    return value

@@ -1,0 +1,161 @@
+"""Read a running vswitchd's whole state into a :class:`Snapshot`.
+
+Sources, all standard interfaces: OVSDB (bridges, ports, interfaces, OpenFlow
+port numbers), unixctl (version, datapath ports, FDB, tunnel neighbours, routes,
+conntrack) and OpenFlow through ``ovs-ofctl`` (flows, groups, meters, TLV map),
+with the OpenFlow version chosen per bridge from its ``protocols`` column.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ovsndu.errors import VswitchdError
+from ovsndu.model import CATEGORIES, Entry, Port, Snapshot, VswitchdInfo
+from ovsndu.ovs import parsers
+from ovsndu.ovs.ofctl import best_version, ofctl
+from ovsndu.ovs.ovsdb import Ovsdb
+from ovsndu.ovs.unixctl import Unixctl
+
+DEFAULT_RUNDIR = "/var/run/openvswitch"
+
+
+def default_rundir() -> str:
+    """``$OVS_RUNDIR``, else ``/var/run/openvswitch``."""
+    return os.environ.get("OVS_RUNDIR") or DEFAULT_RUNDIR
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeInfo:
+    """What the readers need to know of one bridge."""
+
+    name: str
+    datapath_type: str
+    protocols: tuple[str, ...]
+
+    @property
+    def of_version(self) -> str:
+        """The OpenFlow version flows and groups are read and written with."""
+        version = best_version(list(self.protocols))
+        if version is None:
+            raise VswitchdError(f"bridge {self.name} allows no OpenFlow version")
+        return version
+
+    @property
+    def meter_version(self) -> str | None:
+        """The version for meters (1.3+), None when the bridge allows none."""
+        return best_version(list(self.protocols), at_least="OpenFlow13")
+
+
+def read_bridges(db: Ovsdb) -> list[BridgeInfo]:
+    """Every bridge in the database, by name."""
+    rows = db.select("Bridge", ["name", "datapath_type", "protocols"])
+    return sorted(
+        (BridgeInfo(r["name"], r["datapath_type"] or "system", tuple(_as_list(r["protocols"])))
+         for r in rows),
+        key=lambda b: b.name,
+    )
+
+
+def read_ports(db: Ovsdb, dp_ports: dict[tuple[str, str], int]) -> list[Port]:
+    """Ports from OVSDB, datapath port numbers from ``dpif/show``."""
+    bridges = db.select("Bridge", ["name", "ports"])
+    ports = {r["_uuid"]: r for r in db.select("Port", ["name", "interfaces"])}
+    ifaces = {r["_uuid"]: r for r in db.select("Interface", ["name", "type", "ofport",
+                                                             "mac_in_use"])}
+    out = []
+    for bridge in bridges:
+        for port_uuid in _as_list(bridge["ports"]):
+            port = ports[port_uuid]
+            for iface_uuid in _as_list(port["interfaces"]):
+                iface = ifaces[iface_uuid]
+                ofport = iface["ofport"]
+                out.append(Port(
+                    bridge=bridge["name"], port=port["name"], interface=iface["name"],
+                    type=iface["type"] or "system",
+                    ofport=ofport if isinstance(ofport, int) else -1,
+                    dp_port=dp_ports.get((bridge["name"], iface["name"])),
+                    mac=iface["mac_in_use"] if isinstance(iface["mac_in_use"], str) else None,
+                ))
+    return out
+
+
+def _as_list(value: Any) -> list[Any]:
+    """OVSDB sets of one element arrive bare; normalise to a list."""
+    if isinstance(value, list):
+        return value
+    return [] if value is None else [value]
+
+
+class StateReader:
+    """Reads one vswitchd (found through ``<rundir>/ovs-vswitchd.pid``) and its database."""
+
+    def __init__(self, rundir: str | Path | None = None, db: str | None = None,
+                 *, pid: int | None = None):
+        self.rundir = Path(rundir or default_rundir())
+        self.db = db or f"unix:{self.rundir / 'db.sock'}"
+        self.pid = pid
+
+    def snapshot(self) -> Snapshot:
+        """Read all nine categories."""
+        with Unixctl.for_daemon(self.rundir, pid=self.pid) as appctl, Ovsdb(self.db) as db:
+            version = appctl("version").splitlines()[0].strip()
+            bridges = read_bridges(db)
+            cats: dict[str, list[Entry]] = {name: [] for name in CATEGORIES}
+            # OpenFlow dumps fork ovs-ofctl; run them while unixctl reads go on here.
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                futures = [pool.submit(job) for job in self._openflow_jobs(bridges)]
+                cats["ports"] = list(read_ports(db, parsers.parse_dpif_ports(
+                    appctl("dpif/show"))))
+                cats["tunnel_neighbors"] = list(parsers.parse_tnl_neigh(
+                    appctl("tnl/neigh/show")))
+                cats["routes"] = list(parsers.parse_routes(appctl("ovs/route/show")))
+                for bridge in bridges:
+                    cats["fdb"].extend(parsers.parse_fdb(bridge.name,
+                                                         appctl("fdb/show", bridge.name)))
+                for dp in appctl("dpctl/dump-dps").split():
+                    cats["conntrack"].extend(parsers.parse_conntrack(
+                        appctl("dpctl/dump-conntrack", "-m", "-s", dp)))
+                for future in futures:
+                    category, entries = future.result()
+                    cats[category].extend(entries)
+            return Snapshot.build(VswitchdInfo(pid=appctl.pid, version=version), cats)
+
+    def _openflow_jobs(self, bridges: list[BridgeInfo]
+                       ) -> list[Callable[[], tuple[str, list[Entry]]]]:
+        rundir = self.rundir
+        jobs: list[Callable[[], tuple[str, list[Entry]]]] = []
+        for b in bridges:
+            def flows(b: BridgeInfo = b) -> tuple[str, list[Entry]]:
+                text = ofctl(rundir, b.name, b.of_version, "dump-flows", extra=("--no-names",))
+                return "flows", list(parsers.parse_flows(b.name, text))
+
+            def groups(b: BridgeInfo = b) -> tuple[str, list[Entry]]:
+                if b.of_version == "OpenFlow10":
+                    return "groups", []
+                text = ofctl(rundir, b.name, b.of_version, "dump-groups", extra=("--no-names",))
+                return "groups", list(parsers.parse_groups(b.name, text))
+
+            def meters(b: BridgeInfo = b) -> tuple[str, list[Entry]]:
+                if b.meter_version is None:
+                    return "meters", []
+                text = ofctl(rundir, b.name, "OpenFlow13", "dump-meters")
+                return "meters", list(parsers.parse_meters(b.name, text))
+
+            def tlv(b: BridgeInfo = b) -> tuple[str, list[Entry]]:
+                text = ofctl(rundir, b.name, b.of_version, "dump-tlv-map")
+                return "tlv_mappings", list(parsers.parse_tlv_map(b.name, text))
+
+            jobs += [flows, groups, meters, tlv]
+        return jobs
+
+
+def read_snapshot(rundir: str | Path | None = None, db: str | None = None,
+                  *, pid: int | None = None) -> Snapshot:
+    """Convenience: ``StateReader(rundir, db, pid=pid).snapshot()``."""
+    return StateReader(rundir, db, pid=pid).snapshot()

@@ -1,0 +1,260 @@
+"""A private Open vSwitch: ovsdb-server + ovs-vswitchd in their own run directory.
+
+Used by the tests, the demo and the benchmarks.  The dummy datapath (default)
+touches no kernel interface; ``datapath="netdev"`` runs the whole instance in a
+fresh network namespace so its taps (``ovs-netdev``, internal ports) and any
+veths made for traffic vanish with the namespace.  Children get
+``PR_SET_PDEATHSIG`` so they die with the creating process, and namespaces
+left by a dead creator are swept on the next start: nothing leaks when a test
+fails or is interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+from ovsndu.errors import SandboxError, VswitchdError
+from ovsndu.ovs.ofctl import ofctl
+from ovsndu.ovs.unixctl import Unixctl, pid_alive
+
+SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+NETNS_PREFIX = "ovsndu-"
+DUMMY_ARGS = ("--enable-dummy=override", "--disable-system", "--disable-system-route")
+NETDEV_ARGS = ("--disable-system",)
+_counter = itertools.count()
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def sweep_stale_namespaces() -> list[str]:
+    """Delete ``ovsndu-<pid>-N`` namespaces whose creating process is gone."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir("/run/netns"):
+            if not name.startswith(NETNS_PREFIX):
+                continue
+            try:
+                owner = int(name[len(NETNS_PREFIX):].split("-")[0])
+            except ValueError:
+                continue
+            if not pid_alive(owner):
+                subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+                removed.append(name)
+    return removed
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str,
+             interval: float = 0.01) -> None:
+    """Poll *predicate* until true; SandboxError naming *what* after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SandboxError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Sandbox:
+    """One private OVS instance; use as a context manager, or call start()/stop()."""
+
+    def __init__(self, rundir: str | Path | None = None, *,
+                 datapath: Literal["dummy", "netdev"] = "dummy",
+                 vswitchd: str = "ovs-vswitchd", vswitchd_args: Sequence[str] = (),
+                 schema: str = SCHEMA, db_file: str | Path | None = None):
+        self._own_rundir = rundir is None
+        self.rundir = Path(rundir or tempfile.mkdtemp(prefix="ovsndu-sandbox-"))
+        self.datapath = datapath
+        self.vswitchd_binary = vswitchd
+        self.vswitchd_args = tuple(vswitchd_args)
+        self.schema = schema
+        self.db_file = Path(db_file) if db_file else self.rundir / "conf.db"
+        self.netns: str | None = None
+        self.ovsdb_proc: subprocess.Popen[bytes] | None = None
+        self.vswitchd_proc: subprocess.Popen[bytes] | None = None
+
+    # --- paths ---------------------------------------------------------------------------
+    @property
+    def db_sock(self) -> Path:
+        """ovsdb-server's Unix socket."""
+        return self.rundir / "db.sock"
+
+    @property
+    def db(self) -> str:
+        """The OVSDB remote, ``unix:<rundir>/db.sock``."""
+        return f"unix:{self.db_sock}"
+
+    @property
+    def vswitchd_pid(self) -> int:
+        """The running vswitchd's PID."""
+        if self.vswitchd_proc is None:
+            raise SandboxError("vswitchd is not running")
+        return self.vswitchd_proc.pid
+
+    @property
+    def unixctl_path(self) -> Path:
+        """The vswitchd's unixctl socket."""
+        return self.rundir / f"ovs-vswitchd.{self.vswitchd_pid}.ctl"
+
+    def mgmt_path(self, bridge: str) -> Path:
+        """A bridge's OpenFlow management socket."""
+        return self.rundir / f"{bridge}.mgmt"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment pointing every OVS tool at this sandbox."""
+        env = dict(os.environ)
+        for var in ("OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR"):
+            env[var] = str(self.rundir)
+        return env
+
+    def ns_argv(self, argv: Sequence[str]) -> list[str]:
+        """*argv*, run inside the sandbox's namespace when it has one."""
+        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else list(argv)
+
+    # --- life cycle ----------------------------------------------------------------------
+    def __enter__(self) -> Sandbox:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Create the database, start both daemons, wait until vswitchd answers."""
+        sweep_stale_namespaces()
+        self.rundir.mkdir(parents=True, exist_ok=True)
+        if self.datapath == "netdev":
+            self.netns = f"{NETNS_PREFIX}{os.getpid()}-{next(_counter)}"
+            self._run(["ip", "netns", "add", self.netns])
+            self._run(self.ns_argv(["ip", "link", "set", "lo", "up"]))
+        if not self.db_file.exists():
+            self._run(["ovsdb-tool", "create", str(self.db_file), self.schema])
+        self.start_ovsdb()
+        self._run(["ovs-vsctl", f"--db={self.db}", "--no-wait", "init"])
+        self.start_vswitchd()
+
+    def start_ovsdb(self) -> None:
+        """Start ovsdb-server on the sandbox database."""
+        self.ovsdb_proc = self._spawn([
+            "ovsdb-server", str(self.db_file), f"--remote=punix:{self.db_sock}",
+            f"--pidfile={self.rundir / 'ovsdb-server.pid'}",
+            f"--log-file={self.rundir / 'ovsdb-server.log'}", "-vconsole:off",
+            f"--unixctl={self.rundir / 'ovsdb-server.ctl'}",
+        ])
+        wait_for(lambda: self._alive(self.ovsdb_proc, "ovsdb-server") and self.db_sock.exists(),
+                 10, "ovsdb-server's socket")
+
+    def vswitchd_argv(self, binary: str | None = None, *, pidfile: str | None = None,
+                      log_file: str | None = None) -> list[str]:
+        """The vswitchd command line this sandbox uses."""
+        mode_args = DUMMY_ARGS if self.datapath == "dummy" else NETDEV_ARGS
+        return [
+            binary or self.vswitchd_binary, self.db,
+            f"--pidfile={pidfile or self.rundir / 'ovs-vswitchd.pid'}",
+            f"--log-file={log_file or self.rundir / 'ovs-vswitchd.log'}", "-vconsole:off",
+            *mode_args, *self.vswitchd_args,
+        ]
+
+    def start_vswitchd(self) -> None:
+        """Start ovs-vswitchd and wait until its unixctl answers ``version``."""
+        self.vswitchd_proc = self._spawn(self.ns_argv(self.vswitchd_argv()))
+        wait_for(self._vswitchd_ready, 20, "ovs-vswitchd to answer on unixctl")
+
+    def _vswitchd_ready(self) -> bool:
+        if not self._alive(self.vswitchd_proc, "ovs-vswitchd"):
+            return False
+        if not self.unixctl_path.exists():
+            return False
+        try:
+            with Unixctl(str(self.unixctl_path), timeout=2) as appctl:
+                appctl("version")
+        except VswitchdError:
+            return False
+        return True
+
+    def _alive(self, proc: subprocess.Popen[bytes] | None, name: str) -> bool:
+        if proc is None or proc.poll() is not None:
+            log = self.rundir / f"{name}.log"
+            tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
+            raise SandboxError(f"{name} exited early"
+                               + (f": {tail[0]}" if tail else ""))
+        return True
+
+    def stop_vswitchd(self, *, sig: int = signal.SIGTERM) -> None:
+        """Stop this sandbox's vswitchd (if running) and wait for it."""
+        _terminate(self.vswitchd_proc, sig)
+        self.vswitchd_proc = None
+
+    def stop(self) -> None:
+        """Stop both daemons, delete the namespace and (if ours) the run directory."""
+        self.stop_vswitchd()
+        _terminate(self.ovsdb_proc, signal.SIGTERM)
+        self.ovsdb_proc = None
+        if self.netns:
+            subprocess.run(["ip", "netns", "del", self.netns], check=False, capture_output=True)
+            self.netns = None
+        if self._own_rundir:
+            shutil.rmtree(self.rundir, ignore_errors=True)
+
+    # --- tools ---------------------------------------------------------------------------
+    def vsctl(self, *args: str) -> str:
+        """``ovs-vsctl`` on the sandbox database (waits for vswitchd to apply)."""
+        return self._run(["ovs-vsctl", f"--db={self.db}", "--timeout=30", *args])
+
+    def appctl(self, command: str, *args: str) -> str:
+        """A unixctl command to the sandbox's vswitchd."""
+        with Unixctl(str(self.unixctl_path)) as appctl:
+            return appctl(command, *args)
+
+    def ofctl(self, bridge: str, *args: str, version: str = "OpenFlow15",
+              input_text: str | None = None) -> str:
+        """``ovs-ofctl -O VERSION CMD <bridge mgmt> ARGS``."""
+        return ofctl(self.rundir, bridge, version, *args, input_text=input_text)
+
+    def run(self, argv: Sequence[str], *, check: bool = True) -> str:
+        """Run a command inside the sandbox's namespace (or here, without one)."""
+        return self._run(self.ns_argv(argv), check=check)
+
+    def _run(self, argv: Sequence[str], *, check: bool = True) -> str:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, env=self.env,
+                              check=False, timeout=120)
+        if check and proc.returncode != 0:
+            reason = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[:1]
+            raise SandboxError(f"{' '.join(argv[:4])}...: {reason[0] if reason else proc.returncode}")
+        return proc.stdout
+
+    def _spawn(self, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+        try:
+            return subprocess.Popen(list(argv), env=self.env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    preexec_fn=_die_with_parent)
+        except OSError as exc:
+            raise SandboxError(f"cannot start {argv[0]}: {exc.strerror}") from None
+
+
+def _terminate(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
