@@ -68,3 +68,23 @@ class IllegalTransition(OvsnduError):
 
 class InternalError(OvsnduError):
     """A bug in ovsndu; this should never happen."""
+
+
+class SyncTimeout(RemoteProtocolError):
+    """The sync peer missed a protocol deadline (hello, progress, apply or liveness)."""
+
+    def __init__(self, what: str, state: str, waited: float) -> None:
+        super().__init__(f"sync {what} deadline expired in state {state} after {waited:.1f}s")
+        self.what = what
+        self.state = state
+        self.waited = waited
+
+
+class SyncAborted(OvsnduError):
+    """The upgrade was aborted over the sync channel; ``by_peer`` says who aborted."""
+
+    def __init__(self, reason: str, *, by_peer: bool) -> None:
+        who = "peer" if by_peer else "us"
+        super().__init__(f"sync aborted by {who}: {reason}")
+        self.reason = reason
+        self.by_peer = by_peer

@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import operator
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -45,35 +46,59 @@ class Entry:
 
     def to_dict(self) -> dict[str, Any]:
         """All fields, as JSON/msgpack primitives (tuples become lists)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {name: _plain(getattr(self, name)) for name in _field_names(type(self))}
 
     def stable(self) -> dict[str, Any]:
         """The fields that carry across a restart: what digests cover."""
-        return {
-            f.name: _plain(getattr(self, f.name))
-            for f in dataclasses.fields(self)
-            if f.name not in self.VOLATILE
-        }
+        return {name: _plain(getattr(self, name)) for name in _stable_names(type(self))}
 
     def canonical(self) -> bytes:
-        """The canonical encoding: sorted-key compact JSON of :meth:`stable`."""
-        return json.dumps(
-            self.stable(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        ).encode()
+        """The canonical encoding: compact JSON of ``[category, stable values in field order]``."""
+        return _ENCODER.encode([self.CATEGORY, *_getters(type(self))[1](self)]).encode()
 
     def identity(self) -> tuple[Any, ...]:
-        """Which entry this is, independent of its other values."""
-        return tuple(_plain_key(getattr(self, name)) for name in self.IDENTITY)
+        """Which entry this is, independent of its other values (never None inside)."""
+        return _getters(type(self))[0](self)  # type: ignore[no-any-return]
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_NAMES: dict[type[Entry], tuple[str, ...]] = {}
+_STABLE: dict[type[Entry], tuple[str, ...]] = {}
+
+
+def _field_names(cls: type[Entry]) -> tuple[str, ...]:
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
+_GETTERS: dict[type[Entry], tuple[Callable[[Entry], Any], Callable[[Entry], Any]]] = {}
+
+
+def _getters(cls: type[Entry]) -> tuple[Callable[[Entry], Any], Callable[[Entry], Any]]:
+    """attrgetters of the identity (always a tuple) and of the stable fields."""
+    getters = _GETTERS.get(cls)
+    if getters is None:
+        ident = operator.attrgetter(*cls.IDENTITY, cls.IDENTITY[0])
+        getters = _GETTERS[cls] = (
+            lambda e: ident(e)[:-1], operator.attrgetter(*_stable_names(cls), "CATEGORY"))
+        stable = getters[1]
+        getters = _GETTERS[cls] = (getters[0], lambda e: stable(e)[:-1])
+    return getters
+
+
+def _stable_names(cls: type[Entry]) -> tuple[str, ...]:
+    names = _STABLE.get(cls)
+    if names is None:
+        names = _STABLE[cls] = tuple(n for n in _field_names(cls) if n not in cls.VOLATILE)
+    return names
 
 
 def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
     return value
-
-
-def _plain_key(value: Any) -> Any:
-    return "" if value is None else value
 
 
 # --- the nine categories --------------------------------------------------------------------
@@ -331,16 +356,22 @@ def _type_ok(value: Any, hint: Any) -> bool:
 
 def sort_entries(entries: Iterable[Entry]) -> tuple[Entry, ...]:
     """Canonical order: by identity, then by canonical encoding."""
-    return tuple(sorted(entries, key=lambda e: (e.identity(), e.canonical())))
+    return _sorted_with_digest(entries)[0]
+
+
+def _sorted_with_digest(entries: Iterable[Entry]) -> tuple[tuple[Entry, ...], str]:
+    keyed = sorted(((e.identity(), e.canonical(), e) for e in entries),
+                   key=lambda t: (t[0], t[1]))
+    h = hashlib.sha256()
+    for _, encoded, _ in keyed:
+        h.update(encoded)
+        h.update(b"\n")
+    return tuple(t[2] for t in keyed), h.hexdigest()
 
 
 def category_digest(entries: Iterable[Entry]) -> str:
     """SHA-256 over the canonical encodings of *entries* in canonical order."""
-    h = hashlib.sha256()
-    for encoded in sorted(e.canonical() for e in entries):
-        h.update(encoded)
-        h.update(b"\n")
-    return h.hexdigest()
+    return _sorted_with_digest(entries)[1]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -356,9 +387,8 @@ class Snapshot:
     """Every category of one vswitchd's state, in canonical order, immutable."""
 
     vswitchd: VswitchdInfo
-    categories: Mapping[str, tuple[Entry, ...]] = field(
-        default_factory=lambda: types.MappingProxyType({c: () for c in CATEGORIES})
-    )
+    categories: Mapping[str, tuple[Entry, ...]]
+    _digests: Mapping[str, str] = field(compare=False, repr=False)
 
     @classmethod
     def build(
@@ -370,17 +400,18 @@ class Snapshot:
         if missing or extra:
             raise ModelError(f"categories missing {sorted(missing)} / unknown {sorted(extra)}")
         frozen: dict[str, tuple[Entry, ...]] = {}
+        digests: dict[str, str] = {}
         for name in CATEGORIES:
-            entries = sort_entries(categories[name])
+            entries, digest = _sorted_with_digest(categories[name])
             wrong = [e for e in entries if e.CATEGORY != name]
             if wrong:
                 raise ModelError(f"{name}: holds a {type(wrong[0]).__name__}")
-            frozen[name] = entries
-        return cls(vswitchd, types.MappingProxyType(frozen))
+            frozen[name], digests[name] = entries, digest
+        return cls(vswitchd, types.MappingProxyType(frozen), types.MappingProxyType(digests))
 
     def digest(self, category: str) -> str:
         """The category's SHA-256 digest."""
-        return category_digest(self.categories[category])
+        return self._digests[category]
 
     def digests(self) -> dict[str, str]:
         """Every category's digest."""
@@ -404,7 +435,7 @@ class Snapshot:
             "categories": {
                 name: {
                     "count": len(entries),
-                    "digest": category_digest(entries),
+                    "digest": self._digests[name],
                     "entries": [e.to_dict() for e in entries],
                 }
                 for name, entries in self.categories.items()

@@ -28,9 +28,40 @@ def _reply_lines(text: str) -> Iterator[str]:
             yield line
 
 
+# The order ofputil prints a flow's fields in; anything else goes to the general parser.
+_FLOW_RE = re.compile(
+    r"^\s*(?:cookie=(0x[0-9a-f]+), )?(?:duration=([0-9.]+)s, )?(?:table=(\d+), )?"
+    r"(?:n_packets=(\d+), )?(?:n_bytes=(\d+), )?(?:idle_timeout=(\d+), )?"
+    r"(?:hard_timeout=(\d+), )?((?:(?:send_flow_rem|check_overlap|reset_counts"
+    r"|no_packet_counts|no_byte_counts) )*)(?:importance=(\d+), )?(?:idle_age=(\d+), )?"
+    r"(?:hard_age=(\d+), )?(?:priority=(\d+))?,?(\S*) actions=(.*)$"
+)
+
+
 def parse_flows(bridge: str, text: str) -> list[Flow]:
     """``dump-flows`` output (with or without stats) → flows."""
-    return [_parse_flow(bridge, line) for line in _reply_lines(text)]
+    out = []
+    for line in text.splitlines():
+        m = _FLOW_RE.match(line)
+        if m is None:
+            if not line.strip() or " reply (" in line:
+                continue
+            out.append(_parse_flow(bridge, line))
+            continue
+        (cookie, duration, table, n_packets, n_bytes, idle, hard, flags, importance, idle_age,
+         hard_age, priority, match, actions) = m.groups()
+        out.append(Flow(
+            bridge=bridge, table=int(table or 0), cookie=cookie or "0x0",
+            priority=int(priority) if priority else 32768, match=match, actions=actions,
+            idle_timeout=int(idle or 0), hard_timeout=int(hard or 0),
+            flags=tuple(sorted(flags.split())), importance=int(importance or 0),
+            duration=float(duration) if duration else None,
+            n_packets=int(n_packets) if n_packets else None,
+            n_bytes=int(n_bytes) if n_bytes else None,
+            idle_age=int(idle_age) if idle_age else None,
+            hard_age=int(hard_age) if hard_age else None,
+        ))
+    return out
 
 
 def _parse_flow(bridge: str, line: str) -> Flow:
@@ -212,27 +243,12 @@ def parse_fdb(bridge: str, text: str) -> list[FdbEntry]:
     return out
 
 
-def split_top(text: str) -> list[str]:
-    """Split on commas that are not inside parentheses."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return parts
+_KV_RE = re.compile(r"([a-z_]+)=(\([^)]*\)|[^,]*)")
 
 
 def _kv(text: str) -> dict[str, str]:
-    out = {}
-    for part in split_top(text):
-        key, _, value = part.partition("=")
-        out[key] = value
-    return out
+    """``k=v,k=(a,b),...`` → dict (one level of parentheses, as OVS prints)."""
+    return dict(_KV_RE.findall(text))
 
 
 def parse_conntrack(text: str) -> list[Conntrack]:
@@ -245,8 +261,8 @@ def parse_conntrack(text: str) -> list[Conntrack]:
         f = _kv(rest)
         if "orig" not in f or "reply" not in f:
             raise ParseError("conntrack", line, "no orig/reply tuple")
-        orig, reply = f["orig"].strip("()"), f["reply"].strip("()")
-        proto_info = _kv(f.get("protoinfo", "").strip("()")) if "protoinfo" in f else {}
+        orig, reply = f["orig"][1:-1], f["reply"][1:-1]
+        proto_info = _kv(f["protoinfo"][1:-1]) if "protoinfo" in f else {}
         try:
             out.append(Conntrack(
                 protocol=proto, orig=orig, reply=reply, zone=int(f.get("zone", "0")),

@@ -224,9 +224,9 @@ class Sandbox:
             return appctl(command, *args)
 
     def ofctl(self, bridge: str, *args: str, version: str = "OpenFlow15",
-              input_text: str | None = None) -> str:
-        """``ovs-ofctl -O VERSION CMD <bridge mgmt> ARGS``."""
-        return ofctl(self.rundir, bridge, version, *args, input_text=input_text)
+              options: tuple[str, ...] = (), input_text: str | None = None) -> str:
+        """``ovs-ofctl -O VERSION OPTIONS CMD <bridge mgmt> ARGS``."""
+        return ofctl(self.rundir, bridge, version, *args, extra=options, input_text=input_text)
 
     def run(self, argv: Sequence[str], *, check: bool = True) -> str:
         """Run a command inside the sandbox's namespace (or here, without one)."""

@@ -1,0 +1,76 @@
+"""Synthesized Ethernet frames with correct checksums (pure: fields in, bytes out).
+
+Userspace conntrack checks L3/L4 checksums, so replayed packets must be exact.
+Supports IPv4 and IPv6 with TCP, UDP, ICMP echo and ICMPv6 echo.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+ETH_IP = 0x0800
+ETH_IP6 = 0x86DD
+PROTO = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
+TCP_FLAGS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10}
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _mac(text: str) -> bytes:
+    return bytes(int(b, 16) for b in text.split(":"))
+
+
+def frame(*, src_ip: str, dst_ip: str, proto: str, sport: int = 0, dport: int = 0,
+          flags: str = "", seq: int = 0, ack: int = 0, icmp_type: int = 8, icmp_code: int = 0,
+          icmp_id: int = 0, src_mac: str = "02:00:00:00:00:01",
+          dst_mac: str = "02:00:00:00:00:02", payload: bytes = b"") -> bytes:
+    """One Ethernet frame; *flags* like ``"syn|ack"`` for TCP."""
+    src, dst = ipaddress.ip_address(src_ip), ipaddress.ip_address(dst_ip)
+    v6 = src.version == 6
+    number = PROTO[proto]
+    if proto == "tcp":
+        bits = 0
+        for name in filter(None, flags.split("|")):
+            bits |= TCP_FLAGS[name]
+        l4 = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, bits, 65535, 0, 0)
+        l4 += payload
+        at = 16
+    elif proto == "udp":
+        l4 = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+        at = 6
+    else:
+        l4 = struct.pack("!BBHHH", icmp_type, icmp_code, 0, icmp_id, 1) + payload
+        at = 2
+    if v6:
+        pseudo = src.packed + dst.packed + struct.pack("!IxxxB", len(l4), number)
+    else:
+        pseudo = src.packed + dst.packed + struct.pack("!xBH", number, len(l4))
+    use_pseudo = proto != "icmp"
+    checksum = _csum((pseudo if use_pseudo else b"") + l4)
+    if proto == "udp" and checksum == 0:
+        checksum = 0xFFFF
+    l4 = l4[:at] + struct.pack("!H", checksum) + l4[at + 2:]
+    if v6:
+        l3 = struct.pack("!IHBB", 6 << 28, len(l4), number, 64) + src.packed + dst.packed
+        eth_type = ETH_IP6
+    else:
+        header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, 0x4000, 64, number, 0,
+                             src.packed, dst.packed)
+        l3 = header[:10] + struct.pack("!H", _csum(header)) + header[12:]
+        eth_type = ETH_IP
+    return _mac(dst_mac) + _mac(src_mac) + struct.pack("!H", eth_type) + l3 + l4
+
+
+def ethernet(*, src_mac: str, dst_mac: str, eth_type: int = 0x88B5,
+             payload: bytes = b"\0" * 46, vlan: int | None = None) -> bytes:
+    """A non-IP frame (optionally 802.1Q tagged), e.g. for MAC learning."""
+    tag = struct.pack("!HH", 0x8100, vlan & 0x0FFF) if vlan else b""
+    return _mac(dst_mac) + _mac(src_mac) + tag + struct.pack("!H", eth_type) + payload

@@ -1,0 +1,524 @@
+"""The asyncio Unix-socket transport of the sync protocol, and the API upgrade code calls.
+
+This is the only protocol module that does I/O: it moves bytes between a socket and
+a :class:`~ovsndu.protocol.connection.Connection`, and drives the connection's
+deadlines with the loop clock.  Each session runs one pump task that reads, feeds
+the connection, answers deadlines (heartbeats out, ``SyncTimeout`` on expiry) and
+queues the events the caller waits for.
+
+Server (the running ovsndu, next to the old vswitchd)::
+
+    result = await serve_state(path, snapshot, token, expected_uid=0, expected_pid=child_pid)
+    # every category streamed, and the client's read-back digests matched ours
+    async with result.session as session:
+        await session.handover()              # client: take over now
+        await session.wait_ready(timeout=30)  # client: I am serving
+        await session.commit()                # or: await session.abort("reason")
+
+Client (the new process)::
+
+    result = await receive_state(path, token, apply=install)   # install(category, entries)
+    async with result.session as session:                       #   -> digest read back
+        await session.wait_handover()
+        ...take over the datapath...
+        await session.ready()
+        await session.wait_commit()           # raises SyncAborted if the server aborts
+
+Failures raise :class:`~ovsndu.errors.ProtocolError` subclasses (``SyncTimeout`` for a
+missed deadline) or :class:`~ovsndu.errors.SyncAborted`; whichever side fails first
+sends ``Abort`` with the reason before closing.  Security: the socket's directory must
+be owned by us and mode 0700, the socket is mode 0600, the peer's SO_PEERCRED uid (and
+pid, when given) must match, and the hello must carry the upgrade's token.  A peer
+failing any check is refused, logged and counted; the server keeps waiting for the
+legitimate client, and closes the listener as soon as that client is in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import socket
+import stat
+import struct
+import types
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ovsndu import __version__
+from ovsndu.errors import (
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    SyncAborted,
+    SyncTimeout,
+)
+from ovsndu.model import CATEGORIES, Entry, Snapshot, VswitchdInfo
+from ovsndu.protocol.connection import TERMINAL, Config, Connection, Side, State, abort
+from ovsndu.protocol.messages import (
+    NEED_DATA,
+    Abort,
+    Applied,
+    Chunk,
+    Commit,
+    Credit,
+    End,
+    Event,
+    Handover,
+    Hello,
+    Message,
+    PeerClosed,
+    Ready,
+)
+
+log = structlog.get_logger("ovsndu.sync")
+
+#: ``apply(category, entries)`` installs one category and returns the digest read back.
+ApplyCallback = Callable[[str, tuple[Entry, ...]], str | Awaitable[str]]
+
+_CRED = struct.Struct("3i")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCredentials:
+    """Who is at the other end of a Unix socket, from SO_PEERCRED."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(writer: asyncio.StreamWriter) -> PeerCredentials:
+    """The kernel's word on the peer of a connected Unix socket."""
+    sock = writer.get_extra_info("socket")
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
+    return PeerCredentials(*_CRED.unpack(raw))
+
+
+def secure_directory(directory: Path) -> None:
+    """Create *directory* mode 0700, or check an existing one is ours, 0700 and no symlink."""
+    with contextlib.suppress(FileExistsError):
+        directory.mkdir(mode=0o700, parents=True)
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise LocalProtocolError(
+            f"socket directory {directory} must be a directory of uid {os.geteuid()} with mode"
+            f" 0700; it is uid {st.st_uid} mode {stat.S_IMODE(st.st_mode):04o}"
+        )
+
+
+class _Session:
+    """A connection plus the pump task that feeds it; base of both sides' sessions."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: PeerCredentials,
+    ) -> None:
+        self.conn = conn
+        self.peer = peer
+        self._reader = reader
+        self._writer = writer
+        self._loop = asyncio.get_running_loop()
+        self._events: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._progress = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> _Session:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def state(self) -> State:
+        """The protocol state of our side."""
+        return self.conn.state
+
+    def _start(self) -> None:
+        self._pump_task = asyncio.create_task(self._pump(), name=f"sync-pump-{self.peer.pid}")
+
+    async def _pump(self) -> None:
+        conn, read_size = self.conn, self.conn.config.read_size
+        try:
+            while True:
+                beat = conn.check_deadlines(self._loop.time())
+                if beat:
+                    self._writer.write(beat)
+                try:
+                    async with asyncio.timeout_at(conn.next_deadline()):
+                        data = await self._reader.read(read_size)
+                except TimeoutError:
+                    continue
+                conn.receive_data(data, self._loop.time())
+                while (event := conn.next_event()) is not NEED_DATA:
+                    assert not isinstance(event, type(NEED_DATA))
+                    self._dispatch(event)
+                    if isinstance(event, PeerClosed):
+                        return
+        except ProtocolError as exc:
+            self._fail(exc)
+        except OSError as exc:
+            self._fail(RemoteProtocolError(f"sync connection lost: {exc}"))
+
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, Credit | Applied):
+            self._progress.set()
+            return
+        if isinstance(event, Abort):
+            self._progress.set()
+        self._events.put_nowait(event)
+
+    def _fail(self, exc: BaseException) -> None:
+        self._failure = exc
+        log.warning("sync.failed", side=self.conn.side.value, error=str(exc))
+        if self.conn.state is State.ERROR:
+            with contextlib.suppress(ProtocolError, OSError):
+                self._writer.write(self.conn.send(abort(str(exc)), self._loop.time()))
+        self._writer.close()
+        self._events.put_nowait(None)
+        self._progress.set()
+
+    def _check(self) -> None:
+        if self.conn.peer_abort is not None:
+            raise SyncAborted(self.conn.peer_abort.reason, by_peer=True)
+        if self._failure is not None:
+            raise self._failure
+
+    async def _send(self, msg: Message) -> None:
+        self._check()
+        self._writer.write(self.conn.send(msg, self._loop.time()))
+        try:
+            await self._writer.drain()
+        except OSError as exc:
+            raise RemoteProtocolError(f"sync connection lost: {exc}") from None
+        self._check()
+
+    async def _next(self, timeout: float | None = None, waiting_for: str = "event") -> Event:
+        if self._events.empty():
+            self._check()
+        try:
+            async with asyncio.timeout(timeout):
+                event = await self._events.get()
+        except TimeoutError:
+            raise SyncTimeout(waiting_for, self.conn.state.name, timeout or 0.0) from None
+        if event is None:
+            self._events.put_nowait(None)
+            self._check()
+            raise RemoteProtocolError("sync session ended")  # pragma: no cover - _check raised
+        if isinstance(event, Abort):
+            raise SyncAborted(event.reason, by_peer=True)
+        if isinstance(event, PeerClosed):
+            raise RemoteProtocolError(f"peer closed the connection in state {self.state.name}")
+        return event
+
+    async def _expect(self, cls: type[Message], timeout: float | None) -> Message:
+        event = await self._next(timeout, cls.__name__)
+        if not isinstance(event, cls):  # pragma: no cover - the connection's tables forbid it
+            raise RemoteProtocolError(f"expected {cls.__name__}, got {type(event).__name__}")
+        return event
+
+    async def abort(self, reason: str) -> None:
+        """Send Abort (when the state allows it) and close; never raises for a dead peer."""
+        if self.conn.state not in TERMINAL or self.conn.state is State.ERROR:
+            with contextlib.suppress(ProtocolError, OSError):
+                self._writer.write(self.conn.send(abort(reason), self._loop.time()))
+                await asyncio.wait_for(self._writer.drain(), 1.0)
+        log.info("sync.aborted", side=self.conn.side.value, reason=reason)
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop the pump and close the socket."""
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump_task
+        self._writer.close()
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.wait_for(self._writer.wait_closed(), 1.0)
+
+    async def _abort_on_error(self, exc: BaseException) -> None:
+        if isinstance(exc, SyncAborted) and exc.by_peer:
+            await self.close()
+        else:
+            await self.abort(str(exc) or type(exc).__name__)
+
+
+class ServerSession(_Session):
+    """The server's session after the state sync: drives handover, commit or abort."""
+
+    async def handover(self) -> None:
+        """Tell the client to take over now."""
+        await self._send(Handover())
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait for the client to say it has taken over; SyncTimeout after *timeout* s."""
+        await self._expect(Ready, timeout)
+
+    async def commit(self) -> None:
+        """Declare the upgrade done."""
+        await self._send(Commit())
+
+    async def _stream(self, snapshot: Snapshot, digests: Mapping[str, str]) -> int:
+        conn, size, sent = self.conn, self.conn.config.chunk_entries, 0
+        for category in conn.categories:
+            entries = snapshot.categories.get(category, ())
+            for start in range(0, len(entries), size):
+                while not conn.can_send_chunk:
+                    self._progress.clear()
+                    self._check()
+                    await self._progress.wait()
+                part = entries[start : start + size]
+                await self._send(Chunk(category=category, seq=conn.next_seq, entries=part))
+                sent += len(part)
+            await self._send(End(category=category, count=len(entries), digest=digests[category]))
+        while conn.state is State.SYNCING:
+            self._progress.clear()
+            self._check()
+            await self._progress.wait()
+        self._check()
+        return sent
+
+
+class ClientSession(_Session):
+    """The client's session after the state sync: waits for handover, says ready."""
+
+    async def wait_handover(self, timeout: float | None = None) -> None:
+        """Wait until the server hands over; SyncAborted if it aborts instead."""
+        await self._expect(Handover, timeout)
+
+    async def ready(self) -> None:
+        """Tell the server we have taken over."""
+        await self._send(Ready())
+
+    async def wait_commit(self, timeout: float | None = None) -> None:
+        """Wait for the server's Commit; SyncAborted if it aborts instead."""
+        await self._expect(Commit, timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerResult:
+    """What :func:`serve_state` achieved; ``session`` drives the rest of the upgrade."""
+
+    session: ServerSession
+    client_hello: Hello
+    applied: Mapping[str, str]
+    entries: int
+    seconds: float
+    refused: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientResult:
+    """What :func:`receive_state` received; ``session`` waits for handover and commit."""
+
+    snapshot: Snapshot
+    session: ClientSession
+    server_hello: Hello
+    applied: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Listener:
+    expected_uid: int
+    expected_pid: int | None
+    make_conn: Callable[[], Connection]
+    chosen: asyncio.Future[ServerSession]
+    refused: int = 0
+    sessions: set[ServerSession] = field(default_factory=set)
+
+    def refuse(self, why: str, peer: PeerCredentials) -> None:
+        self.refused += 1
+        log.warning("sync.peer_refused", reason=why, pid=peer.pid, uid=peer.uid, count=self.refused)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = peer_credentials(writer)
+        session = ServerSession(self.make_conn(), reader, writer, peer)
+        self.sessions.add(session)
+        try:
+            if peer.uid != self.expected_uid or self.expected_pid not in (None, peer.pid):
+                self.refuse("credentials", peer)
+                await session.abort(f"refused: peer uid {peer.uid} pid {peer.pid} not expected")
+                return
+            session._start()
+            hello = await session._next(waiting_for="Hello")
+            reply = session.conn.negotiate()
+            if self.chosen.done():
+                reply = abort("refused: another client is being served")
+            await session._send(reply)
+            if isinstance(reply, Hello):
+                self.sessions.discard(session)
+                self.chosen.set_result(session)
+                log.info("sync.client_accepted", pid=peer.pid, software=hello.software)
+                return
+            if session.conn.authenticated:
+                if not self.chosen.done():
+                    self.chosen.set_exception(RemoteProtocolError(f"client {reply.reason}"))
+            else:
+                self.refuse("token", peer)
+        except (ProtocolError, SyncAborted, OSError) as exc:
+            self.refuse(f"handshake: {exc}", peer)
+        await session.close()
+        self.sessions.discard(session)
+
+
+async def serve_state(
+    path: str | os.PathLike[str],
+    snapshot: Snapshot,
+    token: bytes,
+    expected_uid: int,
+    expected_pid: int | None = None,
+    *,
+    config: Config | None = None,
+    digests: Mapping[str, str] | None = None,
+    vswitchd_versions: Sequence[str] = (),
+    accept_timeout: float | None = 60.0,
+) -> ServerResult:
+    """Listen at *path*, stream *snapshot* to the one authenticated client, check its digests.
+
+    Returns once every category is applied with matching digests (both sides SYNCED);
+    a mismatch aborts the session and raises SyncAborted.  *digests* may carry the
+    snapshot's category digests when the caller has them already.
+    """
+    config = config or Config()
+    path = Path(path)
+    secure_directory(path.parent)
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            path.unlink()
+    loop = asyncio.get_running_loop()
+    listener = _Listener(
+        expected_uid,
+        expected_pid,
+        lambda: Connection(
+            Side.SERVER,
+            token=token,
+            now=loop.time(),
+            config=config,
+            software=f"ovsndu {__version__}",
+            vswitchd_versions=vswitchd_versions,
+        ),
+        loop.create_future(),
+    )
+    server = await asyncio.start_unix_server(listener.handle, path=str(path))
+    try:
+        os.chmod(path, 0o600)
+        log.info("sync.listening", path=str(path), expected_uid=expected_uid, pid=expected_pid)
+        try:
+            async with asyncio.timeout(accept_timeout):
+                session = await listener.chosen
+        except TimeoutError:
+            raise SyncTimeout("accept", State.IDLE.name, accept_timeout or 0.0) from None
+    finally:
+        server.close()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        for other in list(listener.sessions):
+            await other.close()
+    started = loop.time()
+    try:
+        digests = digests if digests is not None else snapshot.digests()
+        sent = await session._stream(snapshot, digests)
+        bad = {c: pair for c, pair in session.conn.applied.items() if pair[0] != pair[1]}
+        if bad:
+            details = ", ".join(f"{c} sent {a[:12]} read back {b[:12]}" for c, (a, b) in bad.items())
+            raise SyncAborted(f"digest mismatch after apply: {details}", by_peer=False)
+    except BaseException as exc:
+        await session._abort_on_error(exc)
+        raise
+    assert session.conn.their_hello is not None
+    log.info("sync.synced", side="server", entries=sent, seconds=loop.time() - started)
+    return ServerResult(
+        session=session,
+        client_hello=session.conn.their_hello,
+        applied={c: theirs for c, (_, theirs) in session.conn.applied.items()},
+        entries=sent,
+        seconds=loop.time() - started,
+        refused=listener.refused,
+    )
+
+
+async def receive_state(
+    path: str | os.PathLike[str],
+    token: bytes,
+    apply: ApplyCallback,
+    *,
+    config: Config | None = None,
+    vswitchd_versions: Sequence[str] = (),
+    expected_uid: int | None = None,
+    connect_timeout: float = 10.0,
+) -> ClientResult:
+    """Connect to the server at *path*, receive and apply every category, return the state.
+
+    *apply* gets each category's entries once its End arrives, may be a coroutine
+    function, and returns the digest it read back; that digest is acknowledged.  An
+    exception from *apply* aborts the sync.  With *expected_uid*, the server's
+    SO_PEERCRED uid must match.
+    """
+    config = config or Config()
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_unix_connection(os.fspath(path)), connect_timeout
+    )
+    peer = peer_credentials(writer)
+    conn = Connection(
+        Side.CLIENT,
+        token=token,
+        now=loop.time(),
+        config=config,
+        software=f"ovsndu {__version__}",
+        vswitchd_versions=vswitchd_versions,
+    )
+    session = ClientSession(conn, reader, writer, peer)
+    try:
+        if expected_uid is not None and peer.uid != expected_uid:
+            raise RemoteProtocolError(f"server runs as uid {peer.uid}, expected {expected_uid}")
+        await session._send(conn.own_hello())
+        session._start()
+        server_hello = await session._expect(Hello, None)
+        assert isinstance(server_hello, Hello)
+        received = await _receive_categories(session, apply)
+    except BaseException as exc:
+        await session._abort_on_error(exc)
+        raise
+    version = server_hello.vswitchd_versions[0] if server_hello.vswitchd_versions else None
+    snapshot = Snapshot(
+        VswitchdInfo(pid=None, version=version),
+        types.MappingProxyType({c: received.get(c, ()) for c in CATEGORIES}),
+    )
+    return ClientResult(
+        snapshot=snapshot,
+        session=session,
+        server_hello=server_hello,
+        applied={c: theirs for c, (_, theirs) in conn.applied.items()},
+    )
+
+
+async def _receive_categories(
+    session: ClientSession, apply: ApplyCallback
+) -> dict[str, tuple[Entry, ...]]:
+    conn = session.conn
+    parts: dict[str, list[Entry]] = {c: [] for c in conn.categories}
+    received: dict[str, tuple[Entry, ...]] = {}
+    while conn.state is State.SYNCING:
+        event = await session._next(waiting_for="state")
+        if isinstance(event, Chunk):
+            parts[event.category].extend(event.entries)
+            await session._send(Credit(seq=event.seq))
+        elif isinstance(event, End):
+            entries = received[event.category] = tuple(parts.pop(event.category))
+            digest: Any = apply(event.category, entries)
+            if inspect.isawaitable(digest):
+                digest = await digest
+            if not isinstance(digest, str):
+                raise LocalProtocolError(f"apply({event.category}) returned {digest!r}, not str")
+            await session._send(Applied(category=event.category, count=event.count, digest=digest))
+    return received
