@@ -58,10 +58,9 @@ from ovsndu.errors import (
     SyncAborted,
     SyncTimeout,
 )
-from ovsndu.model import CATEGORIES, Entry, Snapshot, VswitchdInfo
+from ovsndu.model import CATEGORIES, Entry, Snapshot, VswitchdInfo, category_digest
 from ovsndu.protocol.connection import TERMINAL, Config, Connection, Side, State, abort
 from ovsndu.protocol.messages import (
-    NEED_DATA,
     Abort,
     Applied,
     Chunk,
@@ -74,6 +73,7 @@ from ovsndu.protocol.messages import (
     Message,
     PeerClosed,
     Ready,
+    _NeedData,
 )
 
 log = structlog.get_logger("ovsndu.sync")
@@ -82,6 +82,7 @@ log = structlog.get_logger("ovsndu.sync")
 ApplyCallback = Callable[[str, tuple[Entry, ...]], str | Awaitable[str]]
 
 _CRED = struct.Struct("3i")
+_EMPTY_DIGEST = category_digest(())
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +160,7 @@ class _Session:
                 except TimeoutError:
                     continue
                 conn.receive_data(data, self._loop.time())
-                while (event := conn.next_event()) is not NEED_DATA:
-                    assert not isinstance(event, type(NEED_DATA))
+                while not isinstance(event := conn.next_event(), _NeedData):
                     self._dispatch(event)
                     if isinstance(event, PeerClosed):
                         return
@@ -349,7 +349,8 @@ class _Listener:
                 await session.abort(f"refused: peer uid {peer.uid} pid {peer.pid} not expected")
                 return
             session._start()
-            hello = await session._next(waiting_for="Hello")
+            hello = await session._expect(Hello, None)
+            assert isinstance(hello, Hello)
             reply = session.conn.negotiate()
             if self.chosen.done():
                 reply = abort("refused: another client is being served")
@@ -429,7 +430,9 @@ async def serve_state(
         sent = await session._stream(snapshot, digests)
         bad = {c: pair for c, pair in session.conn.applied.items() if pair[0] != pair[1]}
         if bad:
-            details = ", ".join(f"{c} sent {a[:12]} read back {b[:12]}" for c, (a, b) in bad.items())
+            details = ", ".join(
+                f"{c} sent {a[:12]}, read back {b[:12]}" for c, (a, b) in bad.items()
+            )
             raise SyncAborted(f"digest mismatch after apply: {details}", by_peer=False)
     except BaseException as exc:
         await session._abort_on_error(exc)
@@ -490,9 +493,13 @@ async def receive_state(
         await session._abort_on_error(exc)
         raise
     version = server_hello.vswitchd_versions[0] if server_hello.vswitchd_versions else None
+    # The server's End digests: its apply-time check already compared them with ours.
     snapshot = Snapshot(
         VswitchdInfo(pid=None, version=version),
         types.MappingProxyType({c: received.get(c, ()) for c in CATEGORIES}),
+        types.MappingProxyType(
+            {c: conn.applied[c][0] if c in conn.applied else _EMPTY_DIGEST for c in CATEGORIES}
+        ),
     )
     return ClientResult(
         snapshot=snapshot,
