@@ -46,7 +46,11 @@ def ofctl(rundir: str | Path, bridge: str, version: str, *args: str,
 
 
 def _first_error(stderr: str) -> str:
+    """The most telling line: the first OpenFlow error (it quotes the rejected message)."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith("Error "):
+            return ln
     for ln in lines:
         if "ovs-ofctl:" in ln:
             return ln.split("ovs-ofctl:", 1)[1].strip()

@@ -1,0 +1,170 @@
+"""Plans of OpenFlow packet-outs that recreate conntrack and FDB entries (pure).
+
+Upstream has no command to insert a userspace conntrack entry or a dynamic MAC
+learning entry.  Both are recreated the way traffic created them: synthesized
+frames sent as packet-outs whose actions never output anything.
+
+* conntrack: the first packet runs ``ct(commit,zone=Z[,nat(..)][,exec(mark,label)])``,
+  the rest ``ct(zone=Z)``; TCP follows the handshake (and closing sequence) that
+  leads to the recorded state pair, with consistent sequence numbers.
+* FDB: a frame from the MAC, in on its port and VLAN, addressed to a temporary
+  static *decoy* MAC on that same port, through ``NORMAL``: the bridge learns the
+  source and, the destination being the input port, transmits nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ovsndu.errors import RestoreError
+from ovsndu.model import Conntrack, FdbEntry
+from ovsndu.ovs.packets import ethernet, frame
+
+# UDP and ICMP: an entry whose remaining timeout exceeds this saw no reply (3.1 defaults:
+# first packet 60 s... replied 30 s); ambiguous only within the last 30 s of its life.
+REPLIED_TIMEOUT = 30
+_X, _Y = 0x10000000, 0x20000000
+_HS = (("o", "syn"), ("r", "syn|ack"), ("o", "ack"))
+
+# (state_orig, state_reply) -> the packets that lead there (o: original, r: reply direction)
+TCP_SEQUENCES: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
+    ("SYN_SENT", "CLOSED"): (("o", "syn"),),
+    ("ESTABLISHED", "SYN_SENT"): (("o", "syn"), ("r", "syn|ack")),
+    ("ESTABLISHED", "ESTABLISHED"): _HS,
+    ("CLOSING", "ESTABLISHED"): (*_HS, ("o", "fin|ack")),
+    ("FIN_WAIT_2", "ESTABLISHED"): (*_HS, ("o", "fin|ack"), ("r", "ack")),
+    ("FIN_WAIT_2", "CLOSING"): (*_HS, ("o", "fin|ack"), ("r", "fin|ack")),
+    ("FIN_WAIT_2", "FIN_WAIT_2"): (*_HS, ("o", "fin|ack"), ("r", "fin|ack"), ("o", "ack")),
+    ("ESTABLISHED", "CLOSING"): (*_HS, ("r", "fin|ack")),
+    ("ESTABLISHED", "FIN_WAIT_2"): (*_HS, ("r", "fin|ack"), ("o", "ack")),
+    ("CLOSING", "FIN_WAIT_2"): (*_HS, ("r", "fin|ack"), ("o", "fin|ack")),
+    ("TIME_WAIT", "TIME_WAIT"): (*_HS, ("o", "rst|ack")),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PacketOut:
+    """One packet-out: ``packet-out in_port=P packet=HEX actions=A``."""
+
+    in_port: str
+    packet: bytes
+    actions: str
+
+    def line(self) -> str:
+        """The line of an ``ovs-ofctl bundle`` file."""
+        return f"packet-out in_port={self.in_port} packet={self.packet.hex()} actions={self.actions}"
+
+
+def _tuple(text: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in text.split(",") if "=" in part)
+
+
+def _commit_actions(entry: Conntrack) -> str:
+    parts = ["commit", f"zone={entry.zone}"]
+    if entry.nat:
+        if entry.nat.count("=") > 1:
+            raise RestoreError("conntrack", f"entry with both SNAT and DNAT cannot be replayed: "
+                               f"{entry.protocol} {entry.orig}")
+        parts.append(f"nat({entry.nat})")
+    sets = []
+    if entry.mark:
+        sets.append(f"set_field:{entry.mark}->ct_mark")
+    if int(entry.labels, 16):
+        sets.append(f"set_field:{entry.labels}->ct_label")
+    if sets:
+        parts.append(f"exec({','.join(sets)})")
+    return f"ct({','.join(parts)})"
+
+
+def conntrack_packets(entry: Conntrack) -> list[PacketOut]:
+    """The packet-outs that recreate *entry*; RestoreError for a state we cannot reach."""
+    o, r = _tuple(entry.orig), _tuple(entry.reply)
+    commit, follow = _commit_actions(entry), f"ct(zone={entry.zone})"
+    proto = entry.protocol
+    if proto == "tcp":
+        key = (entry.state_orig or "", entry.state_reply or "")
+        steps = TCP_SEQUENCES.get(key)
+        if steps is None:
+            raise RestoreError("conntrack", f"TCP state {key[0]}/{key[1]} cannot be replayed: "
+                               f"{entry.orig}")
+        frames = _tcp_frames(o, r, steps)
+    elif proto in ("udp", "icmp", "icmpv6"):
+        replied = entry.timeout is not None and entry.timeout <= REPLIED_TIMEOUT
+        frames = [_datagram(proto, o, reply=False)]
+        if replied:
+            frames.append(_datagram(proto, r, reply=True))
+    else:
+        raise RestoreError("conntrack", f"protocol {proto} cannot be replayed: {entry.orig}")
+    return [PacketOut("controller", f, commit if i == 0 else follow) for i, f in enumerate(frames)]
+
+
+def _tcp_frames(o: dict[str, str], r: dict[str, str],
+                steps: tuple[tuple[str, str], ...]) -> list[bytes]:
+    nxt = {"o": _X, "r": _Y}
+    out = []
+    for side, flags in steps:
+        peer = "r" if side == "o" else "o"
+        t = o if side == "o" else r
+        ack = 0 if flags == "syn" else nxt[peer]
+        out.append(frame(src_ip=t["src"], dst_ip=t["dst"], proto="tcp", sport=int(t["sport"]),
+                         dport=int(t["dport"]), flags=flags, seq=nxt[side], ack=ack))
+        if "syn" in flags or "fin" in flags:
+            nxt[side] += 1
+    return out
+
+
+def _datagram(proto: str, t: dict[str, str], *, reply: bool) -> bytes:
+    if proto == "udp":
+        return frame(src_ip=t["src"], dst_ip=t["dst"], proto="udp", sport=int(t["sport"]),
+                     dport=int(t["dport"]))
+    return frame(src_ip=t["src"], dst_ip=t["dst"], proto=proto, icmp_type=int(t["type"]),
+                 icmp_code=int(t["code"]), icmp_id=int(t["id"]))
+
+
+def conntrack_plan(entries: tuple[Conntrack, ...] | list[Conntrack]) -> Iterator[str]:
+    """Bundle-file lines for all *entries* (raises before yielding for unreplayable ones)."""
+    plans = [conntrack_packets(e) for e in entries]
+    for plan in plans:
+        for packet_out in plan:
+            yield packet_out.line()
+
+
+DECOY_MAC = "02:00:5e:ff:ff:{:02x}"
+
+
+@dataclass(frozen=True, slots=True)
+class FdbPlan:
+    """Decoys to add (``fdb/add`` args), the packet-out lines, decoys to delete afterwards."""
+
+    decoys: tuple[tuple[str, str, int, str], ...]   # (bridge, port name, vlan, mac)
+    lines: dict[str, tuple[str, ...]]                # bridge -> packet-out lines
+
+
+def fdb_plan(entries: list[FdbEntry], port_names: dict[tuple[str, str], str],
+             access_ports: set[tuple[str, str]]) -> FdbPlan:
+    """Plan the dynamic entries of *entries* (static ones go through ``fdb/add`` directly).
+
+    *port_names* maps (bridge, OpenFlow port) to the port's name; *access_ports* holds the
+    (bridge, OpenFlow port) pairs whose frames arrive untagged (their VLAN is the port's tag).
+    """
+    taken = {e.mac for e in entries}
+    decoy_macs = (m for m in (DECOY_MAC.format(i) for i in range(256)) if m not in taken)
+    decoys: dict[tuple[str, str, int], str] = {}
+    lines: dict[str, list[str]] = {}
+    for e in entries:
+        if e.static:
+            continue
+        key = (e.bridge, e.port, e.vlan)
+        if key not in decoys:
+            decoys[key] = next(decoy_macs)
+        if (e.bridge, e.port) not in port_names:
+            raise RestoreError("fdb", f"port {e.port} of {e.bridge} does not exist: {e.mac}")
+        tagged = e.vlan and (e.bridge, e.port) not in access_ports
+        pkt = ethernet(src_mac=e.mac, dst_mac=decoys[key], vlan=e.vlan if tagged else None)
+        in_port = "LOCAL" if e.port == "LOCAL" else e.port
+        lines.setdefault(e.bridge, []).append(PacketOut(in_port, pkt, "NORMAL").line())
+    return FdbPlan(
+        decoys=tuple((b, port_names[(b, p)], v, mac) for (b, p, v), mac in decoys.items()),
+        lines={b: tuple(v) for b, v in lines.items()},
+    )
