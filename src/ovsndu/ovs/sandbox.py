@@ -213,6 +213,16 @@ class Sandbox:
         if self._own_rundir:
             shutil.rmtree(self.rundir, ignore_errors=True)
 
+    def copy_db(self, dest: str | Path) -> Path:
+        """A consistent copy of the live database (``ovsdb-client backup``) at *dest*."""
+        dest = Path(dest)
+        proc = subprocess.run(["ovsdb-client", "backup", self.db], capture_output=True,
+                              check=False, timeout=60)
+        if proc.returncode != 0:
+            raise SandboxError(f"ovsdb-client backup: {proc.stderr.decode().strip()}")
+        dest.write_bytes(proc.stdout)
+        return dest
+
     # --- tools ---------------------------------------------------------------------------
     def vsctl(self, *args: str) -> str:
         """``ovs-vsctl`` on the sandbox database (waits for vswitchd to apply)."""
