@@ -88,3 +88,7 @@ class SyncAborted(OvsnduError):
         super().__init__(f"sync aborted by {who}: {reason}")
         self.reason = reason
         self.by_peer = by_peer
+
+
+class ConfigError(OvsnduError):
+    """The configuration file is missing, malformed, or names an unknown key or a wrong type."""
