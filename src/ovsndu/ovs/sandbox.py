@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ovsndu.errors import SandboxError, VswitchdError
 from ovsndu.ovs.ofctl import ofctl
@@ -33,6 +33,9 @@ NETNS_PREFIX = "ovsndu-"
 DUMMY_ARGS = ("--enable-dummy=override", "--disable-system", "--disable-system-route")
 NETDEV_ARGS = ("--disable-system",)
 _counter = itertools.count()
+
+if TYPE_CHECKING:
+    from ovsndu.ovs.endpoints import Endpoint
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -82,6 +85,7 @@ class Sandbox:
         self.schema = schema
         self.db_file = Path(db_file) if db_file else self.rundir / "conf.db"
         self.netns: str | None = None
+        self.endpoints: list[Endpoint] = []
         self.ovsdb_proc: subprocess.Popen[bytes] | None = None
         self.vswitchd_proc: subprocess.Popen[bytes] | None = None
 
@@ -197,6 +201,20 @@ class Sandbox:
                                + (f": {tail[0]}" if tail else ""))
         return True
 
+    def restart_vswitchd(self, *, flow_restore_wait: bool = False) -> None:
+        """``ovs-appctl exit`` (no cleanup: taps stay), then start a new vswitchd."""
+        if flow_restore_wait:
+            self.vsctl("set", "Open_vSwitch", ".", "other_config:flow-restore-wait=true")
+        with contextlib.suppress(VswitchdError):
+            self.appctl("exit")
+        if self.vswitchd_proc is not None:
+            try:
+                self.vswitchd_proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.vswitchd_proc.kill()
+                self.vswitchd_proc.wait()
+        self.start_vswitchd()
+
     def stop_vswitchd(self, *, sig: int = signal.SIGTERM) -> None:
         """Stop this sandbox's vswitchd (if running) and wait for it."""
         _terminate(self.vswitchd_proc, sig)
@@ -207,6 +225,9 @@ class Sandbox:
         self.stop_vswitchd()
         _terminate(self.ovsdb_proc, signal.SIGTERM)
         self.ovsdb_proc = None
+        for ep in self.endpoints:
+            ep.delete()
+        self.endpoints.clear()
         if self.netns:
             subprocess.run(["ip", "netns", "del", self.netns], check=False, capture_output=True)
             self.netns = None
@@ -222,6 +243,18 @@ class Sandbox:
             raise SandboxError(f"ovsdb-client backup: {proc.stderr.decode().strip()}")
         dest.write_bytes(proc.stdout)
         return dest
+
+    def add_endpoint(self, bridge: str, port: str, ip: str, ofport: int) -> Endpoint:
+        """A host in its own namespace, wired by a veth to *port* (OpenFlow *ofport*)."""
+        from ovsndu.ovs.endpoints import make_endpoint
+
+        if self.netns is None:
+            raise SandboxError("endpoints need a netdev sandbox (its own namespace)")
+        ep = make_endpoint(self.netns, port, ip)
+        self.endpoints.append(ep)
+        self.vsctl("add-port", bridge, port, "--", "set", "interface", port,
+                   f"ofport_request={ofport}")
+        return ep
 
     # --- tools ---------------------------------------------------------------------------
     def vsctl(self, *args: str) -> str:
