@@ -8,7 +8,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ovsndu.model import Conntrack
 from ovsndu.ovs.packets import frame
+from ovsndu.ovs.replay import conntrack_packets
 from ovsndu.ovs.sandbox import Sandbox
 
 
@@ -45,12 +47,23 @@ def add_flows(sb: Sandbox, n: int, bridge: str = "br0") -> None:
         Path(f.name).unlink()
 
 
-def add_conntrack(sb: Sandbox, n: int, bridge: str = "br0", chunk: int = 10000) -> None:
-    """*n* UDP conntrack entries (zone i%8) created by packet-outs through ct(commit)."""
+def add_conntrack(sb: Sandbox, n: int, bridge: str = "br0", chunk: int = 10000,
+                  tcp_share: float = 0.0) -> None:
+    """*n* conntrack entries (zone i%8) created by packet-outs through ct(commit):
+    UDP, and a *tcp_share* of ESTABLISHED TCP connections (full handshakes)."""
+    n_tcp = int(n * tcp_share)
     for start in range(0, n, chunk):
         lines = []
         for i in range(start, min(n, start + chunk)):
-            pkt = frame(src_ip=f"10.8.{(i >> 8) & 0xFF}.{i & 0xFF}", dst_ip="10.9.0.1",
+            src = f"10.8.{(i >> 8) & 0xFF}.{i & 0xFF}"
+            if i < n_tcp:
+                entry = Conntrack(protocol="tcp", orig=f"src={src},dst=10.9.0.1,sport=40000,"
+                                  "dport=443", reply=f"src=10.9.0.1,dst={src},sport=443,"
+                                  "dport=40000", zone=i % 8, state_orig="ESTABLISHED",
+                                  state_reply="ESTABLISHED")
+                lines += [p.line() for p in conntrack_packets(entry)]
+                continue
+            pkt = frame(src_ip=src, dst_ip="10.9.0.1",
                         proto="udp", sport=1024 + (i >> 16), dport=53).hex()
             lines.append(f"packet-out in_port=controller packet={pkt} "
                          f"actions=ct(commit,zone={i % 8})")
