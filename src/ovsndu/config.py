@@ -143,11 +143,7 @@ class Config:
         for derived, (base, derive) in _DERIVED.items():
             section = data[owner[derived]]
             old_base = getattr(getattr(self, owner[base]), base)
-            if (
-                base in changes
-                and derived not in changes
-                and section[derived] == derive(old_base)
-            ):
+            if base in changes and derived not in changes and section[derived] == derive(old_base):
                 del section[derived]
         return type(self).from_dict(data, source=self.source or "<config>")
 
