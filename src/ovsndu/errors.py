@@ -92,3 +92,7 @@ class SyncAborted(OvsnduError):
 
 class ConfigError(OvsnduError):
     """The configuration file is missing, malformed, or names an unknown key or a wrong type."""
+
+
+class HistoryError(OvsnduError):
+    """An upgrade record in the state directory is unreadable or has the wrong shape."""
