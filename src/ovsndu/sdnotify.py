@@ -25,7 +25,7 @@ _KEY = re.compile(r"[A-Z][A-Z0-9_]*\Z")
 
 
 def notify(**fields: str | int | bool | None) -> bool:
-    """Send ``fields`` (lower-case names of sd_notify keys) to systemd.
+    """Send ``fields`` (sd_notify keys, in either case: ``ready=True`` or ``READY=1``).
 
     ``True`` becomes ``1``; ``False`` and ``None`` leave a field out; newlines in
     values become spaces.  Returns whether a datagram was sent: ``False`` when
@@ -34,9 +34,10 @@ def notify(**fields: str | int | bool | None) -> bool:
     address = os.environ.get("NOTIFY_SOCKET", "")
     if not address:
         return False
-    if fields.get("reloading") and "monotonic_usec" not in fields:
-        fields["monotonic_usec"] = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-    payload = format_fields(fields)
+    upper = {name.upper(): value for name, value in fields.items()}
+    if upper.get("RELOADING") and "MONOTONIC_USEC" not in upper:
+        upper["MONOTONIC_USEC"] = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    payload = format_fields(upper)
     if not payload:
         return False
     if address.startswith("@"):

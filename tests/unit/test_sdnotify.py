@@ -48,6 +48,13 @@ class TestNotify:
         assert lines[1].startswith("MONOTONIC_USEC=")
         assert int(lines[1].split("=")[1]) > 0
 
+    def test_upper_case_names(self, systemd: socket.socket) -> None:
+        """Keys may be spelled as systemd spells them."""
+        assert notify(RELOADING=1, STATUS="upgrading")
+        lines = _fields(systemd)
+        assert lines[:2] == ["RELOADING=1", "STATUS=upgrading"]
+        assert lines[2].startswith("MONOTONIC_USEC=")
+
     def test_watchdog_and_extend_timeout(self, systemd: socket.socket) -> None:
         """WATCHDOG=1 and EXTEND_TIMEOUT_USEC are plain fields."""
         assert notify(watchdog=True, extend_timeout_usec=30_000_000)
