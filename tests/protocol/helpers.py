@@ -20,7 +20,7 @@ from ovsndu.model import (
     TunnelNeighbor,
     VswitchdInfo,
 )
-from ovsndu.protocol import NEED_DATA, Config, Connection, Event, Message, Side
+from ovsndu.protocol import NEED_DATA, Config, Connection, Event, Message, PeerClosed, Side
 
 TOKEN = b"t" * 32
 
@@ -139,6 +139,8 @@ def drain(conn: Connection) -> list[Event]:
     while (event := conn.next_event()) is not NEED_DATA:
         assert not isinstance(event, type(NEED_DATA))
         events.append(event)
+        if isinstance(event, PeerClosed):  # returned again on every call
+            break
     return events
 
 
@@ -158,7 +160,8 @@ def run_sync(server: Connection, client: Connection, snap: Snapshot, *,
     for category in server.categories:
         entries = snap.categories[category]
         for start in range(0, len(entries), chunk):
-            msg = Chunk(category=category, seq=server.next_seq, entries=entries[start:start + chunk])
+            part = entries[start : start + chunk]
+            msg = Chunk(category=category, seq=server.next_seq, entries=part)
             for event in deliver(server, client, server.send(msg, 0.0)):
                 yield "client", event
                 assert isinstance(event, Chunk)

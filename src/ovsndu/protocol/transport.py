@@ -46,7 +46,7 @@ import types
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -81,6 +81,7 @@ log = structlog.get_logger("ovsndu.sync")
 #: ``apply(category, entries)`` installs one category and returns the digest read back.
 ApplyCallback = Callable[[str, tuple[Entry, ...]], str | Awaitable[str]]
 
+T = TypeVar("T")
 _CRED = struct.Struct("3i")
 _EMPTY_DIGEST = category_digest(())
 
@@ -130,6 +131,7 @@ class _Session:
         self._loop = asyncio.get_running_loop()
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._progress = asyncio.Event()
+        self._stopped = asyncio.Event()  # set once the peer aborted or the session failed
         self._failure: BaseException | None = None
         self._pump_task: asyncio.Task[None] | None = None
 
@@ -175,6 +177,7 @@ class _Session:
             return
         if isinstance(event, Abort):
             self._progress.set()
+            self._stopped.set()
         self._events.put_nowait(event)
 
     def _fail(self, exc: BaseException) -> None:
@@ -186,6 +189,7 @@ class _Session:
         self._writer.close()
         self._events.put_nowait(None)
         self._progress.set()
+        self._stopped.set()
 
     def _check(self) -> None:
         if self.conn.peer_abort is not None:
@@ -219,6 +223,22 @@ class _Session:
         if isinstance(event, PeerClosed):
             raise RemoteProtocolError(f"peer closed the connection in state {self.state.name}")
         return event
+
+    async def _guard(self, awaitable: Awaitable[T]) -> T:
+        """Await *awaitable*, cancelling it if the peer aborts or the session fails meanwhile."""
+        work = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+        if work.cancelled():
+            self._check()
+        return work.result()
 
     async def _expect(self, cls: type[Message], timeout: float | None) -> Message:
         event = await self._next(timeout, cls.__name__)
@@ -524,7 +544,7 @@ async def _receive_categories(
             entries = received[event.category] = tuple(parts.pop(event.category))
             digest: Any = apply(event.category, entries)
             if inspect.isawaitable(digest):
-                digest = await digest
+                digest = await session._guard(digest)
             if not isinstance(digest, str):
                 raise LocalProtocolError(f"apply({event.category}) returned {digest!r}, not str")
             await session._send(Applied(category=event.category, count=event.count, digest=digest))
