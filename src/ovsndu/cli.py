@@ -7,10 +7,12 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from ovsndu.config import DEFAULT_PATH, Config, load_config
 from ovsndu.errors import OvsnduError
 from ovsndu.model import Snapshot, diff_snapshots
-from ovsndu.render import diff_table, snapshot_table
+from ovsndu.render import diff_table, snapshot_table, table
 
 EXIT_OK = 0
 EXIT_DIFFERENT = 1
@@ -61,6 +63,98 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config)
+
+
+def _cmd_supervise(args: argparse.Namespace) -> int:
+    from ovsndu.logs import configure_logging
+    from ovsndu.supervisor import supervise
+
+    configure_logging()
+    return supervise(_config(args))
+
+
+def _phase_line(event: dict[str, Any]) -> str | None:
+    kind = event.get("event")
+    if kind == "phase":
+        return f"{event['phase']:<11} ..."
+    if kind in ("phase_done", "phase_failed"):
+        verdict = "ok" if kind == "phase_done" else f"FAILED: {event.get('reason', '')}"
+        return f"{event['phase']:<11} {verdict} ({event['seconds'] * 1000:.0f} ms)"
+    return None
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    from ovsndu.control import SupervisorUnreachable, request
+
+    cfg = _config(args)
+    payload: dict[str, Any] = {"op": "reload", "vswitchd": args.vswitchd, "timeout": args.timeout}
+
+    def show(event: dict[str, Any]) -> None:
+        line = _phase_line(event)
+        if line and not args.json:
+            print(line, flush=True)
+
+    try:
+        result = request(cfg.ovsndu.control_socket, payload, on_event=show)
+    except SupervisorUnreachable as exc:
+        print(f"ovsndu reload: refused: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        record = result.get("record") or {}
+        gap = record.get("handover_gap_ms")
+        extra = f"; handover {gap:.0f} ms" if gap else ""
+        print(f"{result.get('outcome')}: {result.get('reason') or 'new vswitchd serving'}"
+              f"{extra}")
+    code = result.get("exit_code")
+    return code if isinstance(code, int) else 3
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from ovsndu.control import SupervisorUnreachable, request
+    from ovsndu.upgrade.history import HistoryStore
+
+    cfg = _config(args)
+    try:
+        status = request(cfg.ovsndu.control_socket, {"op": "status"}, timeout=10)
+        code = EXIT_OK
+    except SupervisorUnreachable:
+        last = HistoryStore(cfg.ovsndu.state_dir).last()
+        status = {"phase": "supervisor not running", "vswitchd": None,
+                  "last_upgrade": last.to_dict() if last else None}
+        code = 3
+    status.pop("event", None)
+    if args.json:
+        print(json.dumps(status, indent=1))
+        return code
+    vs = status.get("vswitchd") or {}
+    print(f"phase:    {status.get('phase')}")
+    print(f"vswitchd: pid {vs.get('pid')}, {vs.get('version')}" if vs else "vswitchd: -")
+    last = status.get("last_upgrade")
+    if last:
+        print(f"last upgrade: {last['id']} {last['outcome']} ({last['from_version']} -> "
+              f"{last['to_version']}) {last.get('reason') or ''}")
+    return code
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    from ovsndu.upgrade.history import HistoryStore
+
+    records = HistoryStore(_config(args).ovsndu.state_dir).all()
+    if args.json:
+        print(json.dumps([r.to_dict() for r in records], indent=1))
+        return EXIT_OK
+    rows = [(r.id, r.outcome, r.from_version.split()[-1] if r.from_version else "-",
+             r.to_version.split()[-1] if r.to_version else "-",
+             " ".join(f"{p.phase}={p.duration_s * 1000:.0f}ms" for p in r.phases),
+             r.reason) for r in records]
+    print(table(("id", "outcome", "from", "to", "phases", "reason"), rows))
+    return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ovsndu.demo import run_demo
 
@@ -95,6 +189,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep userspace conntrack TCP sequence checking on (restored "
                    "connections then stall; see docs/state.md)")
     p.set_defaults(func=_cmd_restore)
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help=f"TOML config (default {DEFAULT_PATH}; missing = "
+                       "system defaults)")
+
+    p = sub.add_parser("supervise", help="run the supervisor (the unit's main process)")
+    with_config(p)
+    p.set_defaults(func=_cmd_supervise)
+
+    p = sub.add_parser("reload", help="live-upgrade the running vswitchd; exit 0 taken over, "
+                       "1 rolled back, 2 refused, 3 internal error")
+    with_config(p)
+    p.add_argument("--vswitchd", help="the new binary (default: the configured path)")
+    p.add_argument("--timeout", type=float, help="seconds for the whole upgrade")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_reload)
+
+    p = sub.add_parser("status", help="phase, serving vswitchd, last upgrade")
+    with_config(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("history", help="every upgrade, with phases, counts and digests")
+    with_config(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_history)
 
     p = sub.add_parser("demo", help="the embedded default: a private OVS sandbox with sample "
                        "state in every category")

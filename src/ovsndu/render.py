@@ -11,8 +11,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain left-aligned text table."""
     cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-             for r in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -23,9 +22,8 @@ def entry_text(entry: Entry) -> str:
     for key, value in entry.stable().items():
         if value in (None, "", [], 0, False) and key not in entry.IDENTITY:
             continue
-        if isinstance(value, list):
-            value = "[" + " | ".join(map(str, value)) + "]"
-        parts.append(f"{key}={value}")
+        text = "[" + " | ".join(map(str, value)) + "]" if isinstance(value, list) else value
+        parts.append(f"{key}={text}")
     return " ".join(parts)
 
 
@@ -33,9 +31,12 @@ def snapshot_table(snap: Snapshot, *, entries: bool = True) -> str:
     """A summary table (category, count, digest), then each category's entries."""
     info = snap.vswitchd
     out = [f"vswitchd pid {info.pid}, {info.version}", ""]
-    out.append(table(("category", "count", "digest"),
-                     [(name, len(snap.categories[name]), snap.digest(name)[:16])
-                      for name in CATEGORIES]))
+    out.append(
+        table(
+            ("category", "count", "digest"),
+            [(name, len(snap.categories[name]), snap.digest(name)[:16]) for name in CATEGORIES],
+        )
+    )
     if entries:
         for name in CATEGORIES:
             if snap.categories[name]:
@@ -46,8 +47,16 @@ def snapshot_table(snap: Snapshot, *, entries: bool = True) -> str:
 
 def diff_table(diffs: Sequence[CategoryDiff], *, limit: int = 20) -> str:
     """Per category: equal or not, with counts; then the differing entries."""
-    rows = [(d.category, "equal" if d.equal else "DIFFERENT", len(d.added), len(d.removed),
-             len(d.changed)) for d in diffs]
+    rows = [
+        (
+            d.category,
+            "equal" if d.equal else "DIFFERENT",
+            len(d.added),
+            len(d.removed),
+            len(d.changed),
+        )
+        for d in diffs
+    ]
     out = [table(("category", "digest", "added", "removed", "changed"), rows)]
     for d in diffs:
         if d.equal:

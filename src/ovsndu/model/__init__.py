@@ -40,6 +40,6 @@ __all__ = [
     "sort_entries",
 ]
 
-from ovsndu.model.diff import CategoryDiff, diff_category, diff_snapshots  # noqa: E402
+from ovsndu.model.diff import CategoryDiff, diff_category, diff_snapshots
 
 __all__ += ["CategoryDiff", "diff_category", "diff_snapshots"]

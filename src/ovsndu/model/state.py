@@ -80,11 +80,10 @@ def _getters(cls: type[Entry]) -> tuple[Callable[[Entry], Any], Callable[[Entry]
     """attrgetters of the identity (always a tuple) and of the stable fields."""
     getters = _GETTERS.get(cls)
     if getters is None:
+        # A trailing extra name makes attrgetter return a tuple even for one field.
         ident = operator.attrgetter(*cls.IDENTITY, cls.IDENTITY[0])
-        getters = _GETTERS[cls] = (
-            lambda e: ident(e)[:-1], operator.attrgetter(*_stable_names(cls), "CATEGORY"))
-        stable = getters[1]
-        getters = _GETTERS[cls] = (getters[0], lambda e: stable(e)[:-1])
+        stable = operator.attrgetter(*_stable_names(cls), "CATEGORY")
+        getters = _GETTERS[cls] = (lambda e: ident(e)[:-1], lambda e: stable(e)[:-1])
     return getters
 
 
@@ -299,7 +298,17 @@ class Route(Entry):
 ENTRY_TYPES: Mapping[str, type[Entry]] = types.MappingProxyType(
     {
         cls.CATEGORY: cls
-        for cls in (Port, TunnelNeighbor, Flow, Meter, Group, TlvMapping, Conntrack, FdbEntry, Route)
+        for cls in (
+            Port,
+            TunnelNeighbor,
+            Flow,
+            Meter,
+            Group,
+            TlvMapping,
+            Conntrack,
+            FdbEntry,
+            Route,
+        )
     }
 )
 assert tuple(ENTRY_TYPES) == CATEGORIES
@@ -331,9 +340,7 @@ _HINT_CACHE: dict[type[Entry], dict[str, Any]] = {}
 def _hints(cls: type[Entry]) -> dict[str, Any]:
     if cls not in _HINT_CACHE:
         names = {f.name for f in dataclasses.fields(cls)}
-        _HINT_CACHE[cls] = {
-            k: v for k, v in typing.get_type_hints(cls).items() if k in names
-        }
+        _HINT_CACHE[cls] = {k: v for k, v in typing.get_type_hints(cls).items() if k in names}
     return _HINT_CACHE[cls]
 
 
@@ -345,11 +352,11 @@ def _type_ok(value: Any, hint: Any) -> bool:
         if typing.get_origin(option) is tuple:
             if isinstance(value, tuple) and all(isinstance(v, str) for v in value):
                 return True
-        elif option is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return True
-        elif option is int and isinstance(value, int) and not isinstance(value, bool):
-            return True
-        elif option in (str, bool) and type(value) is option:
+        elif (
+            (option is float and isinstance(value, int | float) and not isinstance(value, bool))
+            or (option is int and isinstance(value, int) and not isinstance(value, bool))
+            or (option in (str, bool) and type(value) is option)
+        ):
             return True
     return False
 
@@ -360,8 +367,7 @@ def sort_entries(entries: Iterable[Entry]) -> tuple[Entry, ...]:
 
 
 def _sorted_with_digest(entries: Iterable[Entry]) -> tuple[tuple[Entry, ...], str]:
-    keyed = sorted(((e.identity(), e.canonical(), e) for e in entries),
-                   key=lambda t: (t[0], t[1]))
+    keyed = sorted(((e.identity(), e.canonical(), e) for e in entries), key=lambda t: (t[0], t[1]))
     h = hashlib.sha256()
     for _, encoded, _ in keyed:
         h.update(encoded)
@@ -391,9 +397,7 @@ class Snapshot:
     _digests: Mapping[str, str] = field(compare=False, repr=False)
 
     @classmethod
-    def build(
-        cls, vswitchd: VswitchdInfo, categories: Mapping[str, Iterable[Entry]]
-    ) -> Snapshot:
+    def build(cls, vswitchd: VswitchdInfo, categories: Mapping[str, Iterable[Entry]]) -> Snapshot:
         """Sort and freeze; every one of the nine categories must be present."""
         missing = set(CATEGORIES) - set(categories)
         extra = set(categories) - set(CATEGORIES)
@@ -403,7 +407,7 @@ class Snapshot:
         digests: dict[str, str] = {}
         for name in CATEGORIES:
             entries, digest = _sorted_with_digest(categories[name])
-            wrong = [e for e in entries if e.CATEGORY != name]
+            wrong = [e for e in entries if name != e.CATEGORY]
             if wrong:
                 raise ModelError(f"{name}: holds a {type(wrong[0]).__name__}")
             frozen[name], digests[name] = entries, digest

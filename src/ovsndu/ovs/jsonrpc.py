@@ -20,7 +20,9 @@ _DECODER = json.JSONDecoder()
 class JsonRpcClient:
     """One connection; :meth:`call` sends a request and waits for its reply."""
 
-    def __init__(self, path: str, *, timeout: float = 30.0, error: type[BackendError] = BackendError):
+    def __init__(
+        self, path: str, *, timeout: float = 30.0, error: type[BackendError] = BackendError
+    ):
         self.path = path
         self._error = error
         self._next_id = 0
@@ -57,8 +59,13 @@ class JsonRpcClient:
                     break
                 if message.get("method") == "echo":  # OVSDB keep-alive
                     self._sock.sendall(
-                        json.dumps({"result": message.get("params"), "error": None,
-                                    "id": message.get("id")}).encode()
+                        json.dumps(
+                            {
+                                "result": message.get("params"),
+                                "error": None,
+                                "id": message.get("id"),
+                            }
+                        ).encode()
                     )
         except OSError as exc:
             raise self._error(f"{self.path}: {method}: {exc.strerror or exc}") from None

@@ -53,7 +53,9 @@ class PacketOut:
 
     def line(self) -> str:
         """The line of an ``ovs-ofctl bundle`` file."""
-        return f"packet-out in_port={self.in_port} packet={self.packet.hex()} actions={self.actions}"
+        return (
+            f"packet-out in_port={self.in_port} packet={self.packet.hex()} actions={self.actions}"
+        )
 
 
 def _tuple(text: str) -> dict[str, str]:
@@ -64,8 +66,10 @@ def _commit_actions(entry: Conntrack) -> str:
     parts = ["commit", f"zone={entry.zone}"]
     if entry.nat:
         if entry.nat.count("=") > 1:
-            raise RestoreError("conntrack", f"entry with both SNAT and DNAT cannot be replayed: "
-                               f"{entry.protocol} {entry.orig}")
+            raise RestoreError(
+                "conntrack",
+                f"entry with both SNAT and DNAT cannot be replayed: {entry.protocol} {entry.orig}",
+            )
         parts.append(f"nat({entry.nat})")
     sets = []
     if entry.mark:
@@ -86,8 +90,9 @@ def conntrack_packets(entry: Conntrack) -> list[PacketOut]:
         key = (entry.state_orig or "", entry.state_reply or "")
         steps = TCP_SEQUENCES.get(key)
         if steps is None:
-            raise RestoreError("conntrack", f"TCP state {key[0]}/{key[1]} cannot be replayed: "
-                               f"{entry.orig}")
+            raise RestoreError(
+                "conntrack", f"TCP state {key[0]}/{key[1]} cannot be replayed: {entry.orig}"
+            )
         frames = _tcp_frames(o, r, steps)
     elif proto in ("udp", "icmp", "icmpv6"):
         replied = entry.timeout is not None and entry.timeout <= REPLIED_TIMEOUT
@@ -99,16 +104,27 @@ def conntrack_packets(entry: Conntrack) -> list[PacketOut]:
     return [PacketOut("controller", f, commit if i == 0 else follow) for i, f in enumerate(frames)]
 
 
-def _tcp_frames(o: dict[str, str], r: dict[str, str],
-                steps: tuple[tuple[str, str], ...]) -> list[bytes]:
+def _tcp_frames(
+    o: dict[str, str], r: dict[str, str], steps: tuple[tuple[str, str], ...]
+) -> list[bytes]:
     nxt = {"o": _X, "r": _Y}
     out = []
     for side, flags in steps:
         peer = "r" if side == "o" else "o"
         t = o if side == "o" else r
         ack = 0 if flags == "syn" else nxt[peer]
-        out.append(frame(src_ip=t["src"], dst_ip=t["dst"], proto="tcp", sport=int(t["sport"]),
-                         dport=int(t["dport"]), flags=flags, seq=nxt[side], ack=ack))
+        out.append(
+            frame(
+                src_ip=t["src"],
+                dst_ip=t["dst"],
+                proto="tcp",
+                sport=int(t["sport"]),
+                dport=int(t["dport"]),
+                flags=flags,
+                seq=nxt[side],
+                ack=ack,
+            )
+        )
         if "syn" in flags or "fin" in flags:
             nxt[side] += 1
     return out
@@ -116,10 +132,21 @@ def _tcp_frames(o: dict[str, str], r: dict[str, str],
 
 def _datagram(proto: str, t: dict[str, str], *, reply: bool) -> bytes:
     if proto == "udp":
-        return frame(src_ip=t["src"], dst_ip=t["dst"], proto="udp", sport=int(t["sport"]),
-                     dport=int(t["dport"]))
-    return frame(src_ip=t["src"], dst_ip=t["dst"], proto=proto, icmp_type=int(t["type"]),
-                 icmp_code=int(t["code"]), icmp_id=int(t["id"]))
+        return frame(
+            src_ip=t["src"],
+            dst_ip=t["dst"],
+            proto="udp",
+            sport=int(t["sport"]),
+            dport=int(t["dport"]),
+        )
+    return frame(
+        src_ip=t["src"],
+        dst_ip=t["dst"],
+        proto=proto,
+        icmp_type=int(t["type"]),
+        icmp_code=int(t["code"]),
+        icmp_id=int(t["id"]),
+    )
 
 
 def conntrack_plan(entries: tuple[Conntrack, ...] | list[Conntrack]) -> Iterator[str]:
@@ -137,12 +164,15 @@ DECOY_MAC = "02:00:5e:ff:ff:{:02x}"
 class FdbPlan:
     """Decoys to add (``fdb/add`` args), the packet-out lines, decoys to delete afterwards."""
 
-    decoys: tuple[tuple[str, str, int, str], ...]   # (bridge, port name, vlan, mac)
-    lines: dict[str, tuple[str, ...]]                # bridge -> packet-out lines
+    decoys: tuple[tuple[str, str, int, str], ...]  # (bridge, port name, vlan, mac)
+    lines: dict[str, tuple[str, ...]]  # bridge -> packet-out lines
 
 
-def fdb_plan(entries: list[FdbEntry], port_names: dict[tuple[str, str], str],
-             access_ports: set[tuple[str, str]]) -> FdbPlan:
+def fdb_plan(
+    entries: list[FdbEntry],
+    port_names: dict[tuple[str, str], str],
+    access_ports: set[tuple[str, str]],
+) -> FdbPlan:
     """Plan the dynamic entries of *entries* (static ones go through ``fdb/add`` directly).
 
     *port_names* maps (bridge, OpenFlow port) to the port's name; *access_ports* holds the

@@ -34,6 +34,7 @@ from ovsndu.model import (
     Route,
     Snapshot,
     TlvMapping,
+    TunnelNeighbor,
     diff_category,
 )
 from ovsndu.ovs import parsers
@@ -88,6 +89,7 @@ class Restorer:
                 self._fdb(snap, fdb, bridges)
             with self._step(report, "tunnel_neighbors"):
                 for n in snap.categories["tunnel_neighbors"]:
+                    assert isinstance(n, TunnelNeighbor)
                     self._call("tunnel_neighbors", "tnl/neigh/set", n.bridge, n.ip, n.mac)
             with self._step(report, "routes"):
                 self._routes(snap)

@@ -51,7 +51,7 @@ def sweep_stale_namespaces() -> list[str]:
             if not name.startswith(NETNS_PREFIX):
                 continue
             try:
-                owner = int(name[len(NETNS_PREFIX):].split("-")[0])
+                owner = int(name[len(NETNS_PREFIX) :].split("-")[0])
             except ValueError:
                 continue
             if not pid_alive(owner):
@@ -60,8 +60,9 @@ def sweep_stale_namespaces() -> list[str]:
     return removed
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str,
-             interval: float = 0.01) -> None:
+def wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.01
+) -> None:
     """Poll *predicate* until true; SandboxError naming *what* after *timeout* seconds."""
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -70,13 +71,33 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str,
         time.sleep(interval)
 
 
+def backup_db(db: str, dest: str | Path) -> Path:
+    """A consistent copy of the database at remote *db* (``ovsdb-client backup``)."""
+    dest = Path(dest)
+    proc = subprocess.run(
+        ["ovsdb-client", "backup", db], capture_output=True, check=False, timeout=60
+    )
+    if proc.returncode != 0:
+        raise SandboxError(
+            f"cannot copy the database: ovsdb-client backup: {proc.stderr.decode().strip()}"
+        )
+    dest.write_bytes(proc.stdout)
+    return dest
+
+
 class Sandbox:
     """One private OVS instance; use as a context manager, or call start()/stop()."""
 
-    def __init__(self, rundir: str | Path | None = None, *,
-                 datapath: Literal["dummy", "netdev"] = "dummy",
-                 vswitchd: str = "ovs-vswitchd", vswitchd_args: Sequence[str] = (),
-                 schema: str = SCHEMA, db_file: str | Path | None = None):
+    def __init__(
+        self,
+        rundir: str | Path | None = None,
+        *,
+        datapath: Literal["dummy", "netdev"] = "dummy",
+        vswitchd: str = "ovs-vswitchd",
+        vswitchd_args: Sequence[str] = (),
+        schema: str = SCHEMA,
+        db_file: str | Path | None = None,
+    ):
         self._own_rundir = rundir is None
         self.rundir = Path(rundir or tempfile.mkdtemp(prefix="ovsndu-sandbox-"))
         self.datapath = datapath
@@ -156,24 +177,36 @@ class Sandbox:
 
     def start_ovsdb(self) -> None:
         """Start ovsdb-server on the sandbox database."""
-        self.ovsdb_proc = self._spawn([
-            "ovsdb-server", str(self.db_file), f"--remote=punix:{self.db_sock}",
-            f"--pidfile={self.rundir / 'ovsdb-server.pid'}",
-            f"--log-file={self.rundir / 'ovsdb-server.log'}", "-vconsole:off",
-            f"--unixctl={self.rundir / 'ovsdb-server.ctl'}",
-        ])
-        wait_for(lambda: self._alive(self.ovsdb_proc, "ovsdb-server") and self.db_sock.exists(),
-                 10, "ovsdb-server's socket")
+        self.ovsdb_proc = self._spawn(
+            [
+                "ovsdb-server",
+                str(self.db_file),
+                f"--remote=punix:{self.db_sock}",
+                f"--pidfile={self.rundir / 'ovsdb-server.pid'}",
+                f"--log-file={self.rundir / 'ovsdb-server.log'}",
+                "-vconsole:off",
+                f"--unixctl={self.rundir / 'ovsdb-server.ctl'}",
+            ]
+        )
+        wait_for(
+            lambda: self._alive(self.ovsdb_proc, "ovsdb-server") and self.db_sock.exists(),
+            10,
+            "ovsdb-server's socket",
+        )
 
-    def vswitchd_argv(self, binary: str | None = None, *, pidfile: str | None = None,
-                      log_file: str | None = None) -> list[str]:
+    def vswitchd_argv(
+        self, binary: str | None = None, *, pidfile: str | None = None, log_file: str | None = None
+    ) -> list[str]:
         """The vswitchd command line this sandbox uses."""
         mode_args = DUMMY_ARGS if self.datapath == "dummy" else NETDEV_ARGS
         return [
-            binary or self.vswitchd_binary, self.db,
+            binary or self.vswitchd_binary,
+            self.db,
             f"--pidfile={pidfile or self.rundir / 'ovs-vswitchd.pid'}",
-            f"--log-file={log_file or self.rundir / 'ovs-vswitchd.log'}", "-vconsole:off",
-            *mode_args, *self.vswitchd_args,
+            f"--log-file={log_file or self.rundir / 'ovs-vswitchd.log'}",
+            "-vconsole:off",
+            *mode_args,
+            *self.vswitchd_args,
         ]
 
     def start_vswitchd(self) -> None:
@@ -197,8 +230,7 @@ class Sandbox:
         if proc is None or proc.poll() is not None:
             log = self.rundir / f"{name}.log"
             tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
-            raise SandboxError(f"{name} exited early"
-                               + (f": {tail[0]}" if tail else ""))
+            raise SandboxError(f"{name} exited early" + (f": {tail[0]}" if tail else ""))
         return True
 
     def restart_vswitchd(self, *, flow_restore_wait: bool = False) -> None:
@@ -236,13 +268,7 @@ class Sandbox:
 
     def copy_db(self, dest: str | Path) -> Path:
         """A consistent copy of the live database (``ovsdb-client backup``) at *dest*."""
-        dest = Path(dest)
-        proc = subprocess.run(["ovsdb-client", "backup", self.db], capture_output=True,
-                              check=False, timeout=60)
-        if proc.returncode != 0:
-            raise SandboxError(f"ovsdb-client backup: {proc.stderr.decode().strip()}")
-        dest.write_bytes(proc.stdout)
-        return dest
+        return backup_db(self.db, dest)
 
     def add_endpoint(self, bridge: str, port: str, ip: str, ofport: int) -> Endpoint:
         """A host in its own namespace, wired by a veth to *port* (OpenFlow *ofport*)."""
@@ -252,8 +278,9 @@ class Sandbox:
             raise SandboxError("endpoints need a netdev sandbox (its own namespace)")
         ep = make_endpoint(self.netns, port, ip)
         self.endpoints.append(ep)
-        self.vsctl("add-port", bridge, port, "--", "set", "interface", port,
-                   f"ofport_request={ofport}")
+        self.vsctl(
+            "add-port", bridge, port, "--", "set", "interface", port, f"ofport_request={ofport}"
+        )
         return ep
 
     # --- tools ---------------------------------------------------------------------------
@@ -266,8 +293,14 @@ class Sandbox:
         with Unixctl(str(self.unixctl_path)) as appctl:
             return appctl(command, *args)
 
-    def ofctl(self, bridge: str, *args: str, version: str = "OpenFlow15",
-              options: tuple[str, ...] = (), input_text: str | None = None) -> str:
+    def ofctl(
+        self,
+        bridge: str,
+        *args: str,
+        version: str = "OpenFlow15",
+        options: tuple[str, ...] = (),
+        input_text: str | None = None,
+    ) -> str:
         """``ovs-ofctl -O VERSION OPTIONS CMD <bridge mgmt> ARGS``."""
         return ofctl(self.rundir, bridge, version, *args, extra=options, input_text=input_text)
 
@@ -276,18 +309,26 @@ class Sandbox:
         return self._run(self.ns_argv(argv), check=check)
 
     def _run(self, argv: Sequence[str], *, check: bool = True) -> str:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, env=self.env,
-                              check=False, timeout=120)
+        proc = subprocess.run(
+            list(argv), capture_output=True, text=True, env=self.env, check=False, timeout=120
+        )
         if check and proc.returncode != 0:
             reason = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[:1]
-            raise SandboxError(f"{' '.join(argv[:4])}...: {reason[0] if reason else proc.returncode}")
+            raise SandboxError(
+                f"{' '.join(argv[:4])}...: {reason[0] if reason else proc.returncode}"
+            )
         return proc.stdout
 
     def _spawn(self, argv: Sequence[str]) -> subprocess.Popen[bytes]:
         try:
-            return subprocess.Popen(list(argv), env=self.env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    preexec_fn=_die_with_parent)
+            return subprocess.Popen(
+                list(argv),
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
         except OSError as exc:
             raise SandboxError(f"cannot start {argv[0]}: {exc.strerror}") from None
 

@@ -1,0 +1,234 @@
+"""Starting, watching and stopping ovs-vswitchd processes for the supervisor.
+
+A serving vswitchd runs with the options ``ovs-ctl`` gives it, in the foreground,
+in its own session (it must outlive a crashed supervisor).  A *standby* is a
+second vswitchd on the same live database with its own pidfile: it waits on the
+OVSDB lock ``ovs_vswitchd`` until the serving one goes away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ovsndu.errors import VswitchdError
+from ovsndu.ovs.ovsdb import Ovsdb
+from ovsndu.ovs.readers import read_bridges
+from ovsndu.ovs.unixctl import Unixctl, pid_alive
+
+SYSTEM_RUNDIR = "/var/run/openvswitch"
+STANDBY_PIDFILE = "ovs-vswitchd.standby.pid"
+
+
+@dataclass(frozen=True, slots=True)
+class VswitchdSpec:
+    """Where and how vswitchd runs (from the [ovs] config section)."""
+
+    rundir: Path
+    db: str
+    args: tuple[str, ...] = ()
+    netns: str = ""
+
+    @property
+    def pidfile(self) -> Path:
+        """The standard pidfile the OVS tools read."""
+        return self.rundir / "ovs-vswitchd.pid"
+
+    @property
+    def standby_pidfile(self) -> Path:
+        """The standby's own pidfile (renamed to :attr:`pidfile` when it takes over)."""
+        return self.rundir / STANDBY_PIDFILE
+
+    @property
+    def log_file(self) -> Path:
+        """``$OVS_LOGDIR`` or /var/log/openvswitch for the system, else the rundir."""
+        if os.environ.get("OVS_LOGDIR"):
+            return Path(os.environ["OVS_LOGDIR"]) / "ovs-vswitchd.log"
+        if str(self.rundir) == SYSTEM_RUNDIR:
+            return Path("/var/log/openvswitch/ovs-vswitchd.log")
+        return self.rundir / "ovs-vswitchd.log"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment with ``OVS_RUNDIR`` pointing at the rundir."""
+        return {**os.environ, "OVS_RUNDIR": str(self.rundir)}
+
+    def argv(self, binary: str, *, standby: bool = False) -> list[str]:
+        """The command line: ovs-ctl's options, the configured extras, our pidfile."""
+        pidfile = self.standby_pidfile if standby else self.pidfile
+        argv = [binary, self.db, "-vconsole:emer", "-vsyslog:err", "-vfile:info", "--no-chdir",
+                f"--log-file={self.log_file}", f"--pidfile={pidfile}", *self.args]
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
+        return argv
+
+
+def spawn(spec: VswitchdSpec, binary: str, *, standby: bool = False
+          ) -> subprocess.Popen[bytes]:
+    """Start vswitchd in the foreground, in its own session, output discarded."""
+    try:
+        return subprocess.Popen(spec.argv(binary, standby=standby), env=spec.env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError as exc:
+        raise VswitchdError(f"cannot start {binary}: {exc.strerror}") from None
+
+
+def binary_version(binary: str, timeout: float = 10.0) -> str:
+    """``BINARY --version``'s first line; VswitchdError if it is missing, crashes or hangs."""
+    try:
+        proc = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise VswitchdError(f"new binary {binary} does not exist") from None
+    except PermissionError:
+        raise VswitchdError(f"new binary {binary} is not executable") from None
+    except subprocess.TimeoutExpired:
+        raise VswitchdError(f"new binary {binary} hung on --version ({timeout:g} s)") from None
+    except OSError as exc:
+        raise VswitchdError(f"new binary {binary} cannot run: {exc.strerror}") from None
+    first = proc.stdout.strip().splitlines()[:1]
+    if proc.returncode != 0 or not first or "Open vSwitch" not in first[0]:
+        why = f"exit status {proc.returncode}" if proc.returncode else "no version line"
+        raise VswitchdError(f"new binary {binary} failed --version: {why}")
+    return first[0].strip()
+
+
+def unixctl_for(spec: VswitchdSpec, pid: int, timeout: float = 10.0) -> Unixctl:
+    """A unixctl connection to vswitchd *pid*."""
+    return Unixctl.for_daemon(spec.rundir, pid=pid, timeout=timeout)
+
+
+def answers(spec: VswitchdSpec, pid: int) -> bool:
+    """Whether vswitchd *pid* answers ``version`` on its unixctl socket."""
+    try:
+        with unixctl_for(spec, pid, timeout=2) as appctl:
+            appctl("version")
+    except VswitchdError:
+        return False
+    return True
+
+
+def bridges_ready(spec: VswitchdSpec, pid: int) -> bool:
+    """Whether vswitchd *pid* has built every bridge of the database (all answer OpenFlow)."""
+    try:
+        with Ovsdb(spec.db, timeout=5) as db:
+            names = [b.name for b in read_bridges(db)]
+        with unixctl_for(spec, pid, timeout=2) as appctl:
+            shown = appctl("ofproto/list").split()
+    except VswitchdError:
+        return False
+    except Exception:
+        return False
+    return all(name in shown and (spec.rundir / f"{name}.mgmt").exists() for name in names)
+
+
+def wait_until(predicate: object, timeout: float, what: str, interval: float = 0.01) -> None:
+    """Poll *predicate* (a callable) until true; VswitchdError naming *what* on timeout."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise VswitchdError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_gone(pid: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
+    """Wait until *pid* has exited (reaping it when it is our child); False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return True
+        if proc is None and not pid_alive(pid):
+            return True
+        time.sleep(0.002)
+    return False
+
+
+def kill(pid: int, proc: subprocess.Popen[bytes] | None = None, sig: int = signal.SIGKILL
+         ) -> None:
+    """Send *sig* to *pid* if alive (continuing it first if stopped) and reap a child."""
+    if not pid_alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+        if sig != signal.SIGKILL:
+            os.kill(pid, signal.SIGCONT)
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+    else:
+        wait_gone(pid, 10)
+
+
+def remove_stale_files(spec: VswitchdSpec, pid: int) -> None:
+    """Sockets a dead vswitchd *pid* may leave behind (after SIGKILL)."""
+    with contextlib.suppress(FileNotFoundError):
+        (spec.rundir / f"ovs-vswitchd.{pid}.ctl").unlink()
+    for path in (spec.pidfile, spec.standby_pidfile):
+        with contextlib.suppress(OSError, ValueError):
+            if int(path.read_text().strip()) == pid:
+                path.unlink()
+
+
+def read_pid(path: Path) -> int | None:
+    """The PID in a pidfile if that process is alive, else None."""
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def ordered_takeover(spec: VswitchdSpec, old_pid: int, old_proc: subprocess.Popen[bytes] | None,
+                     standby_pid: int, *, exit_timeout: float = 10.0) -> float:
+    """Stop the serving vswitchd and let the standby take over, in a safe order.
+
+    The old daemon releases the OVSDB lock before it has closed its devices, so the
+    standby is stopped (SIGSTOP) first, the old one told to ``exit`` (no cleanup:
+    datapath and taps stay), and the standby continued only once the old PID is gone.
+    Returns the monotonic time the old process was seen gone.
+    """
+    os.kill(standby_pid, signal.SIGSTOP)
+    try:
+        try:
+            with unixctl_for(spec, old_pid, timeout=exit_timeout) as appctl:
+                appctl("exit")
+        except VswitchdError:
+            os.kill(old_pid, signal.SIGTERM)
+        if not wait_gone(old_pid, exit_timeout, old_proc):
+            kill(old_pid, old_proc)
+        gone = time.monotonic()
+        remove_stale_files(spec, old_pid)
+    finally:
+        os.kill(standby_pid, signal.SIGCONT)
+    return gone
+
+
+def promote_standby_pidfile(spec: VswitchdSpec, standby_pid: int) -> None:
+    """Rename the standby's pidfile to the standard one; its lock (on the inode) moves along."""
+    if read_pid(spec.standby_pidfile) != standby_pid:
+        raise VswitchdError(f"standby pidfile {spec.standby_pidfile} does not name {standby_pid}")
+    os.replace(spec.standby_pidfile, spec.pidfile)
+
+
+def running_binary(pid: int) -> str:
+    """The executable of *pid* (``/proc/PID/exe``), readable even if the file was replaced."""
+    return f"/proc/{pid}/exe"
+
+
+def dp_types(db: str) -> dict[str, str]:
+    """bridge → datapath type."""
+    with Ovsdb(db) as conn:
+        return {b.name: b.datapath_type for b in read_bridges(conn)}
+
+
+def sequence_args(args: Sequence[str]) -> tuple[str, ...]:
+    """Normalise configured extra arguments."""
+    return tuple(str(a) for a in args)

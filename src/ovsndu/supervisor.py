@@ -1,0 +1,384 @@
+"""The supervisor: the long-running daemon that owns the serving vswitchd.
+
+It starts (or adopts) ovs-vswitchd, restarts it if it dies outside an upgrade,
+serves the control socket (``reload``, ``status``), runs at most one upgrade at a
+time, and on start finishes or rolls back an upgrade a previous instance left in
+flight.  It is the one place that runs the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ovsndu import sdnotify
+from ovsndu.config import Config
+from ovsndu.errors import OvsnduError, VswitchdError
+from ovsndu.model import Snapshot
+from ovsndu.ovs import daemon
+from ovsndu.ovs.ovsdb import Ovsdb
+from ovsndu.ovs.restore import Restorer
+from ovsndu.ovs.unixctl import pid_alive
+from ovsndu.upgrade import machine
+from ovsndu.upgrade.history import HistoryStore, UpgradeRecord
+from ovsndu.upgrade.machine import EXIT_REFUSED, Phase
+from ovsndu.upgrade.runner import (
+    Serving,
+    UpgradeRunner,
+    restore_original,
+    snapshot_path,
+    spec_of,
+    vswitchd_version,
+)
+
+log = structlog.get_logger("ovsndu.supervisor")
+MONITOR_INTERVAL = 0.5
+
+
+def binary_of(pid: int) -> str:
+    """The path a process was started from (``(deleted)`` stripped)."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
+    except OSError:
+        return ""
+
+
+class Supervisor:
+    """Owns one vswitchd (as described by *cfg*) and its upgrades."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.spec = spec_of(cfg)
+        self.state_dir = Path(cfg.ovsndu.state_dir)
+        self.store = HistoryStore(self.state_dir)
+        self.serving: Serving | None = None
+        self.runner: UpgradeRunner | None = None
+        self.phase = "starting"
+        self._stop = asyncio.Event()
+
+    # --- life cycle --------------------------------------------------------------------------
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; stop vswitchd on the way out."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        await asyncio.to_thread(self.recover)
+        await asyncio.to_thread(self.ensure_serving)
+        path = Path(self.cfg.ovsndu.control_socket)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        server = await asyncio.start_unix_server(self._handle, path=str(path))
+        os.chmod(path, 0o600)
+        self.phase = "idle"
+        assert self.serving is not None
+        log.info(
+            "supervisor.ready",
+            event_kind="ready",
+            vswitchd_pid=self.serving.pid,
+            version=self.serving.version,
+            control_socket=str(path),
+        )
+        sdnotify.notify(READY=1, MAINPID=os.getpid(), STATUS=self._status_line())
+        monitor = asyncio.create_task(self._monitor())
+        try:
+            await self._stop.wait()
+        finally:
+            sdnotify.notify(STOPPING=1, STATUS="stopping")
+            monitor.cancel()
+            server.close()
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            if self.runner_task is not None:
+                await asyncio.wait([self.runner_task], timeout=self.cfg.upgrade.timeout)
+            await asyncio.to_thread(self.stop_vswitchd)
+        log.info("supervisor.stopped", event_kind="stopped")
+        return 0
+
+    runner_task: asyncio.Task[UpgradeRecord] | None = None
+
+    def _status_line(self) -> str:
+        s = self.serving
+        who = f"vswitchd pid {s.pid} ({s.version})" if s else "no vswitchd"
+        return f"{self.phase}; {who}"
+
+    def stop_vswitchd(self) -> None:
+        """Stop the serving vswitchd the way ovs-ctl does (``exit``), SIGKILL if it hangs."""
+        s = self.serving
+        if s is None:
+            return
+        try:
+            with daemon.unixctl_for(self.spec, s.pid, timeout=5) as appctl:
+                appctl("exit")
+        except VswitchdError:
+            pass
+        if not daemon.wait_gone(s.pid, 10, s.proc):
+            daemon.kill(s.pid, s.proc)
+        daemon.remove_stale_files(self.spec, s.pid)
+
+    def ensure_serving(self) -> None:
+        """Adopt the vswitchd named by the pidfile, or start the configured one."""
+        pid = daemon.read_pid(self.spec.pidfile)
+        if pid is not None and daemon.answers(self.spec, pid):
+            self.serving = Serving(pid, None, binary_of(pid), vswitchd_version(self.spec, pid))
+            log.info("supervisor.adopted", event_kind="adopted", vswitchd_pid=pid)
+        else:
+            self.serving = self._start_configured()
+        self._clear_stale_frw()
+
+    def _start_configured(self) -> Serving:
+        proc = daemon.spawn(self.spec, self.cfg.ovs.vswitchd)
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise VswitchdError(
+                    f"{self.cfg.ovs.vswitchd} exited at start with status {proc.returncode}"
+                )
+            return daemon.answers(self.spec, proc.pid)
+
+        daemon.wait_until(ready, 30, "ovs-vswitchd to answer")
+        log.info(
+            "supervisor.started_vswitchd", event_kind="vswitchd_started", vswitchd_pid=proc.pid
+        )
+        return Serving(proc.pid, proc, self.cfg.ovs.vswitchd, vswitchd_version(self.spec, proc.pid))
+
+    def _clear_stale_frw(self) -> None:
+        with Ovsdb(self.spec.db) as db:
+            (row,) = db.select("Open_vSwitch", ["other_config"])
+            if row["other_config"].get("flow-restore-wait") == "true":
+                db.set_other_config("flow-restore-wait", None)
+                log.warning(
+                    "supervisor.cleared_flow_restore_wait",
+                    event_kind="anomaly",
+                    reason="flow-restore-wait was left set; cleared",
+                )
+
+    async def _monitor(self) -> None:
+        """Restart vswitchd if it dies while no upgrade runs; ping the watchdog."""
+        interval = sdnotify.watchdog_interval()
+        while True:
+            await asyncio.sleep(
+                min(MONITOR_INTERVAL, interval / 2) if interval else MONITOR_INTERVAL
+            )
+            if interval:
+                sdnotify.notify(WATCHDOG=1)
+            s = self.serving
+            if self.runner is not None or s is None:
+                continue
+            dead = s.proc.poll() is not None if s.proc is not None else not pid_alive(s.pid)
+            if dead:
+                log.warning(
+                    "supervisor.vswitchd_died",
+                    event_kind="anomaly",
+                    vswitchd_pid=s.pid,
+                    status=s.proc.returncode if s.proc else None,
+                )
+                daemon.remove_stale_files(self.spec, s.pid)
+                try:
+                    self.serving = await asyncio.to_thread(self._start_configured)
+                except OvsnduError as exc:
+                    log.error("supervisor.restart_failed", event_kind="anomaly", reason=str(exc))
+
+    # --- crash recovery -----------------------------------------------------------------------
+    def recover(self) -> None:
+        """Finish or roll back an upgrade a killed supervisor left in flight."""
+        rec = self.store.inflight()
+        if rec is None:
+            return
+        phase = Phase(rec.phase) if rec.phase else Phase.PREFLIGHT
+        action = machine.recovery_action(phase, rec.rollback_mode)  # type: ignore[arg-type]
+        log.warning(
+            "supervisor.recovering",
+            event_kind="recovery",
+            upgrade_id=rec.id,
+            phase=phase.value,
+            action=action,
+        )
+        snap = self._load_snapshot(rec)
+        try:
+            outcome = self._recover(rec, action, snap)
+            rec.outcome, rec.exit_code = outcome, (0 if outcome == "committed" else 1)
+            rec.reason = (
+                f"supervisor restarted during {phase.value}; "
+                f"{'finished' if outcome == 'committed' else 'rolled back'}"
+            )
+        except OvsnduError as exc:
+            rec.outcome, rec.exit_code, rec.reason = "failed", 3, f"recovery failed: {exc}"
+        rec.anomalies.append(f"supervisor killed during {phase.value}, recovered: {rec.outcome}")
+        self.store.finish(rec)
+        with contextlib.suppress(FileNotFoundError):
+            snapshot_path(self.state_dir, rec.id).unlink()
+        log.warning(
+            "upgrade.finished",
+            event_kind="recovered",
+            upgrade_id=rec.id,
+            outcome=rec.outcome,
+            reason=rec.reason,
+            phase=phase.value,
+        )
+
+    def _load_snapshot(self, rec: UpgradeRecord) -> Snapshot | None:
+        path = snapshot_path(self.state_dir, rec.id)
+        try:
+            return Snapshot.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, OvsnduError):
+            return None
+
+    def _recover(self, rec: UpgradeRecord, action: str, snap: Snapshot | None) -> str:
+        old = rec.from_pid if rec.from_pid and pid_alive(rec.from_pid) else None
+        new = rec.standby_pid if rec.standby_pid and pid_alive(rec.standby_pid) else None
+        finishable = action in ("commit", "handover") and old is None and new is not None
+        if finishable and new is not None and self._finish_on_new(new, snap):
+            return "committed"
+        if new is not None and new != old:
+            daemon.kill(new)
+            daemon.remove_stale_files(self.spec, new)
+        if old is not None:
+            if daemon.read_pid(self.spec.pidfile) != old:
+                raise VswitchdError(f"the original vswitchd {old} lost its pidfile")
+            return "rolled_back"
+        if snap is None:
+            raise VswitchdError("no vswitchd serves and the snapshot is lost")
+        binary = rec.rollback_binary or rec.from_binary or self.cfg.ovs.vswitchd
+        self.serving = restore_original(
+            self.spec, binary, snap, tcp_seq_check=self.cfg.upgrade.tcp_seq_check
+        )
+        return "rolled_back"
+
+    def _finish_on_new(self, pid: int, snap: Snapshot | None) -> bool:
+        """The old process is gone and the new one lives: install, lift, verify, keep it."""
+        if snap is None:
+            return False
+        try:
+            os.kill(pid, signal.SIGCONT)
+            daemon.wait_until(
+                lambda: daemon.bridges_ready(self.spec, pid), 30, "the new vswitchd's bridges"
+            )
+            if daemon.read_pid(self.spec.pidfile) != pid:
+                daemon.promote_standby_pidfile(self.spec, pid)
+            restorer = Restorer(
+                self.spec.rundir,
+                self.spec.db,
+                pid=pid,
+                tcp_seq_check=self.cfg.upgrade.tcp_seq_check,
+            )
+            restorer.restore(snap, verify=False)
+            with Ovsdb(self.spec.db) as db:
+                db.set_other_config("flow-restore-wait", None)
+            restorer.verify(snap)
+        except OvsnduError as exc:
+            log.warning("supervisor.finish_failed", event_kind="anomaly", reason=str(exc))
+            return False
+        return True
+
+    # --- control socket -----------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """What ``ovsndu status`` shows."""
+        s = self.serving
+        last = self.store.last()
+        return {
+            "phase": self.phase,
+            "upgrade_id": self.runner.upgrade_id if self.runner else None,
+            "supervisor_pid": os.getpid(),
+            "vswitchd": {"pid": s.pid, "version": s.version, "binary": s.binary} if s else None,
+            "last_upgrade": last.to_dict() if last else None,
+        }
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 10)
+            request = json.loads(line or b"{}")
+            op = request.get("op")
+            if op == "status":
+                await _send(writer, {"event": "status", **self.status()})
+            elif op == "reload":
+                await self._reload(request, writer)
+            else:
+                await _send(writer, {"event": "error", "reason": f"unknown op {op!r}"})
+        except (ValueError, TimeoutError, ConnectionError) as exc:
+            with contextlib.suppress(ConnectionError):
+                await _send(writer, {"event": "error", "reason": f"bad request: {exc}"})
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _reload(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        if self.runner is not None:
+            await _send(
+                writer,
+                {
+                    "event": "result",
+                    "outcome": "refused",
+                    "exit_code": EXIT_REFUSED,
+                    "reason": f"busy: upgrade {self.runner.upgrade_id} is in phase {self.phase}",
+                },
+            )
+            return
+        assert self.serving is not None
+        timeout = float(request.get("timeout") or self.cfg.upgrade.timeout)
+        binary = str(request.get("vswitchd") or self.cfg.ovs.vswitchd)
+
+        def progress(event: dict[str, Any]) -> None:
+            if event.get("event") == "phase":
+                self.phase = str(event["phase"])
+                sdnotify.notify(STATUS=self._status_line(), EXTEND_TIMEOUT_USEC=int(timeout * 1e6))
+            with contextlib.suppress(Exception):
+                writer.write(json.dumps(event).encode() + b"\n")
+
+        def moved(serving: Serving) -> None:
+            self.serving = serving
+
+        runner = UpgradeRunner(
+            self.cfg,
+            self.serving,
+            self.store,
+            new_binary=binary,
+            timeout=timeout,
+            progress=progress,
+            on_serving=moved,
+        )
+        self.runner = runner
+        sdnotify.notify(RELOADING=1, STATUS=f"upgrading to {binary}")
+        task = self.runner_task = asyncio.create_task(runner.run())
+        task.add_done_callback(self._upgrade_done)
+        record = await asyncio.shield(task)
+        with contextlib.suppress(ConnectionError):
+            await _send(
+                writer,
+                {
+                    "event": "result",
+                    "outcome": record.outcome,
+                    "exit_code": record.exit_code,
+                    "reason": record.reason,
+                    "record": record.to_dict(),
+                },
+            )
+
+    def _upgrade_done(self, task: asyncio.Task[UpgradeRecord]) -> None:
+        if self.runner is not None:
+            self.serving = self.runner.serving
+        self.runner, self.runner_task, self.phase = None, None, "idle"
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "supervisor.upgrade_crashed", event_kind="anomaly", reason=repr(task.exception())
+            )
+        sdnotify.notify(READY=1, STATUS=self._status_line())
+
+
+async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    writer.write(json.dumps(message).encode() + b"\n")
+    await writer.drain()
+
+
+def supervise(cfg: Config) -> int:
+    """Run the supervisor until it is told to stop."""
+    return asyncio.run(Supervisor(cfg).run())

@@ -1,0 +1,153 @@
+"""The client: the process launched for one upgrade, the other end of the sync channel.
+
+It receives the whole state from the supervisor (the server), rehearses it on the
+new binary in a private dummy-datapath sandbox on a copy of the database (the
+*validation*: every category installed and read back; its read-back digests are the
+acknowledgements), and, when the supervisor hands over, installs the state into the
+new live vswitchd, lifts ``flow-restore-wait``, verifies by read-back and says Ready.
+
+Run by the supervisor as ``python -m ovsndu.upgrade.client ARGS``; exit 0 after
+Commit, 1 after an abort, 3 on an error (the reason is on stderr and sent as Abort).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from ovsndu.errors import OvsnduError, RestoreError, SyncAborted
+from ovsndu.model import CATEGORIES, Port, Route, Snapshot
+from ovsndu.ovs.ovsdb import Ovsdb
+from ovsndu.ovs.readers import read_snapshot
+from ovsndu.ovs.restore import Restorer, describe_difference, user_routes_only
+from ovsndu.ovs.sandbox import Sandbox, backup_db
+from ovsndu.protocol.transport import receive_state
+
+EXIT_COMMITTED = 0
+EXIT_ABORTED = 1
+EXIT_ERROR = 3
+
+
+def _route_addresses(snap: Snapshot) -> dict[str, str]:
+    """device → ``ADDR/PLEN`` covering each user route's gateway, from the routes' SRC."""
+    out = {}
+    for r in snap.categories["routes"]:
+        if not isinstance(r, Route) or r.kind != "user" or not r.src:
+            continue
+        plen = 128 if ":" in r.src else 32
+        if r.gateway:
+            gw = ipaddress.ip_address(r.gateway)
+            while plen > 0 and gw not in ipaddress.ip_network(f"{r.src}/{plen}", strict=False):
+                plen -= 1
+        out[r.dev] = f"{r.src}/{plen}"
+    return out
+
+
+def _ofports(snap: Snapshot) -> set[tuple[str, str, str, int]]:
+    return {(p.bridge, p.port, p.interface, p.ofport) for p in snap.categories["ports"]
+            if isinstance(p, Port)}
+
+
+def rehearse(snap: Snapshot, binary: str, live_db: str, workdir: Path) -> dict[str, str]:
+    """Install *snap* into *binary* in a dummy sandbox on a DB copy; the read-back digests.
+
+    The dummy datapath gives ports other MACs and datapath numbers and reads no kernel
+    routes, so for ``ports`` the OpenFlow numbers are compared and for ``routes`` the user
+    routes; when those match, the snapshot's digest is acknowledged for them.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    db_copy = backup_db(live_db, workdir / "conf.db")
+    with Sandbox(workdir / "run", vswitchd=binary, db_file=db_copy) as sb:
+        for dev, addr in _route_addresses(snap).items():
+            sb.appctl("netdev-dummy/ip4addr", dev, addr)
+        wanted = user_routes_only(snap)
+        Restorer(sb.rundir, sb.db, pid=sb.vswitchd_pid).restore(wanted, verify=False)
+        after = read_snapshot(sb.rundir, sb.db, pid=sb.vswitchd_pid)
+    digests = after.digests()
+    if _ofports(after) == _ofports(snap):
+        digests["ports"] = snap.digest("ports")
+    if user_routes_only(after).digest("routes") == wanted.digest("routes"):
+        digests["routes"] = snap.digest("routes")
+    bad = [c for c in CATEGORIES if digests[c] != snap.digest(c)]
+    if bad:
+        raise RestoreError(bad[0], "the new binary read back a different state in the "
+                           "rehearsal: " + describe_difference(bad[0], snap, after))
+    return digests
+
+
+def install_live(snap: Snapshot, rundir: Path, db: str, *, tcp_seq_check: bool) -> float:
+    """Install into the new serving vswitchd, lift flow-restore-wait, verify; seconds to lift."""
+    started = time.monotonic()
+    restorer = Restorer(rundir, db, tcp_seq_check=tcp_seq_check)
+    restorer.restore(snap, verify=False)
+    with Ovsdb(db) as conn:
+        conn.set_other_config("flow-restore-wait", None)
+    lifted = time.monotonic() - started
+    restorer.verify(snap)
+    return lifted
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Receive, rehearse, wait for the handover, install, report Ready, wait for Commit."""
+    token = Path(args.token_file).read_bytes()
+    workdir = Path(args.workdir)
+    snap_holder: dict[str, Snapshot] = {}
+
+    def apply_all(snap: Snapshot) -> dict[str, str]:
+        snap_holder["snap"] = snap
+        if not args.validate:
+            return snap.digests()
+        return rehearse(snap, args.vswitchd, args.db, workdir / "rehearsal")
+
+    try:
+        result = await receive_state(args.socket, token, apply_all=apply_all,
+                                     expected_uid=0 if args.root_server else None)
+        session = result.session
+        async with session:
+            await session.wait_handover(timeout=args.timeout)
+            lifted = await asyncio.to_thread(install_live, snap_holder["snap"],
+                                             Path(args.rundir), args.db,
+                                             tcp_seq_check=args.tcp_seq_check)
+            print(f"installed; flow-restore-wait lifted after {lifted * 1000:.0f} ms",
+                  file=sys.stderr)
+            await session.ready()
+            await session.wait_commit(timeout=args.timeout)
+    except SyncAborted as exc:
+        print(f"ovsndu client: aborted: {exc}", file=sys.stderr)
+        return EXIT_ABORTED
+    except OvsnduError as exc:
+        print(f"ovsndu client: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        shutil.rmtree(workdir / "rehearsal", ignore_errors=True)
+    return EXIT_COMMITTED
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The client's command line (set by the supervisor)."""
+    p = argparse.ArgumentParser(prog="ovsndu-client")
+    p.add_argument("--socket", required=True)
+    p.add_argument("--token-file", required=True)
+    p.add_argument("--rundir", required=True)
+    p.add_argument("--db", required=True)
+    p.add_argument("--vswitchd", required=True, help="the new binary")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--validate", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--tcp-seq-check", action="store_true")
+    p.add_argument("--root-server", action="store_true", help="the server must run as root")
+    p.add_argument("--timeout", type=float, default=120.0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    return asyncio.run(run(parse_args(sys.argv[1:] if argv is None else argv)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,545 @@
+"""The one place an upgrade's actions are executed: drives the pure machine with real I/O.
+
+Phases (see docs/upgrade.md): preflight → snapshot → client (launch it, stream the
+state) → validation (the client's rehearsal digests) → standby (new vswitchd on the
+OVSDB lock) → handover (flow-restore-wait, ordered takeover, the client installs
+and verifies, the standard tools reach the new process) → commit.  Every failure or
+deadline is fed to :mod:`ovsndu.upgrade.machine`, which decides the rollback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ovsndu.config import Config
+from ovsndu.errors import OvsnduError, VswitchdError
+from ovsndu.model import CATEGORIES, Snapshot
+from ovsndu.ovs import daemon
+from ovsndu.ovs.daemon import VswitchdSpec
+from ovsndu.ovs.ovsdb import Ovsdb
+from ovsndu.ovs.readers import read_snapshot
+from ovsndu.ovs.restore import Restorer, user_routes_only
+from ovsndu.ovs.unixctl import pid_alive
+from ovsndu.protocol.transport import ServerSession, serve_state
+from ovsndu.upgrade import machine
+from ovsndu.upgrade.history import HistoryStore, PhaseEntry, UpgradeRecord, utc_now_iso
+from ovsndu.upgrade.machine import Phase
+
+log = structlog.get_logger("ovsndu.upgrade")
+
+SUPPORTED_DATAPATHS = ("netdev", "system", "dummy")
+# What traffic cannot change on a switch that keeps forwarding: compared after a discard.
+CONTROL_PLANE = ("ports", "tunnel_neighbors", "flows", "meters", "groups", "tlv_mappings", "routes")
+
+
+@dataclass
+class Serving:
+    """The vswitchd that currently holds the datapath."""
+
+    pid: int
+    proc: subprocess.Popen[bytes] | None
+    binary: str
+    version: str = ""
+
+
+def spec_of(cfg: Config) -> VswitchdSpec:
+    """The vswitchd spec of a config."""
+    return VswitchdSpec(
+        Path(cfg.ovs.rundir), cfg.ovs.db, tuple(cfg.ovs.vswitchd_args), cfg.ovs.netns
+    )
+
+
+def vswitchd_version(spec: VswitchdSpec, pid: int) -> str:
+    """The running vswitchd's version line."""
+    with daemon.unixctl_for(spec, pid) as appctl:
+        return appctl("version").splitlines()[0].strip()
+
+
+def snapshot_path(state_dir: Path, upgrade_id: str) -> Path:
+    """Where the snapshot of an in-flight upgrade is kept (crash recovery restores it)."""
+    return state_dir / f"{upgrade_id}.snapshot.json"
+
+
+def restore_original(
+    spec: VswitchdSpec, binary: str, snap: Snapshot, *, tcp_seq_check: bool
+) -> Serving:
+    """Start *binary* as the serving vswitchd (flow-restore-wait on), restore *snap*, verify."""
+    with Ovsdb(spec.db) as db:
+        db.set_other_config("flow-restore-wait", "true")
+    proc = daemon.spawn(spec, binary)
+    daemon.wait_until(
+        lambda: proc.poll() is None and daemon.bridges_ready(spec, proc.pid),
+        30,
+        f"{binary} to build its bridges",
+    )
+    restorer = Restorer(spec.rundir, spec.db, pid=proc.pid, tcp_seq_check=tcp_seq_check)
+    restorer.restore(snap, verify=False)
+    with Ovsdb(spec.db) as db:
+        db.set_other_config("flow-restore-wait", None)
+    restorer.verify(snap)
+    return Serving(proc.pid, proc, binary, vswitchd_version(spec, proc.pid))
+
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+class UpgradeRunner:
+    """Runs one upgrade to a terminal phase; ``serving`` is updated as the datapath moves."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        serving: Serving,
+        store: HistoryStore,
+        *,
+        new_binary: str,
+        timeout: float,
+        progress: Progress | None = None,
+        on_serving: Callable[[Serving], None] | None = None,
+    ):
+        self.cfg = cfg
+        self.spec = spec_of(cfg)
+        self.serving = serving
+        self.store = store
+        self.state_dir = Path(cfg.ovsndu.state_dir)
+        self.new_binary = new_binary
+        self.timeout = timeout
+        self.progress = progress or (lambda _e: None)
+        self.on_serving = on_serving or (lambda _s: None)
+        self.upgrade_id = time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+        self.record = UpgradeRecord(
+            id=self.upgrade_id,
+            started_at=utc_now_iso(),
+            from_pid=serving.pid,
+            from_binary=serving.binary,
+            to_binary=new_binary,
+        )
+        self.snapshot: Snapshot | None = None
+        self.session: ServerSession | None = None
+        self.client: asyncio.subprocess.Process | None = None
+        self.standby: subprocess.Popen[bytes] | None = None
+        self.frw_set = False
+        self._phase_started_wall = utc_now_iso()
+        self._phases: dict[Phase, Callable[[], Awaitable[None]]] = {
+            Phase.PREFLIGHT: self.preflight,
+            Phase.SNAPSHOT: self.take_snapshot,
+            Phase.CLIENT: self.run_client,
+            Phase.VALIDATION: self.check_validation,
+            Phase.STANDBY: self.start_standby,
+            Phase.HANDOVER: self.handover,
+            Phase.COMMIT: self.commit,
+        }
+
+    # --- the loop ---------------------------------------------------------------------------
+    async def run(self) -> UpgradeRecord:
+        """Drive the machine to a terminal phase; the finished record."""
+        loop = asyncio.get_running_loop()
+        state, actions = machine.start(
+            self.upgrade_id, loop.time(), self.timeout, self.cfg.upgrade.validate
+        )
+        self._enter(state)
+        while True:
+            action = actions[0]
+            if isinstance(action, machine.Finish):
+                break
+            if isinstance(action, machine.RunPhase):
+                work = self._phases[action.phase]()
+            else:
+                work = self.rollback(action.mode, action.reason)
+            deadline = machine.next_deadline(state)
+            event: machine.Event
+            try:
+                if deadline is None:
+                    await work
+                else:
+                    await asyncio.wait_for(work, max(0.0, deadline - loop.time()))
+                event = machine.PhaseSucceeded(state.phase)
+            except TimeoutError:
+                event = machine.DeadlinePassed()
+            except OvsnduError as exc:
+                event = machine.PhaseFailed(state.phase, str(exc))
+            except Exception as exc:
+                log.error(
+                    "upgrade.internal_error",
+                    upgrade_id=self.upgrade_id,
+                    phase=state.phase.value,
+                    error=repr(exc),
+                    traceback=traceback.format_exc(),
+                )
+                event = machine.PhaseFailed(state.phase, f"internal error: {exc!r}")
+            previous = state
+            state, actions = machine.step(state, event, loop.time())
+            self._left(previous, state)
+            self._enter(state)
+        return self._finish(state)
+
+    def _enter(self, state: machine.UpgradeState) -> None:
+        self.record.phase = state.phase.value
+        self.record.rollback_mode = state.rollback_mode
+        self._phase_started_wall = utc_now_iso()
+        if state.phase not in machine.TERMINAL:
+            log.info(
+                "upgrade.phase",
+                upgrade_id=self.upgrade_id,
+                phase=state.phase.value,
+                event_kind="phase_started",
+                **({"reason": state.reason} if state.phase is Phase.ROLLBACK else {}),
+            )
+            self.progress(
+                {"event": "phase", "phase": state.phase.value, "upgrade_id": self.upgrade_id}
+            )
+        self.store.write_inflight(self.record)
+
+    def _left(self, before: machine.UpgradeState, after: machine.UpgradeState) -> None:
+        rec = after.records[-1] if len(after.records) > len(before.records) else None
+        if rec is None:
+            return
+        self.record.phases.append(
+            PhaseEntry(
+                phase=rec.phase.value,
+                started=self._phase_started_wall,
+                duration_s=rec.ended - rec.started,
+                ok=rec.ok,
+                reason=rec.reason,
+            )
+        )
+        kind = "phase_done" if rec.ok else "phase_failed"
+        (log.info if rec.ok else log.warning)(
+            "upgrade.phase_" + ("done" if rec.ok else "failed"),
+            upgrade_id=self.upgrade_id,
+            phase=rec.phase.value,
+            event_kind=kind,
+            seconds=round(rec.ended - rec.started, 4),
+            **({"reason": rec.reason} if rec.reason else {}),
+        )
+        self.progress(
+            {
+                "event": kind,
+                "phase": rec.phase.value,
+                "seconds": rec.ended - rec.started,
+                "reason": rec.reason,
+            }
+        )
+
+    def _finish(self, state: machine.UpgradeState) -> UpgradeRecord:
+        self.record.outcome = state.outcome
+        self.record.exit_code = state.exit_code
+        self.record.reason = state.reason
+        self.record.anomalies += list(state.anomalies)
+        self.record.phase = state.phase.value
+        if self.snapshot is not None:
+            self.record.counts = self.snapshot.counts()
+            self.record.digests = self.snapshot.digests()
+        self.store.finish(self.record)
+        with contextlib.suppress(FileNotFoundError):
+            snapshot_path(self.state_dir, self.upgrade_id).unlink()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+        level = log.info if state.outcome == "committed" else log.warning
+        level(
+            "upgrade.finished",
+            upgrade_id=self.upgrade_id,
+            phase=state.phase.value,
+            event_kind="rollback" if state.outcome == "rolled_back" else "finished",
+            outcome=state.outcome,
+            exit_code=state.exit_code,
+            reason=state.reason,
+            from_version=self.record.from_version,
+            to_version=self.record.to_version,
+        )
+        return self.record
+
+    @property
+    def _workdir(self) -> Path:
+        return self.state_dir / "work" / self.upgrade_id
+
+    # --- phases ---------------------------------------------------------------------------
+    async def preflight(self) -> None:
+        """New binary runs; datapaths supported; schema readable; rollback copy taken."""
+        if self.serving.proc is not None and self.serving.proc.poll() is not None:
+            raise VswitchdError("the serving vswitchd is not running")
+        self.record.to_version = await asyncio.to_thread(daemon.binary_version, self.new_binary)
+        self.record.from_version = await asyncio.to_thread(
+            vswitchd_version, self.spec, self.serving.pid
+        )
+        types = await asyncio.to_thread(daemon.dp_types, self.spec.db)
+        for bridge, dp_type in sorted(types.items()):
+            if dp_type not in SUPPORTED_DATAPATHS:
+                raise VswitchdError(
+                    f"bridge {bridge} has datapath type {dp_type!r}; "
+                    f"supported: {', '.join(SUPPORTED_DATAPATHS)}"
+                )
+        await asyncio.to_thread(self._check_schema)
+        copy = self.state_dir / "rollback" / f"ovs-vswitchd.{self.upgrade_id}"
+        copy.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            await asyncio.to_thread(shutil.copyfile, daemon.running_binary(self.serving.pid), copy)
+        except OSError as exc:
+            raise VswitchdError(f"cannot copy the running binary for rollback: {exc}") from None
+        copy.chmod(0o755)
+        self.record.rollback_binary = str(copy)
+
+    def _check_schema(self) -> None:
+        with Ovsdb(self.spec.db) as db:
+            rows = db.select("Open_vSwitch", ["ovs_version", "db_version"])
+        if len(rows) != 1:
+            raise VswitchdError(f"the database has {len(rows)} Open_vSwitch rows, expected 1")
+
+    async def take_snapshot(self) -> None:
+        """Read every category of the serving vswitchd; keep it on disk for crash recovery."""
+        snap = await asyncio.to_thread(
+            read_snapshot, self.spec.rundir, self.spec.db, pid=self.serving.pid
+        )
+        self.snapshot = snap
+        self.record.counts, self.record.digests = snap.counts(), snap.digests()
+        path = snapshot_path(self.state_dir, self.upgrade_id)
+        await asyncio.to_thread(path.write_text, json.dumps(snap.to_dict()))
+        path.chmod(0o600)
+
+    async def run_client(self) -> None:
+        """Launch the client and stream it the state; it acknowledges after its rehearsal."""
+        assert self.snapshot is not None
+        sync_dir = self.state_dir / "sync"
+        sync_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(sync_dir, 0o700)
+        token = secrets.token_bytes(32)
+        token_file = self._workdir / "token"
+        self._workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        token_file.write_bytes(token)
+        token_file.chmod(0o600)
+        sock = sync_dir / f"{self.upgrade_id}.sock"
+        argv = [
+            sys.executable,
+            "-m",
+            "ovsndu.upgrade.client",
+            "--socket",
+            str(sock),
+            "--token-file",
+            str(token_file),
+            "--rundir",
+            str(self.spec.rundir),
+            "--db",
+            self.spec.db,
+            "--vswitchd",
+            self.new_binary,
+            "--workdir",
+            str(self._workdir),
+            "--timeout",
+            str(self.timeout),
+            "--validate" if self.cfg.upgrade.validate else "--no-validate",
+        ]
+        if self.cfg.upgrade.tcp_seq_check:
+            argv.append("--tcp-seq-check")
+        with open(self._workdir / "client.log", "wb") as client_log:
+            self.client = await asyncio.create_subprocess_exec(
+                *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=client_log)
+        result = await serve_state(
+            sock,
+            self.snapshot,
+            token,
+            expected_uid=os.getuid(),
+            expected_pid=self.client.pid,
+            vswitchd_versions=[self.record.from_version],
+            accept_timeout=30,
+        )
+        self.session = result.session
+        self._client_entries = result.entries
+
+    async def check_validation(self) -> None:
+        """The rehearsal's read-back digests (the client's acknowledgements) equal ours."""
+        assert self.snapshot is not None and self.session is not None
+        applied = self.session.conn.applied
+        for name in CATEGORIES:
+            _sent, read_back = applied.get(name, ("", ""))
+            if read_back != self.snapshot.digest(name):
+                raise VswitchdError(
+                    f"rehearsal of {name} read back {read_back[:12]}, "
+                    f"expected {self.snapshot.digest(name)[:12]}"
+                )
+
+    async def start_standby(self) -> None:
+        """Start the new vswitchd on the live database; it must wait on the OVSDB lock."""
+        with contextlib.suppress(FileNotFoundError):
+            self.spec.standby_pidfile.unlink()
+        self.standby = proc = daemon.spawn(self.spec, self.new_binary, standby=True)
+        self.record.standby_pid = proc.pid
+        self.store.write_inflight(self.record)
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise VswitchdError(
+                    f"the new vswitchd exited at start with status {proc.returncode}"
+                )
+            return daemon.answers(self.spec, proc.pid)
+
+        await asyncio.to_thread(daemon.wait_until, ready, 20, "the standby vswitchd to answer")
+        if not daemon.answers(self.spec, self.serving.pid):
+            raise VswitchdError("the serving vswitchd stopped answering while the standby started")
+
+    async def handover(self) -> None:
+        """Ordered takeover, install by the client, and proof the new process serves."""
+        assert self.standby is not None and self.session is not None
+        assert self.snapshot is not None
+        spec, standby = self.spec, self.standby
+        await asyncio.to_thread(self._set_frw, True)
+        t0 = time.monotonic()
+        await asyncio.to_thread(
+            daemon.ordered_takeover, spec, self.serving.pid, self.serving.proc, standby.pid
+        )
+        old = self.serving
+        self.serving = Serving(standby.pid, standby, self.new_binary, self.record.to_version)
+        self.on_serving(self.serving)
+        log.info(
+            "upgrade.takeover",
+            upgrade_id=self.upgrade_id,
+            phase="handover",
+            event_kind="old_gone",
+            old_pid=old.pid,
+            new_pid=standby.pid,
+        )
+
+        def bridges() -> bool:
+            if standby.poll() is not None:
+                raise VswitchdError(
+                    f"the new vswitchd exited during the handover with status {standby.returncode}"
+                )
+            return daemon.bridges_ready(spec, standby.pid)
+
+        await asyncio.to_thread(daemon.wait_until, bridges, 30, "the new vswitchd's bridges")
+        await asyncio.to_thread(daemon.promote_standby_pidfile, spec, standby.pid)
+        await self.session.handover()
+        await self.session.wait_ready()
+        self.record.handover_gap_ms = (time.monotonic() - t0) * 1000
+        self.frw_set = False
+        self.record.to_pid = standby.pid
+        await asyncio.to_thread(self._prove_serving, standby.pid)
+
+    def _set_frw(self, on: bool) -> None:
+        with Ovsdb(self.spec.db) as db:
+            db.set_other_config("flow-restore-wait", "true" if on else None)
+        self.frw_set = on
+
+    def _prove_serving(self, pid: int) -> None:
+        """The standard tools reach *pid*; the database shows its version; state equal."""
+        assert self.snapshot is not None
+        if self.standby is not None and self.standby.poll() is not None:
+            raise VswitchdError(f"the new vswitchd exited with status {self.standby.returncode}")
+        if daemon.read_pid(self.spec.pidfile) != pid:
+            raise VswitchdError(f"{self.spec.pidfile} does not name the new vswitchd {pid}")
+        tool = subprocess.run(
+            ["ovs-appctl", "version"],
+            env=self.spec.env,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        if tool.returncode != 0 or self.record.to_version not in tool.stdout:
+            raise VswitchdError(
+                f"ovs-appctl does not reach the new vswitchd: "
+                f"{(tool.stderr or tool.stdout).strip()[:200]}"
+            )
+        with Ovsdb(self.spec.db) as db:
+            (row,) = db.select("Open_vSwitch", ["ovs_version"])
+        number = self.record.to_version.split()[-1]
+        if row["ovs_version"] != number:
+            raise VswitchdError(
+                f"the database shows ovs_version {row['ovs_version']!r}, not {number!r}"
+            )
+        Restorer(self.spec.rundir, self.spec.db, pid=pid).verify(self.snapshot)
+
+    async def commit(self) -> None:
+        """Tell the client; let it exit; the record is finished by the loop."""
+        assert self.session is not None
+        await self.session.commit()
+        await self.session.close()
+        await self._reap_client(10)
+
+    async def _reap_client(self, timeout: float) -> None:
+        if self.client is None or self.client.returncode is not None:
+            return
+        try:
+            await asyncio.wait_for(self.client.wait(), timeout)
+        except TimeoutError:
+            self.client.kill()
+            await self.client.wait()
+
+    # --- rollback -------------------------------------------------------------------------
+    async def rollback(self, mode: str, reason: str) -> None:
+        """Return to the original process, and prove it by read-back."""
+        log.warning(
+            "upgrade.rollback",
+            upgrade_id=self.upgrade_id,
+            phase="rollback",
+            event_kind="rollback_started",
+            mode=mode,
+            reason=reason,
+        )
+        if self.session is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.session.abort(reason[:500]), 5)
+        if self.client is not None and self.client.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.client.kill()
+            await self.client.wait()
+        original_alive = self.serving.pid == self.record.from_pid and (
+            self.serving.proc.poll() is None
+            if self.serving.proc is not None
+            else pid_alive(self.serving.pid)
+        )
+        if self.standby is not None:
+            await asyncio.to_thread(daemon.kill, self.standby.pid, self.standby)
+            await asyncio.to_thread(daemon.remove_stale_files, self.spec, self.standby.pid)
+        if original_alive:
+            await asyncio.to_thread(self._discard_verify)
+            return
+        if self.snapshot is None:
+            raise VswitchdError("the original vswitchd is gone and no snapshot was taken")
+        binary = self.record.rollback_binary or self.serving.binary
+        restored = await asyncio.to_thread(
+            restore_original,
+            self.spec,
+            binary,
+            self.snapshot,
+            tcp_seq_check=self.cfg.upgrade.tcp_seq_check,
+        )
+        self.frw_set = False
+        restored.binary = self.record.from_binary or binary
+        self.serving = restored
+        self.on_serving(restored)
+        self.record.to_pid = None
+        log.warning(
+            "upgrade.restored_original",
+            upgrade_id=self.upgrade_id,
+            phase="rollback",
+            event_kind="rollback_restored",
+            pid=restored.pid,
+        )
+
+    def _discard_verify(self) -> None:
+        """The original never stopped: it answers, and its control plane is unchanged."""
+        if self.frw_set:
+            self._set_frw(False)
+        if not daemon.answers(self.spec, self.serving.pid):
+            raise VswitchdError(f"the original vswitchd {self.serving.pid} does not answer")
+        if self.snapshot is None:
+            return
+        now = read_snapshot(self.spec.rundir, self.spec.db, pid=self.serving.pid)
+        want, got = user_routes_only(self.snapshot), user_routes_only(now)
+        for name in CONTROL_PLANE:
+            if want.digest(name) != got.digest(name):
+                raise VswitchdError(f"after the rollback {name} differs from the snapshot")
