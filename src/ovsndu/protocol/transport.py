@@ -80,6 +80,8 @@ log = structlog.get_logger("ovsndu.sync")
 
 #: ``apply(category, entries)`` installs one category and returns the digest read back.
 ApplyCallback = Callable[[str, tuple[Entry, ...]], str | Awaitable[str]]
+#: ``apply_all(snapshot)`` installs everything and returns category -> digest read back.
+ApplyAllCallback = Callable[[Snapshot], Mapping[str, str] | Awaitable[Mapping[str, str]]]
 
 T = TypeVar("T")
 _CRED = struct.Struct("3i")
@@ -472,8 +474,9 @@ async def serve_state(
 async def receive_state(
     path: str | os.PathLike[str],
     token: bytes,
-    apply: ApplyCallback,
+    apply: ApplyCallback | None = None,
     *,
+    apply_all: ApplyAllCallback | None = None,
     config: Config | None = None,
     vswitchd_versions: Sequence[str] = (),
     expected_uid: int | None = None,
@@ -485,6 +488,9 @@ async def receive_state(
     function, and returns the digest it read back; that digest is acknowledged.  An
     exception from *apply* aborts the sync.  With *expected_uid*, the server's
     SO_PEERCRED uid must match.
+    *apply_all*, instead of *apply*, gets the whole state once every category has
+    ended (run in a worker thread unless it is a coroutine function) and returns the
+    digest read back per category; the acknowledgements follow it in stream order.
     """
     config = config or Config()
     loop = asyncio.get_running_loop()
@@ -508,7 +514,7 @@ async def receive_state(
         session._start()
         server_hello = await session._expect(Hello, None)
         assert isinstance(server_hello, Hello)
-        received = await _receive_categories(session, apply)
+        received = await _receive_categories(session, apply, apply_all)
     except BaseException as exc:
         await session._abort_on_error(exc)
         raise
@@ -530,9 +536,12 @@ async def receive_state(
 
 
 async def _receive_categories(
-    session: ClientSession, apply: ApplyCallback
+    session: ClientSession, apply: ApplyCallback | None, apply_all: ApplyAllCallback | None = None
 ) -> dict[str, tuple[Entry, ...]]:
+    if (apply is None) == (apply_all is None):
+        raise LocalProtocolError("receive_state needs exactly one of apply and apply_all")
     conn = session.conn
+    ended: list[tuple[str, int]] = []
     parts: dict[str, list[Entry]] = {c: [] for c in conn.categories}
     received: dict[str, tuple[Entry, ...]] = {}
     while conn.state is State.SYNCING:
@@ -542,6 +551,12 @@ async def _receive_categories(
             await session._send(Credit(seq=event.seq))
         elif isinstance(event, End):
             entries = received[event.category] = tuple(parts.pop(event.category))
+            if apply_all is not None:
+                ended.append((event.category, event.count))
+                if not parts:
+                    await _apply_everything(session, apply_all, received, ended)
+                continue
+            assert apply is not None
             digest: Any = apply(event.category, entries)
             if inspect.isawaitable(digest):
                 digest = await session._guard(digest)
@@ -549,3 +564,24 @@ async def _receive_categories(
                 raise LocalProtocolError(f"apply({event.category}) returned {digest!r}, not str")
             await session._send(Applied(category=event.category, count=event.count, digest=digest))
     return received
+
+
+async def _apply_everything(
+    session: ClientSession,
+    apply_all: ApplyAllCallback,
+    received: Mapping[str, tuple[Entry, ...]],
+    ended: list[tuple[str, int]],
+) -> None:
+    """Run *apply_all* on the whole state, then acknowledge every category in order."""
+    snap = Snapshot.build(
+        VswitchdInfo(pid=None, version=None), {c: received.get(c, ()) for c in CATEGORIES}
+    )
+    if inspect.iscoroutinefunction(apply_all):
+        digests = await session._guard(apply_all(snap))
+    else:
+        digests = await session._guard(asyncio.to_thread(apply_all, snap))
+    for category, count in ended:
+        digest = digests.get(category) if isinstance(digests, Mapping) else None
+        if not isinstance(digest, str):
+            raise LocalProtocolError(f"apply_all returned no digest for {category}")
+        await session._send(Applied(category=category, count=count, digest=digest))
