@@ -18,12 +18,10 @@ in, so a peer cannot make it buffer more than ``max_buffer`` bytes.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import operator
 import struct
 import types
 import typing
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -260,20 +258,30 @@ class RowEncoder:
         return list(map(self._get, entries))
 
 
+class _BadRow(Exception):
+    def __init__(self, row: tuple[Any, ...]) -> None:
+        super().__init__()
+        self.row = row
+
+
 class RowDecoder:
     """Validates rows laid out in the peer's field order and builds entries from them.
 
-    Validation is by type signature: the tuple of each row's value types must be
-    one the class allows (a set lookup), and string-tuple fields hold only strings.
-    Entries are built through the slot descriptors, skipping the generated
-    ``__init__``, which for these frozen classes only assigns (checked here).
+    Per (class, peer field order) it compiles one small function, as dataclasses
+    does for ``__init__``: unpack the row (its length must match), check every
+    value's exact type against the field's annotation (string-tuple fields hold
+    only strings), then build the entry through the slot descriptors, skipping the
+    generated ``__init__``, which for these frozen classes only assigns.  The
+    generated code names no peer-supplied text: only ``v0``, ``t0``, ``s0`` and so on.
     """
 
     def __init__(self, cls: type[Entry], peer_fields: Sequence[str]) -> None:
         ours = {f.name: f for f in dataclasses.fields(cls)}
         unknown = [f for f in peer_fields if f not in ours]
-        if unknown or len(set(peer_fields)) != len(peer_fields):
-            raise RemoteProtocolError(f"{cls.CATEGORY}: peer fields {unknown} unknown or repeated")
+        if unknown or len(set(peer_fields)) != len(peer_fields) or not peer_fields:
+            raise RemoteProtocolError(
+                f"{cls.CATEGORY}: peer fields {unknown} unknown, repeated or none"
+            )
         missing = [
             name
             for name, f in ours.items()
@@ -285,45 +293,66 @@ class RowDecoder:
             raise RemoteProtocolError(f"{cls.CATEGORY}: peer does not send fields {missing}")
         if hasattr(cls, "__post_init__"):  # pragma: no cover - the model has none today
             raise TypeError(f"{cls.__name__} validates in __post_init__; RowDecoder would skip it")
-        hints = typing.get_type_hints(cls)
         self.cls = cls
         self.width = len(peer_fields)
-        self._signatures = frozenset(
-            itertools.product(*(_allowed_types(hints[name]) for name in peer_fields))
-        )
-        self._tuple_columns = [
-            i for i, name in enumerate(peer_fields) if tuple in _allowed_types(hints[name])
-        ]
-        self._setters = [getattr(cls, name).__set__ for name in peer_fields]
-        self._defaults = [
-            (getattr(cls, name).__set__, f.default)
-            for name, f in ours.items()
-            if name not in peer_fields
-        ]
+        defaults = [(name, f.default) for name, f in ours.items() if name not in peer_fields]
+        self._make = _compile_maker(cls, peer_fields, defaults)
 
     def decode(self, rows: Any) -> tuple[Entry, ...]:
         """Entries of *rows*; anything of the wrong shape or type is the peer's fault."""
+        category = self.cls.CATEGORY
         if type(rows) is not tuple or not rows:
-            raise RemoteProtocolError(f"{self.cls.CATEGORY} chunk rows must be a non-empty array")
+            raise RemoteProtocolError(f"{category} chunk rows must be a non-empty array")
         if set(map(type, rows)) != {tuple}:
-            raise RemoteProtocolError(f"{self.cls.CATEGORY} chunk has a non-array row")
-        signatures = set(map(tuple, map(map, itertools.repeat(type), rows)))
-        if not signatures <= self._signatures:
-            bad = next(iter(signatures - self._signatures))
-            raise RemoteProtocolError(
-                f"{self.cls.CATEGORY} row of types {[t.__name__ for t in bad]} does not fit"
-                f" its {self.width} fields"
+            raise RemoteProtocolError(f"{category} chunk has a non-array row")
+        try:
+            return tuple(map(self._make, rows))
+        except ValueError:
+            raise RemoteProtocolError(f"{category} chunk has a row of other than {self.width}"
+                                      " values") from None
+        except _BadRow as exc:
+            kinds = [type(v).__name__ for v in exc.row]
+            raise RemoteProtocolError(f"{category} row of types {kinds} does not fit") from None
+
+
+def _compile_maker(
+    cls: type[Entry], peer_fields: Sequence[str], defaults: Sequence[tuple[str, Any]]
+) -> Callable[[tuple[Any, ...]], Entry]:
+    hints = typing.get_type_hints(cls)
+    ns: dict[str, Any] = {"new": object.__new__, "C": cls, "Bad": _BadRow}
+    values = [f"v{i}" for i in range(len(peer_fields))]
+    checks: list[str] = []
+    body = ["    o = new(C)"]
+    for i, name in enumerate(peer_fields):
+        allowed = _allowed_types(hints[name])
+        if len(allowed) == 1:
+            ns[f"t{i}"] = allowed[0]
+            checks.append(f"type(v{i}) is not t{i}")
+        else:
+            ns[f"t{i}"] = frozenset(allowed)
+            checks.append(f"type(v{i}) not in t{i}")
+        if tuple in allowed:
+            checks.append(
+                f"(type(v{i}) is tuple and v{i} and not all(type(x) is str for x in v{i}))"
             )
-        columns = list(zip(*rows, strict=True))
-        for i in self._tuple_columns:
-            if not all(type(v) is str for value in columns[i] for v in value):
-                raise RemoteProtocolError(f"{self.cls.CATEGORY} row holds a non-string list item")
-        made = list(map(object.__new__, itertools.repeat(self.cls, len(rows))))
-        for setter, column in zip(self._setters, columns, strict=True):
-            deque(map(setter, made, column), maxlen=0)
-        for setter, default in self._defaults:
-            deque(map(setter, made, itertools.repeat(default)), maxlen=0)
-        return tuple(made)
+        ns[f"s{i}"] = getattr(cls, name).__set__
+        body.append(f"    s{i}(o, v{i})")
+    for j, (name, default) in enumerate(defaults):
+        ns[f"d{j}"], ns[f"dv{j}"] = getattr(cls, name).__set__, default
+        body.append(f"    d{j}(o, dv{j})")
+    source = "\n".join(
+        [
+            "def make(row):",
+            f"    {', '.join(values)}, = row",
+            f"    if {' or '.join(checks)}:",
+            "        raise Bad(row)",
+            *body,
+            "    return o",
+        ]
+    )
+    exec(compile(source, f"<RowDecoder {cls.__name__}>", "exec"), ns)
+    maker: Callable[[tuple[Any, ...]], Entry] = ns["make"]
+    return maker
 
 
 # --- encoding ---------------------------------------------------------------------------------
