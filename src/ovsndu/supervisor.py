@@ -32,6 +32,7 @@ from ovsndu.upgrade.machine import EXIT_REFUSED, Phase
 from ovsndu.upgrade.runner import (
     Serving,
     UpgradeRunner,
+    record_version,
     restore_original,
     snapshot_path,
     spec_of,
@@ -133,6 +134,7 @@ class Supervisor:
         else:
             self.serving = self._start_configured()
         self._clear_stale_frw()
+        record_version(self.spec, self.serving.version)
 
     def _start_configured(self) -> Serving:
         proc = daemon.spawn(self.spec, self.cfg.ovs.vswitchd)

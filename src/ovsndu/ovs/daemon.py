@@ -9,15 +9,15 @@ OVSDB lock ``ovs_vswitchd`` until the serving one goes away.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ovsndu.errors import VswitchdError
+from ovsndu.errors import OvsnduError, VswitchdError
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import read_bridges
 from ovsndu.ovs.unixctl import Unixctl, pid_alive
@@ -69,11 +69,31 @@ class VswitchdSpec:
         return argv
 
 
+def as_ovs_vswitchd(rundir: Path, binary: str) -> str:
+    """A path to *binary* whose file name is ``ovs-vswitchd``.
+
+    OVS names its unixctl socket after its program name (``<name>.<pid>.ctl``), and the
+    standard tools look for ``ovs-vswitchd.<pid>.ctl``: a binary installed or copied
+    under another name is started through a symlink with the standard name.
+    """
+    if Path(binary).name == "ovs-vswitchd":
+        return binary
+    link_dir = rundir / ".ovsndu-bin" / hashlib.sha256(binary.encode()).hexdigest()[:12]
+    link_dir.mkdir(parents=True, exist_ok=True)
+    link = link_dir / "ovs-vswitchd"
+    if not link.is_symlink() or os.readlink(link) != os.path.abspath(binary):
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+        link.symlink_to(os.path.abspath(binary))
+    return str(link)
+
+
 def spawn(spec: VswitchdSpec, binary: str, *, standby: bool = False
           ) -> subprocess.Popen[bytes]:
     """Start vswitchd in the foreground, in its own session, output discarded."""
+    argv = spec.argv(as_ovs_vswitchd(spec.rundir, binary), standby=standby)
     try:
-        return subprocess.Popen(spec.argv(binary, standby=standby), env=spec.env,
+        return subprocess.Popen(argv, env=spec.env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
     except OSError as exc:
@@ -117,16 +137,19 @@ def answers(spec: VswitchdSpec, pid: int) -> bool:
 
 def bridges_ready(spec: VswitchdSpec, pid: int) -> bool:
     """Whether vswitchd *pid* has built every bridge of the database (all answer OpenFlow)."""
+    return bridges_built(spec.rundir, spec.db, pid)
+
+
+def bridges_built(rundir: Path, db: str, pid: int) -> bool:
+    """Whether vswitchd *pid* (of *rundir*) has built every bridge in *db*."""
     try:
-        with Ovsdb(spec.db, timeout=5) as db:
-            names = [b.name for b in read_bridges(db)]
-        with unixctl_for(spec, pid, timeout=2) as appctl:
+        with Ovsdb(db, timeout=5) as conn:
+            names = [b.name for b in read_bridges(conn)]
+        with Unixctl.for_daemon(rundir, pid=pid, timeout=2) as appctl:
             shown = appctl("ofproto/list").split()
-    except VswitchdError:
+    except OvsnduError:
         return False
-    except Exception:
-        return False
-    return all(name in shown and (spec.rundir / f"{name}.mgmt").exists() for name in names)
+    return all(name in shown and (rundir / f"{name}.mgmt").exists() for name in names)
 
 
 def wait_until(predicate: object, timeout: float, what: str, interval: float = 0.01) -> None:
@@ -227,8 +250,3 @@ def dp_types(db: str) -> dict[str, str]:
     """bridge → datapath type."""
     with Ovsdb(db) as conn:
         return {b.name: b.datapath_type for b in read_bridges(conn)}
-
-
-def sequence_args(args: Sequence[str]) -> tuple[str, ...]:
-    """Normalise configured extra arguments."""
-    return tuple(str(a) for a in args)

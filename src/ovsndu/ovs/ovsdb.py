@@ -54,6 +54,11 @@ class Ovsdb:
         rows = self.transact(op)[0].get("rows", [])
         return [{k: decode(v) for k, v in row.items()} for row in rows]
 
+    def set_ovs_version(self, version: str) -> None:
+        """Record the running vswitchd's version, as ``ovs-ctl`` does at start."""
+        self.transact({"op": "update", "table": "Open_vSwitch", "where": [],
+                       "row": {"ovs_version": version}})
+
     def set_other_config(self, key: str, value: str | None) -> None:
         """Set (or with None, remove) one ``other_config`` key of the ``Open_vSwitch`` row."""
         ops: list[dict[str, Any]] = [

@@ -15,6 +15,7 @@ the restore stops with an error naming the rejected entry.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -225,7 +226,30 @@ class Restorer:
                 args.append(r.gateway)
             if r.pkt_mark:
                 args.append(f"pkt_mark={r.pkt_mark}")
-            self._call("routes", "ovs/route/add", *args)
+            try:
+                self._appctl("ovs/route/add", *args)
+            except VswitchdError:
+                # A dummy device keeps its address in the old process, not in a kernel:
+                # give it the route's source address again, then retry.
+                if not (r.src and self._dummy_address(r)):
+                    raise
+                self._call("routes", "ovs/route/add", *args)
+
+    def _dummy_address(self, route: Route) -> bool:
+        """Assign *route*'s source address to its dummy device; False when not dummy."""
+        assert route.src is not None
+        plen = 128 if ":" in route.src else 32
+        if route.gateway:
+            gw = ipaddress.ip_address(route.gateway)
+            while plen > 0 and gw not in ipaddress.ip_network(f"{route.src}/{plen}",
+                                                               strict=False):
+                plen -= 1
+        command = "netdev-dummy/ip6addr" if ":" in route.src else "netdev-dummy/ip4addr"
+        try:
+            self._appctl(command, route.dev, f"{route.src}/{plen}")
+        except VswitchdError:
+            return False
+        return True
 
     def _conntrack(self, snap: Snapshot, lines: list[str], bridges: list[BridgeInfo]) -> None:
         if not lines:

@@ -123,10 +123,16 @@ class Sandbox:
 
     @property
     def vswitchd_pid(self) -> int:
-        """The running vswitchd's PID."""
-        if self.vswitchd_proc is None:
-            raise SandboxError("vswitchd is not running")
-        return self.vswitchd_proc.pid
+        """The serving vswitchd's PID: ours while it runs, else whoever the pidfile names."""
+        if self.vswitchd_proc is not None and self.vswitchd_proc.poll() is None:
+            return self.vswitchd_proc.pid
+        try:
+            pid = int((self.rundir / "ovs-vswitchd.pid").read_text().strip())
+        except (OSError, ValueError):
+            raise SandboxError("vswitchd is not running") from None
+        if not pid_alive(pid):
+            raise SandboxError(f"vswitchd is not running (stale pidfile names {pid})")
+        return pid
 
     @property
     def unixctl_path(self) -> Path:
@@ -198,9 +204,11 @@ class Sandbox:
         self, binary: str | None = None, *, pidfile: str | None = None, log_file: str | None = None
     ) -> list[str]:
         """The vswitchd command line this sandbox uses."""
+        from ovsndu.ovs.daemon import as_ovs_vswitchd
+
         mode_args = DUMMY_ARGS if self.datapath == "dummy" else NETDEV_ARGS
         return [
-            binary or self.vswitchd_binary,
+            as_ovs_vswitchd(self.rundir, binary or self.vswitchd_binary),
             self.db,
             f"--pidfile={pidfile or self.rundir / 'ovs-vswitchd.pid'}",
             f"--log-file={log_file or self.rundir / 'ovs-vswitchd.log'}",
@@ -224,7 +232,9 @@ class Sandbox:
                 appctl("version")
         except VswitchdError:
             return False
-        return True
+        from ovsndu.ovs.daemon import bridges_built
+
+        return bridges_built(self.rundir, self.db, self.vswitchd_pid)
 
     def _alive(self, proc: subprocess.Popen[bytes] | None, name: str) -> bool:
         if proc is None or proc.poll() is not None:

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from ovsndu.errors import OvsnduError, RestoreError, SyncAborted
-from ovsndu.model import CATEGORIES, Port, Route, Snapshot
+from ovsndu.model import CATEGORIES, Port, Snapshot
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import read_snapshot
 from ovsndu.ovs.restore import Restorer, describe_difference, user_routes_only
@@ -31,21 +31,6 @@ from ovsndu.protocol.transport import receive_state
 EXIT_COMMITTED = 0
 EXIT_ABORTED = 1
 EXIT_ERROR = 3
-
-
-def _route_addresses(snap: Snapshot) -> dict[str, str]:
-    """device → ``ADDR/PLEN`` covering each user route's gateway, from the routes' SRC."""
-    out = {}
-    for r in snap.categories["routes"]:
-        if not isinstance(r, Route) or r.kind != "user" or not r.src:
-            continue
-        plen = 128 if ":" in r.src else 32
-        if r.gateway:
-            gw = ipaddress.ip_address(r.gateway)
-            while plen > 0 and gw not in ipaddress.ip_network(f"{r.src}/{plen}", strict=False):
-                plen -= 1
-        out[r.dev] = f"{r.src}/{plen}"
-    return out
 
 
 def _ofports(snap: Snapshot) -> set[tuple[str, str, str, int]]:
@@ -63,8 +48,6 @@ def rehearse(snap: Snapshot, binary: str, live_db: str, workdir: Path) -> dict[s
     workdir.mkdir(parents=True, exist_ok=True)
     db_copy = backup_db(live_db, workdir / "conf.db")
     with Sandbox(workdir / "run", vswitchd=binary, db_file=db_copy) as sb:
-        for dev, addr in _route_addresses(snap).items():
-            sb.appctl("netdev-dummy/ip4addr", dev, addr)
         wanted = user_routes_only(snap)
         Restorer(sb.rundir, sb.db, pid=sb.vswitchd_pid).restore(wanted, verify=False)
         after = read_snapshot(sb.rundir, sb.db, pid=sb.vswitchd_pid)
@@ -95,14 +78,18 @@ def install_live(snap: Snapshot, rundir: Path, db: str, *, tcp_seq_check: bool) 
 async def run(args: argparse.Namespace) -> int:
     """Receive, rehearse, wait for the handover, install, report Ready, wait for Commit."""
     token = Path(args.token_file).read_bytes()
-    workdir = Path(args.workdir)
     snap_holder: dict[str, Snapshot] = {}
 
     def apply_all(snap: Snapshot) -> dict[str, str]:
         snap_holder["snap"] = snap
         if not args.validate:
             return snap.digests()
-        return rehearse(snap, args.vswitchd, args.db, workdir / "rehearsal")
+        # A short path: unixctl socket paths must fit in sun_path (108 bytes).
+        rehearsal = Path(tempfile.mkdtemp(prefix="ovsndu-rehearsal-"))
+        try:
+            return rehearse(snap, args.vswitchd, args.db, rehearsal)
+        finally:
+            shutil.rmtree(rehearsal, ignore_errors=True)
 
     try:
         result = await receive_state(args.socket, token, apply_all=apply_all,
@@ -123,8 +110,6 @@ async def run(args: argparse.Namespace) -> int:
     except OvsnduError as exc:
         print(f"ovsndu client: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    finally:
-        shutil.rmtree(workdir / "rehearsal", ignore_errors=True)
     return EXIT_COMMITTED
 
 

@@ -70,6 +70,12 @@ def vswitchd_version(spec: VswitchdSpec, pid: int) -> str:
         return appctl("version").splitlines()[0].strip()
 
 
+def record_version(spec: VswitchdSpec, version_line: str) -> None:
+    """Write the version number of a version line into ``Open_vSwitch.ovs_version``."""
+    with Ovsdb(spec.db) as db:
+        db.set_ovs_version(version_line.split()[-1])
+
+
 def snapshot_path(state_dir: Path, upgrade_id: str) -> Path:
     """Where the snapshot of an in-flight upgrade is kept (crash recovery restores it)."""
     return state_dir / f"{upgrade_id}.snapshot.json"
@@ -92,7 +98,9 @@ def restore_original(
     with Ovsdb(spec.db) as db:
         db.set_other_config("flow-restore-wait", None)
     restorer.verify(snap)
-    return Serving(proc.pid, proc, binary, vswitchd_version(spec, proc.pid))
+    version = vswitchd_version(spec, proc.pid)
+    record_version(spec, version)
+    return Serving(proc.pid, proc, binary, version)
 
 
 Progress = Callable[[dict[str, Any]], None]
@@ -245,10 +253,12 @@ class UpgradeRunner:
         if self.snapshot is not None:
             self.record.counts = self.snapshot.counts()
             self.record.digests = self.snapshot.digests()
+        self._keep_client_log()
         self.store.finish(self.record)
         with contextlib.suppress(FileNotFoundError):
             snapshot_path(self.state_dir, self.upgrade_id).unlink()
         shutil.rmtree(self._workdir, ignore_errors=True)
+        shutil.rmtree(self.state_dir / "rollback" / self.upgrade_id, ignore_errors=True)
         level = log.info if state.outcome == "committed" else log.warning
         level(
             "upgrade.finished",
@@ -262,6 +272,14 @@ class UpgradeRunner:
             to_version=self.record.to_version,
         )
         return self.record
+
+    def _keep_client_log(self) -> None:
+        """A failed client's last words go into the record's anomalies."""
+        log_path = self._workdir / "client.log"
+        with contextlib.suppress(OSError):
+            lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
+            if lines and self.record.outcome != "committed":
+                self.record.anomalies.append("client: " + lines[-1][:500])
 
     @property
     def _workdir(self) -> Path:
@@ -284,7 +302,7 @@ class UpgradeRunner:
                     f"supported: {', '.join(SUPPORTED_DATAPATHS)}"
                 )
         await asyncio.to_thread(self._check_schema)
-        copy = self.state_dir / "rollback" / f"ovs-vswitchd.{self.upgrade_id}"
+        copy = self.state_dir / "rollback" / self.upgrade_id / "ovs-vswitchd"
         copy.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             await asyncio.to_thread(shutil.copyfile, daemon.running_binary(self.serving.pid), copy)
@@ -321,7 +339,7 @@ class UpgradeRunner:
         self._workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         token_file.write_bytes(token)
         token_file.chmod(0o600)
-        sock = sync_dir / f"{self.upgrade_id}.sock"
+        sock = sync_dir / f"{self.upgrade_id.rsplit('-', 1)[-1]}.sock"
         argv = [
             sys.executable,
             "-m",
@@ -426,6 +444,7 @@ class UpgradeRunner:
         self.record.handover_gap_ms = (time.monotonic() - t0) * 1000
         self.frw_set = False
         self.record.to_pid = standby.pid
+        await asyncio.to_thread(record_version, self.spec, self.record.to_version)
         await asyncio.to_thread(self._prove_serving, standby.pid)
 
     def _set_frw(self, on: bool) -> None:
@@ -448,14 +467,14 @@ class UpgradeRunner:
             timeout=10,
             check=False,
         )
-        if tool.returncode != 0 or self.record.to_version not in tool.stdout:
+        number = self.record.to_version.split()[-1]
+        if tool.returncode != 0 or f"Open vSwitch) {number}" not in tool.stdout:
             raise VswitchdError(
                 f"ovs-appctl does not reach the new vswitchd: "
                 f"{(tool.stderr or tool.stdout).strip()[:200]}"
             )
         with Ovsdb(self.spec.db) as db:
             (row,) = db.select("Open_vSwitch", ["ovs_version"])
-        number = self.record.to_version.split()[-1]
         if row["ovs_version"] != number:
             raise VswitchdError(
                 f"the database shows ovs_version {row['ovs_version']!r}, not {number!r}"

@@ -1,0 +1,113 @@
+"""A real supervisor on a private OVS sandbox holding the sample state."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ovsndu.config import Config
+from ovsndu.ovs.sample import populate
+from ovsndu.ovs.sandbox import DUMMY_ARGS, Sandbox
+from ovsndu.ovs.unixctl import pid_alive
+from tests.conftest import require_ovs
+
+VSWITCHD = shutil.which("ovs-vswitchd") or "/usr/sbin/ovs-vswitchd"
+
+
+def ovsndu(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ovsndu", *args], capture_output=True,
+                          text=True, check=False, timeout=timeout)
+
+
+@dataclass
+class Rig:
+    """The sandbox, the supervisor process and its config file."""
+
+    sb: Sandbox
+    cfg: Config
+    cfg_path: Path
+    supervisor: subprocess.Popen[bytes]
+    log_path: Path
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return ovsndu(args[0], "--config", str(self.cfg_path), *args[1:], timeout=timeout)
+
+    def status(self) -> dict[str, Any]:
+        r = self.cli("status", "--json")
+        return json.loads(r.stdout) if r.stdout else {}
+
+    def reload(self, *extra: str) -> tuple[int, dict[str, Any]]:
+        r = self.cli("reload", "--json", *extra)
+        return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else {"stderr": r.stderr})
+
+    def vswitchd_pids(self) -> list[int]:
+        """Every live ovs-vswitchd using this rundir's database."""
+        out = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmd and cmd[0].endswith(b"ovs-vswitchd") and self.sb.db.encode() in cmd:
+                if pid_alive(int(entry.name)):
+                    out.append(int(entry.name))
+        return sorted(out)
+
+    def start_supervisor(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self.supervisor = subprocess.Popen(
+            [sys.executable, "-m", "ovsndu", "supervise", "--config", str(self.cfg_path)],
+            stdout=log, stderr=log, env={**os.environ, "OVSNDU_TEST": "1"})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.supervisor.poll() is not None:
+                raise AssertionError(f"supervisor exited: {self.log_path.read_text()[-2000:]}")
+            if Path(self.cfg.ovsndu.control_socket).exists() and self.status().get("phase") == "idle":
+                return
+            time.sleep(0.1)
+        raise AssertionError("supervisor did not become ready")
+
+    def stop_supervisor(self) -> None:
+        if self.supervisor.poll() is None:
+            self.supervisor.send_signal(signal.SIGTERM)
+            try:
+                self.supervisor.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.supervisor.kill()
+                self.supervisor.wait()
+
+
+@pytest.fixture(name="rig")
+def _rig(tmp_path: Path) -> Iterator[Rig]:
+    require_ovs()
+    with Sandbox(tmp_path / "run") as sb:
+        populate(sb)
+        cfg = Config.from_dict({
+            "ovs": {"rundir": str(sb.rundir), "db": sb.db, "vswitchd": VSWITCHD,
+                    "vswitchd_args": list(DUMMY_ARGS)},
+            "upgrade": {"validate": True, "timeout": 120},
+            "ovsndu": {"state_dir": str(tmp_path / "state")},
+        })
+        cfg_path = tmp_path / "ovsndu.toml"
+        cfg_path.write_text(cfg.to_toml())
+        rig = Rig(sb, cfg, cfg_path, None, tmp_path / "supervisor.log")  # type: ignore[arg-type]
+        rig.start_supervisor()
+        try:
+            yield rig
+        finally:
+            rig.stop_supervisor()
+            for pid in rig.vswitchd_pids():
+                os.kill(pid, signal.SIGKILL)
