@@ -258,6 +258,9 @@ class RowEncoder:
         return list(map(self._get, entries))
 
 
+Maker = Callable[[tuple[Any, ...]], Entry]
+
+
 class _BadRow(Exception):
     def __init__(self, row: tuple[Any, ...]) -> None:
         super().__init__()
@@ -295,8 +298,13 @@ class RowDecoder:
             raise TypeError(f"{cls.__name__} validates in __post_init__; RowDecoder would skip it")
         self.cls = cls
         self.width = len(peer_fields)
-        defaults = [(name, f.default) for name, f in ours.items() if name not in peer_fields]
-        self._make = _compile_maker(cls, peer_fields, defaults)
+        defaults = tuple((n, f.default) for n, f in ours.items() if n not in peer_fields)
+        key = (cls, tuple(peer_fields), defaults)
+        if key not in _MAKERS:
+            if len(_MAKERS) >= 256:  # field orders come from peers: keep the cache bounded
+                _MAKERS.clear()
+            _MAKERS[key] = _compile_maker(cls, tuple(peer_fields), defaults)
+        self._make = _MAKERS[key]
 
     def decode(self, rows: Any) -> tuple[Entry, ...]:
         """Entries of *rows*; anything of the wrong shape or type is the peer's fault."""
@@ -315,8 +323,11 @@ class RowDecoder:
             raise RemoteProtocolError(f"{category} row of types {kinds} does not fit") from None
 
 
+_MAKERS: dict[tuple[type[Entry], tuple[str, ...], tuple[tuple[str, Any], ...]], Maker] = {}
+
+
 def _compile_maker(
-    cls: type[Entry], peer_fields: Sequence[str], defaults: Sequence[tuple[str, Any]]
+    cls: type[Entry], peer_fields: tuple[str, ...], defaults: tuple[tuple[str, Any], ...]
 ) -> Callable[[tuple[Any, ...]], Entry]:
     hints = typing.get_type_hints(cls)
     ns: dict[str, Any] = {"new": object.__new__, "C": cls, "Bad": _BadRow}
