@@ -100,14 +100,15 @@ async def client_main(path: str, token: bytes, digests_file: str, verify: bool) 
         counts[category] = len(entries)
         return category_digest(entries) if verify else str(digests[category])
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     result = await receive_state(path, token, apply)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     await result.session.wait_handover(timeout=30)
     await result.session.ready()
     await result.session.wait_commit(timeout=30)
     await result.session.close()
-    print(json.dumps({"client_seconds": elapsed, "client_peak_rss_mib": _rss_mib(),
+    print(json.dumps({"client_seconds": elapsed, "client_cpu_seconds": cpu,
+                      "client_peak_rss_mib": _rss_mib(),
                       "entries": sum(counts.values())}))
 
 
@@ -133,7 +134,9 @@ async def server_main(n: int, verify: bool) -> dict[str, Any]:
         args = [sys.executable, __file__, "--client", str(path), "--token", token.hex(),
                 "--digests", str(digests_file)] + (["--verify"] if verify else [])
         proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE)
+        cpu = time.process_time()
         result = await server
+        server_cpu = time.process_time() - cpu
         await result.session.handover()
         await result.session.wait_ready(timeout=30)
         await result.session.commit()
@@ -146,6 +149,13 @@ async def server_main(n: int, verify: bool) -> dict[str, Any]:
         "seconds": round(result.seconds, 3),
         "entries_per_second": round(result.entries / result.seconds),
         "client_seconds": round(client["client_seconds"], 3),
+        "server_cpu_seconds": round(server_cpu, 3),
+        "client_cpu_seconds": round(client["client_cpu_seconds"], 3),
+        # what the bottleneck side sustains per CPU-second: the rate with a core per side
+        "cpu_bound_entries_per_second": round(
+            result.entries / max(server_cpu, client["client_cpu_seconds"])
+        ),
+        "load_average_1min": os.getloadavg()[0],
         "verify_digests": verify,
         "server_rss_before_sync_mib": round(rss_before, 1),
         "server_peak_rss_during_sync_mib": round(_rss_mib(), 1),
