@@ -318,3 +318,24 @@ def test_awaitable_type() -> None:
     """ApplyCallback accepts plain and coroutine functions (a typing smoke test)."""
     func: Callable[[str, tuple[Entry, ...]], str | Awaitable[str]] = digest_of
     assert func("ports", ()) == category_digest(())
+
+
+class TestApplyAll:
+    def test_apply_all_acknowledges_every_category(self, path: Path) -> None:
+        """apply_all gets the whole state once, and its digests are acknowledged."""
+        seen: list[int] = []
+
+        def apply_all(snap: Any) -> dict[str, str]:
+            seen.append(sum(snap.counts().values()))
+            return snap.digests()
+
+        async def main() -> None:
+            server = asyncio.create_task(serve_state(path, SNAP, TOKEN, os.getuid(), config=FAST))
+            await wait_for_socket(path)
+            cres = await receive_state(path, TOKEN, apply_all=apply_all, config=FAST)
+            sres = await server
+            assert seen == [sum(SNAP.counts().values())]
+            assert sres.applied == SNAP.digests()
+            await sres.session.close()
+            await cres.session.close()
+        run(main())
