@@ -18,8 +18,13 @@ MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
 def ovsndu(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ovsndu", *args], capture_output=True,
-                          text=True, check=False, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ovsndu", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
 
 
 @pytest.fixture(name="snap", scope="module")
@@ -32,10 +37,13 @@ class TestSampleStateIsReadExactly:
         """Every interface with its type and OpenFlow number; MACs and datapath numbers read."""
         got = {(p.bridge, p.port, p.interface, p.type, p.ofport) for p in snap.categories["ports"]}
         assert got == {
-            ("br0", "br0", "br0", "internal", 65534), ("br0", "p1", "p1", "dummy", 1),
-            ("br0", "p2", "p2", "dummy", 2), ("br0", "p3", "p3", "dummy", 3),
+            ("br0", "br0", "br0", "internal", 65534),
+            ("br0", "p1", "p1", "dummy", 1),
+            ("br0", "p2", "p2", "dummy", 2),
+            ("br0", "p3", "p3", "dummy", 3),
             ("br0", "gnv0", "gnv0", "geneve", 10),
-            ("br1", "br1", "br1", "internal", 65534), ("br1", "p4", "p4", "dummy", 4),
+            ("br1", "br1", "br1", "internal", 65534),
+            ("br1", "p4", "p4", "dummy", 4),
         }
         for p in snap.categories["ports"]:
             assert p.mac is not None
@@ -47,15 +55,29 @@ class TestSampleStateIsReadExactly:
         flows = snap.categories["flows"]
         assert len(flows) == 14
         assert {(f.bridge, f.table) for f in flows} == {
-            ("br0", 0), ("br0", 1), ("br0", 2), ("br1", 0), ("br1", 1)}
+            ("br0", 0),
+            ("br0", 1),
+            ("br0", 2),
+            ("br1", 0),
+            ("br1", 1),
+        }
         (rich,) = [f for f in flows if f.cookie == "0xfeed"]
         assert (rich.table, rich.priority, rich.match, rich.actions) == (
-            2, 20, "ip,nw_src=10.99.0.1", "drop")
+            2,
+            20,
+            "ip,nw_src=10.99.0.1",
+            "drop",
+        )
         assert (rich.idle_timeout, rich.hard_timeout, rich.importance, rich.flags) == (
-            600, 3600, 7, ("send_flow_rem",))
+            600,
+            3600,
+            7,
+            ("send_flow_rem",),
+        )
         tcp = [f for f in flows if f.match == "tcp,in_port=1"]
-        assert tcp[0].actions == ("ct(commit,zone=7,exec(set_field:0x2a->ct_mark,"
-                                  "set_field:0x1234->ct_label)),output:2")
+        assert tcp[0].actions == (
+            "ct(commit,zone=7,exec(set_field:0x2a->ct_mark,set_field:0x1234->ct_label)),output:2"
+        )
         assert tcp[0].n_packets == 2  # the SYN and the ACK went through it
         assert any(f.match == "tun_metadata0=0x1234" for f in flows)
 
@@ -63,15 +85,19 @@ class TestSampleStateIsReadExactly:
         """select and all groups, meters with bands on both bridges, TLV mappings."""
         groups = {g.group_id: g for g in snap.categories["groups"]}
         assert (groups[1].type, groups[1].selection_method) == ("select", "hash")
-        assert groups[1].buckets == ("bucket_id:0,weight:10,actions=output:1",
-                                     "bucket_id:1,weight:20,actions=output:2")
+        assert groups[1].buckets == (
+            "bucket_id:0,weight:10,actions=output:1",
+            "bucket_id:1,weight:20,actions=output:2",
+        )
         assert groups[2].type == "all"
         assert len(groups[2].buckets) == 2
         meters = {(m.bridge, m.meter_id): m for m in snap.categories["meters"]}
         assert set(meters) == {("br0", 1), ("br0", 2), ("br1", 5)}
         assert meters["br0", 1].bands == ("type=drop rate=1000 burst_size=100",)
         assert meters["br0", 1].flags == ("pktps", "burst", "stats")
-        tlv = {(t.tlv_class, t.tlv_type, t.length, t.index) for t in snap.categories["tlv_mappings"]}
+        tlv = {
+            (t.tlv_class, t.tlv_type, t.length, t.index) for t in snap.categories["tlv_mappings"]
+        }
         assert tlv == {("0xffff", 0x80, 4, 0), ("0x102", 1, 8, 1)}
 
     def test_conntrack(self, snap: Snapshot) -> None:
@@ -79,8 +105,7 @@ class TestSampleStateIsReadExactly:
         ct = {c.protocol: c for c in snap.categories["conntrack"]}
         assert set(ct) == {"tcp", "udp", "icmp"}
         tcp = ct["tcp"]
-        assert (tcp.zone, tcp.mark, tcp.labels, tcp.state_orig) == (7, 42, "0x1234",
-                                                                     "ESTABLISHED")
+        assert (tcp.zone, tcp.mark, tcp.labels, tcp.state_orig) == (7, 42, "0x1234", "ESTABLISHED")
         assert tcp.orig == "src=10.0.0.1,dst=10.0.0.2,sport=40000,dport=80"
         assert (ct["udp"].zone, ct["udp"].nat) == (9, "src=10.9.9.9:4000")
         assert ct["udp"].reply == "src=10.0.0.2,dst=10.9.9.9,sport=53,dport=4000"
@@ -97,13 +122,18 @@ class TestSampleStateIsReadExactly:
             ("br0", "2", 0, "50:54:00:00:00:99", True),
             ("br1", "4", 0, "50:54:00:00:00:41", False),
         }
-        routes = {(r.kind, r.prefix, r.dev, r.gateway, r.pkt_mark)
-                  for r in snap.categories["routes"]}
-        assert routes == {("user", "10.5.0.0/16", "br0", "192.168.1.254", 0),
-                          ("user", "10.6.0.0/16", "br0", "192.168.1.253", 7)}
+        routes = {
+            (r.kind, r.prefix, r.dev, r.gateway, r.pkt_mark) for r in snap.categories["routes"]
+        }
+        assert routes == {
+            ("user", "10.5.0.0/16", "br0", "192.168.1.254", 0),
+            ("user", "10.6.0.0/16", "br0", "192.168.1.253", 7),
+        }
         neigh = {(n.bridge, n.ip, n.mac) for n in snap.categories["tunnel_neighbors"]}
-        assert neigh == {("br0", "192.168.1.2", "aa:bb:cc:dd:ee:02"),
-                         ("br0", "192.168.1.3", "aa:bb:cc:dd:ee:03")}
+        assert neigh == {
+            ("br0", "192.168.1.2", "aa:bb:cc:dd:ee:02"),
+            ("br0", "192.168.1.3", "aa:bb:cc:dd:ee:03"),
+        }
 
     def test_read_twice_same_digests(self, populated: Sandbox, snap: Snapshot) -> None:
         """Reading the same state again gives identical digests."""
@@ -112,9 +142,23 @@ class TestSampleStateIsReadExactly:
 
 def test_flow_group_meter_tlv_text_round_trips(snap: Snapshot, sandbox: Sandbox) -> None:
     """What is read installs again verbatim into another vswitchd and reads back equal."""
-    sandbox.vsctl("add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev",
-                  "--", "add-br", "br1", "--", "set", "bridge", "br1",
-                  "protocols=OpenFlow10,OpenFlow13")
+    sandbox.vsctl(
+        "add-br",
+        "br0",
+        "--",
+        "set",
+        "bridge",
+        "br0",
+        "datapath_type=netdev",
+        "--",
+        "add-br",
+        "br1",
+        "--",
+        "set",
+        "bridge",
+        "br1",
+        "protocols=OpenFlow10,OpenFlow13",
+    )
     for name in ("p1", "p2", "p3", "gnv0", "p4"):
         bridge = "br1" if name == "p4" else "br0"
         sandbox.vsctl("add-port", bridge, name, "--", "set", "interface", name, "type=dummy")
@@ -129,8 +173,9 @@ def test_flow_group_meter_tlv_text_round_trips(snap: Snapshot, sandbox: Sandbox)
         if groups:
             sandbox.ofctl(bridge, "add-groups", "-", input_text="\n".join(groups) + "\n")
         flows = [f.spec() for f in snap.categories["flows"] if f.bridge == bridge]
-        sandbox.ofctl(bridge, "replace-flows", "-", input_text="\n".join(flows) + "\n",
-                      version=version)
+        sandbox.ofctl(
+            bridge, "replace-flows", "-", input_text="\n".join(flows) + "\n", version=version
+        )
     again = read_snapshot(sandbox.rundir, sandbox.db)
     for name in ("flows", "groups", "meters", "tlv_mappings"):
         assert again.digest(name) == snap.digest(name), name
@@ -141,8 +186,9 @@ class TestCli:
         """snapshot -o writes the documented JSON; diff exits 0 on equal, 1 with a table."""
         a, b = tmp_path / "a.json", tmp_path / "b.json"
         for out in (a, b):
-            r = ovsndu("snapshot", "--rundir", str(populated.rundir), "--format", "json",
-                       "-o", str(out))
+            r = ovsndu(
+                "snapshot", "--rundir", str(populated.rundir), "--format", "json", "-o", str(out)
+            )
             assert r.returncode == 0, r.stderr
         data = json.loads(a.read_text())
         assert data["format"] == 1
@@ -194,8 +240,9 @@ class TestBadInput:
 
     def test_unreachable_db(self, populated: Sandbox, tmp_path: Path) -> None:
         """A wrong OVSDB socket: one line naming it."""
-        r = ovsndu("snapshot", "--rundir", str(populated.rundir), "--db",
-                   f"unix:{tmp_path}/nope.sock")
+        r = ovsndu(
+            "snapshot", "--rundir", str(populated.rundir), "--db", f"unix:{tmp_path}/nope.sock"
+        )
         self._one_line_error(r, "nope.sock")
 
     def test_malformed_files_for_diff(self, tmp_path: Path) -> None:

@@ -32,11 +32,18 @@ def test_flows_with_stats() -> None:
     ]
     f = flows[1]
     assert (f.idle_timeout, f.flags, f.importance, f.n_packets, f.n_bytes) == (
-        300, ("send_flow_rem",), 5, 3, 180)
+        300,
+        ("send_flow_rem",),
+        5,
+        3,
+        180,
+    )
     assert f.actions == "meter:1,ct(commit,zone=5,exec(set_field:0x1->ct_mark)),group:1"
     assert flows[3].hard_timeout == 9
-    assert f.spec() == ("table=0,cookie=0x0,priority=50,idle_timeout=300,importance=5,"
-                        "send_flow_rem,ip actions=" + f.actions)
+    assert f.spec() == (
+        "table=0,cookie=0x0,priority=50,idle_timeout=300,importance=5,"
+        "send_flow_rem,ip actions=" + f.actions
+    )
 
 
 def test_flows_without_stats() -> None:
@@ -46,12 +53,15 @@ def test_flows_without_stats() -> None:
     assert (b.table, b.cookie, b.priority, b.match) == (1, "0xabc", 10, "")
 
 
-@pytest.mark.parametrize("line", [
-    " cookie=0x0, priority=1 drop",
-    " cookie=0x0, bogus=1, priority=1,ip actions=drop",
-    " cookie=0x0, table=x, priority=1,ip actions=drop",
-    " cookie=0x0, frobnicate priority=1,ip actions=drop",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        " cookie=0x0, priority=1 drop",
+        " cookie=0x0, bogus=1, priority=1,ip actions=drop",
+        " cookie=0x0, table=x, priority=1,ip actions=drop",
+        " cookie=0x0, frobnicate priority=1,ip actions=drop",
+    ],
+)
 def test_flow_garbage(line: str) -> None:
     """Lines that are not flows raise ParseError quoting the line."""
     with pytest.raises(ParseError, match="cannot parse flow"):
@@ -60,24 +70,34 @@ def test_flow_garbage(line: str) -> None:
 
 def test_groups() -> None:
     """Selection method, properties and buckets are kept; spec re-creates the text."""
-    text = ("OFPST_GROUP_DESC reply (OF1.5) (xid=0x2):\n"
-            " group_id=1,type=select,selection_method=hash,fields=ip_src,bucket=bucket_id:0,"
-            "weight:10,actions=output:1,bucket=bucket_id:1,weight:20,actions=output:2\n"
-            " group_id=2,type=all,bucket=bucket_id:0,actions=output:1\n")
+    text = (
+        "OFPST_GROUP_DESC reply (OF1.5) (xid=0x2):\n"
+        " group_id=1,type=select,selection_method=hash,fields=ip_src,bucket=bucket_id:0,"
+        "weight:10,actions=output:1,bucket=bucket_id:1,weight:20,actions=output:2\n"
+        " group_id=2,type=all,bucket=bucket_id:0,actions=output:1\n"
+    )
     g1, g2 = parsers.parse_groups("br0", text)
     assert (g1.type, g1.selection_method, len(g1.buckets)) == ("select", "hash", 2)
     assert g1.spec() == text.splitlines()[1].strip()
-    assert (g2.type, g2.selection_method, g2.buckets) == ("all", None,
-                                                          ("bucket_id:0,actions=output:1",))
+    assert (g2.type, g2.selection_method, g2.buckets) == (
+        "all",
+        None,
+        ("bucket_id:0,actions=output:1",),
+    )
 
 
 def test_meters_span_lines() -> None:
     """A meter's bands follow on their own lines."""
-    text = ("OFPST_METER_CONFIG reply (OF1.3) (xid=0x2):\nmeter=1 pktps burst stats bands=\n"
-            "type=drop rate=100 burst_size=20\n\nmeter=2 kbps bands=\ntype=drop rate=1000\n")
+    text = (
+        "OFPST_METER_CONFIG reply (OF1.3) (xid=0x2):\nmeter=1 pktps burst stats bands=\n"
+        "type=drop rate=100 burst_size=20\n\nmeter=2 kbps bands=\ntype=drop rate=1000\n"
+    )
     m1, m2 = parsers.parse_meters("br0", text)
-    assert (m1.meter_id, m1.flags, m1.bands) == (1, ("pktps", "burst", "stats"),
-                                                  ("type=drop rate=100 burst_size=20",))
+    assert (m1.meter_id, m1.flags, m1.bands) == (
+        1,
+        ("pktps", "burst", "stats"),
+        ("type=drop rate=100 burst_size=20",),
+    )
     assert m1.spec() == "meter=1,pktps,burst,stats,bands=type=drop,rate=100,burst_size=20"
     assert m2.spec() == "meter=2,kbps,bands=type=drop,rate=1000"
     with pytest.raises(ParseError):
@@ -94,10 +114,17 @@ def test_conntrack_and_nat() -> None:
         "udp,orig=(src=10.0.0.1,dst=10.0.0.2,sport=5555,dport=53),reply=(src=10.0.0.2,"
         "dst=10.9.9.9,sport=53,dport=4000),id=0,status=0,timeout=59\n"
         "udp,orig=(src=fd00::1,dst=fd00::2,sport=5,dport=6),reply=(src=fd00::99,"
-        "dst=fd00::1,sport=4000,dport=5),id=0,status=0,timeout=59\n")
+        "dst=fd00::1,sport=4000,dport=5),id=0,status=0,timeout=59\n"
+    )
     tcp, udp, udp6 = parsers.parse_conntrack(text)
     assert (tcp.zone, tcp.mark, tcp.labels, tcp.state, tcp.timeout, tcp.nat) == (
-        7, 42, "0x1234", "SYN_SENT/CLOSED", 29, "")
+        7,
+        42,
+        "0x1234",
+        "SYN_SENT/CLOSED",
+        29,
+        "",
+    )
     assert (udp.zone, udp.nat, udp.state) == (0, "src=10.9.9.9:4000", None)
     assert udp6.nat == "dst=[fd00::99]:4000"
     with pytest.raises(ParseError, match="conntrack"):
@@ -106,30 +133,43 @@ def test_conntrack_and_nat() -> None:
 
 def test_fdb_routes_neighbours_tlv_dpif() -> None:
     """The unixctl tables."""
-    fdb = parsers.parse_fdb("br0", " port  VLAN  MAC                Age\n"
-                            "    1     0  50:54:00:00:00:01    3\n"
-                            "LOCAL    10  50:54:00:00:00:02  static\n")
+    fdb = parsers.parse_fdb(
+        "br0",
+        " port  VLAN  MAC                Age\n"
+        "    1     0  50:54:00:00:00:01    3\n"
+        "LOCAL    10  50:54:00:00:00:02  static\n",
+    )
     assert [(e.port, e.vlan, e.static, e.age) for e in fdb] == [
-        ("1", 0, False, 3), ("LOCAL", 10, True, None)]
+        ("1", 0, False, 3),
+        ("LOCAL", 10, True, None),
+    ]
     routes = parsers.parse_routes(
         "Route Table:\nCached: 127.0.0.1/32 dev lo SRC 127.0.0.1 local\n"
-        "User: 10.6.0.0/16 MARK 7 dev br0 GW 192.168.1.253 SRC 192.168.1.1\n")
+        "User: 10.6.0.0/16 MARK 7 dev br0 GW 192.168.1.253 SRC 192.168.1.1\n"
+    )
     assert [(r.kind, r.prefix, r.dev, r.gateway, r.pkt_mark, r.local) for r in routes] == [
         ("cached", "127.0.0.1/32", "lo", None, 0, True),
-        ("user", "10.6.0.0/16", "br0", "192.168.1.253", 7, False)]
+        ("user", "10.6.0.0/16", "br0", "192.168.1.253", 7, False),
+    ]
     (n,) = parsers.parse_tnl_neigh(
         "IP                MAC                 Bridge\n=========\n"
-        "192.168.1.2       aa:bb:cc:dd:ee:02   br0\n")
+        "192.168.1.2       aa:bb:cc:dd:ee:02   br0\n"
+    )
     assert (n.ip, n.mac, n.bridge) == ("192.168.1.2", "aa:bb:cc:dd:ee:02", "br0")
-    (t,) = parsers.parse_tlv_map("br0", "  class  type  length  match field\n"
-                                 " 0xffff  0x80       4  tun_metadata0\n")
+    (t,) = parsers.parse_tlv_map(
+        "br0", "  class  type  length  match field\n 0xffff  0x80       4  tun_metadata0\n"
+    )
     assert t.spec() == "{class=0xffff,type=0x80,len=4}->tun_metadata0"
-    ports = parsers.parse_dpif_ports("netdev@ovs-netdev: hit:0 missed:3\n  br0:\n"
-                                     "    br0 65534/100: (dummy-internal)\n"
-                                     "    p1 1/1: (dummy)\n")
+    ports = parsers.parse_dpif_ports(
+        "netdev@ovs-netdev: hit:0 missed:3\n  br0:\n"
+        "    br0 65534/100: (dummy-internal)\n"
+        "    p1 1/1: (dummy)\n"
+    )
     assert ports == {("br0", "br0"): 100, ("br0", "p1"): 1}
-    for bad, fn in [("1 0 mac", lambda t: parsers.parse_fdb("br0", t)),
-                    ("User: 1.0.0.0/8 via x", parsers.parse_routes),
-                    ("1.1.1.1 nomac br0", parsers.parse_tnl_neigh)]:
+    for bad, fn in [
+        ("1 0 mac", lambda t: parsers.parse_fdb("br0", t)),
+        ("User: 1.0.0.0/8 via x", parsers.parse_routes),
+        ("1.1.1.1 nomac br0", parsers.parse_tnl_neigh),
+    ]:
         with pytest.raises(ParseError):
             fn(bad)

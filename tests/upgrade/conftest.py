@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -39,6 +40,7 @@ class Rig:
     cfg_path: Path
     supervisor: subprocess.Popen[bytes]
     log_path: Path
+    env: dict[str, str]
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return ovsndu(args[0], "--config", str(self.cfg_path), *args[1:], timeout=timeout)
@@ -61,21 +63,24 @@ class Rig:
                 cmd = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if cmd and cmd[0].endswith(b"ovs-vswitchd") and self.sb.db.encode() in cmd:
-                if pid_alive(int(entry.name)):
-                    out.append(int(entry.name))
+            # Whatever its file name (a copy, a symlink), a vswitchd names the DB as an argument.
+            ours = self.sb.db.encode() in cmd and b"python" not in cmd[0] and any(
+                a.startswith(b"--pidfile=") for a in cmd)
+            if ours and pid_alive(int(entry.name)):
+                out.append(int(entry.name))
         return sorted(out)
 
     def start_supervisor(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.supervisor = subprocess.Popen(
             [sys.executable, "-m", "ovsndu", "supervise", "--config", str(self.cfg_path)],
-            stdout=log, stderr=log, env={**os.environ, "OVSNDU_TEST": "1"})
+            stdout=log, stderr=log, env={**os.environ, **self.env})
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.supervisor.poll() is not None:
                 raise AssertionError(f"supervisor exited: {self.log_path.read_text()[-2000:]}")
-            if Path(self.cfg.ovsndu.control_socket).exists() and self.status().get("phase") == "idle":
+            ready = Path(self.cfg.ovsndu.control_socket).exists()
+            if ready and self.status().get("phase") == "idle":
                 return
             time.sleep(0.1)
         raise AssertionError("supervisor did not become ready")
@@ -90,20 +95,23 @@ class Rig:
                 self.supervisor.wait()
 
 
-@pytest.fixture(name="rig")
-def _rig(tmp_path: Path) -> Iterator[Rig]:
+@contextlib.contextmanager
+def make_rig(tmp_path: Path, *, validate: bool = True, timeout: float = 120,
+             env: dict[str, str] | None = None) -> Iterator[Rig]:
+    """A sandbox with the sample state, adopted by a real supervisor."""
     require_ovs()
     with Sandbox(tmp_path / "run") as sb:
         populate(sb)
         cfg = Config.from_dict({
             "ovs": {"rundir": str(sb.rundir), "db": sb.db, "vswitchd": VSWITCHD,
                     "vswitchd_args": list(DUMMY_ARGS)},
-            "upgrade": {"validate": True, "timeout": 120},
+            "upgrade": {"validate": validate, "timeout": timeout},
             "ovsndu": {"state_dir": str(tmp_path / "state")},
         })
         cfg_path = tmp_path / "ovsndu.toml"
         cfg_path.write_text(cfg.to_toml())
-        rig = Rig(sb, cfg, cfg_path, None, tmp_path / "supervisor.log")  # type: ignore[arg-type]
+        rig = Rig(sb, cfg, cfg_path, None, tmp_path / "supervisor.log",  # type: ignore[arg-type]
+                  env or {})
         rig.start_supervisor()
         try:
             yield rig
@@ -111,3 +119,17 @@ def _rig(tmp_path: Path) -> Iterator[Rig]:
             rig.stop_supervisor()
             for pid in rig.vswitchd_pids():
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(name="rig")
+def _rig(tmp_path: Path) -> Iterator[Rig]:
+    with make_rig(tmp_path) as rig:
+        yield rig
+
+
+def fake_binary(tmp_path: Path, name: str, body: str) -> Path:
+    """A shell script standing in for a new ovs-vswitchd; ``$REAL`` is the real one."""
+    path = tmp_path / name
+    path.write_text(f"#!/bin/bash\nREAL={VSWITCHD}\n{body}\n")
+    path.chmod(0o755)
+    return path

@@ -109,7 +109,7 @@ class Port(Entry):
 
     CATEGORY: ClassVar[str] = "ports"
     IDENTITY: ClassVar[tuple[str, ...]] = ("bridge", "port", "interface")
-    VOLATILE: ClassVar[frozenset[str]] = frozenset({"dp_port"})
+    VOLATILE: ClassVar[frozenset[str]] = frozenset({"dp_port", "mac"})
 
     bridge: str
     port: str

@@ -52,7 +52,7 @@ def populate(sb: Sandbox) -> None:
     """Bridges br0 (netdev, all OpenFlow versions) and br1 (OpenFlow 1.0 and 1.3 only)."""
     sb.vsctl(
         "--", "add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev",
-        "other-config:datapath-id=00000000000000b0",
+        "other-config:datapath-id=00000000000000b0", "other-config:hwaddr=02:00:00:00:b0:00",
         "--", "add-port", "br0", "p1", "--", "set", "interface", "p1", "type=dummy",
         "ofport_request=1",
         "--", "add-port", "br0", "p2", "--", "set", "interface", "p2", "type=dummy",
@@ -62,7 +62,7 @@ def populate(sb: Sandbox) -> None:
         "--", "add-port", "br0", "gnv0", "--", "set", "interface", "gnv0", "type=geneve",
         "options:remote_ip=192.168.1.2", "options:key=flow", "ofport_request=10",
         "--", "add-br", "br1", "--", "set", "bridge", "br1", "datapath_type=netdev",
-        "protocols=OpenFlow10,OpenFlow13",
+        "protocols=OpenFlow10,OpenFlow13", "other-config:hwaddr=02:00:00:00:b1:00",
         "--", "add-port", "br1", "p4", "--", "set", "interface", "p4", "type=dummy",
         "ofport_request=4",
     )

@@ -73,7 +73,7 @@ def vswitchd_version(spec: VswitchdSpec, pid: int) -> str:
 def record_version(spec: VswitchdSpec, version_line: str) -> None:
     """Write the version number of a version line into ``Open_vSwitch.ovs_version``."""
     with Ovsdb(spec.db) as db:
-        db.set_ovs_version(version_line.split()[-1])
+        db.set_ovs_version(version_line.rsplit(maxsplit=1)[-1])
 
 
 def snapshot_path(state_dir: Path, upgrade_id: str) -> Path:
