@@ -117,7 +117,8 @@ def binary_version(binary: str, timeout: float = 10.0) -> str:
     if proc.returncode != 0 or not first or "Open vSwitch" not in first[0]:
         why = f"exit status {proc.returncode}" if proc.returncode else "no version line"
         raise VswitchdError(f"new binary {binary} failed --version: {why}")
-    return first[0].strip()
+    # The program name is the file's name; report the standard one, as the tools will see it.
+    return "ovs-vswitchd " + first[0][first[0].index("(Open vSwitch)"):].strip()
 
 
 def unixctl_for(spec: VswitchdSpec, pid: int, timeout: float = 10.0) -> Unixctl:
