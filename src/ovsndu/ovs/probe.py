@@ -5,12 +5,19 @@ to each every 20 ms (a download: after the connection is set up, only the server
 sends data; the client only acknowledges).
 ``python -m ovsndu.ovs.probe tcp-sink HOST PORT FILE``: connect, read, and keep the
 number of bytes received (and, when the connection ends, why) in FILE.
+``python -m ovsndu.ovs.probe udp-send HOST PORT RATE FILE``: sequence-numbered datagrams
+at RATE per second until SIGTERM; the number sent goes to FILE.
+``python -m ovsndu.ovs.probe udp-recv PORT FILE``: until SIGTERM, record every
+datagram's sequence number and arrival time (CLOCK_MONOTONIC, shared by all
+namespaces) as ``SEQ TIME`` lines in FILE.
 """
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -48,12 +55,56 @@ def tcp_sink(host: str, port: int, out: Path) -> None:
         out.write_text(f"{total}\nerror {exc}\n")
 
 
+_STOP: list[bool] = []
+_SEQ = struct.Struct("!Qd")
+
+
+def _stop_on_term() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: _STOP.append(True))
+
+
+def udp_send(host: str, port: int, rate: float, out: Path) -> None:
+    """Paced sender: packet *n* leaves at start + n / rate (no drift)."""
+    _stop_on_term()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    start, seq = time.monotonic(), 0
+    while not _STOP:
+        due = start + seq / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        with contextlib.suppress(OSError):
+            sock.sendto(_SEQ.pack(seq, time.monotonic()).ljust(64, b"\0"), (host, port))
+        seq += 1
+    out.write_text(f"{seq}\n")
+
+
+def udp_recv(port: int, out: Path) -> None:
+    """Record (seq, arrival) of every datagram until SIGTERM."""
+    _stop_on_term()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", port))
+    sock.settimeout(0.1)
+    seen: list[str] = []
+    while not _STOP:
+        try:
+            data = sock.recv(2048)
+        except (TimeoutError, InterruptedError):
+            continue
+        seen.append(f"{_SEQ.unpack_from(data)[0]} {time.monotonic():.6f}")
+    out.write_text("\n".join(seen) + "\n")
+
+
 def main(argv: list[str]) -> None:
     """Dispatch a probe by name."""
     if argv[0] == "tcp-push":
         tcp_push(int(argv[1]))
     elif argv[0] == "tcp-sink":
         tcp_sink(argv[1], int(argv[2]), Path(argv[3]))
+    elif argv[0] == "udp-send":
+        udp_send(argv[1], int(argv[2]), float(argv[3]), Path(argv[4]))
+    elif argv[0] == "udp-recv":
+        udp_recv(int(argv[1]), Path(argv[2]))
     else:
         raise SystemExit(f"unknown probe {argv[0]!r}")
 

@@ -191,7 +191,6 @@ class Sandbox:
                 f"--pidfile={self.rundir / 'ovsdb-server.pid'}",
                 f"--log-file={self.rundir / 'ovsdb-server.log'}",
                 "-vconsole:off",
-                f"--unixctl={self.rundir / 'ovsdb-server.ctl'}",
             ]
         )
         wait_for(

@@ -1,0 +1,318 @@
+"""Traffic disruption of ovsndu's live upgrade against upstream's restart, on real traffic.
+
+    .venv/bin/python -m benchmarks.disruption [--flows N[,N...]] [--runs K] [--json OUT]
+                                              [--plot OUT.png]
+
+Per run, in namespaces it creates and removes: a private OVS (netdev datapath) in its
+own namespace, two endpoints A and B on veths, a pipeline of N filler rules plus a
+stateful ACL (new connections only from A to B, established traffic both ways,
+everything else dropped), and traffic:
+
+* sequence-numbered UDP A→B at a fixed rate (2000 pkt/s): longest gap, packets lost;
+* an established TCP download B→A through the ACL: does it survive (no reset, keeps
+  transferring)?
+* UDP B→A on a new flow, which the ACL forbids: delivered count (must be 0);
+
+then either ``ovsndu reload`` through a real supervisor, or Debian's stock ExecReload
+(``ovs-ctl --no-ovsdb-server --no-monitor --system-id=random --no-record-hostname
+restart``), alternating which goes first.  The JSON report has one object per method
+with per-run lists ``gap_ms``, ``lost``, ``tcp_survived``, ``forbidden_delivered``,
+``upgrade_s`` (and ovsndu's per-phase seconds), per N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ovsndu.config import Config
+from ovsndu.ovs.endpoints import Endpoint
+from ovsndu.ovs.sandbox import NETDEV_ARGS, Sandbox
+
+RATE = 2000.0
+FORBIDDEN_RATE = 200.0
+PRE_S, POST_S = 2.0, 3.0
+OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
+ACL = (
+    "table=0,priority=100,arp,actions=NORMAL",
+    "table=0,priority=100,ip,actions=ct(table=1,zone=1)",
+    "table=1,priority=100,ct_state=+trk+new,ip,in_port=1,actions=ct(commit,zone=1),output:2",
+    "table=1,priority=100,ct_state=+trk+est,ip,in_port=1,actions=output:2",
+    "table=1,priority=100,ct_state=+trk+est,ip,in_port=2,actions=output:1",
+    "table=1,priority=0,actions=drop",
+)
+
+
+def filler(n: int) -> list[str]:
+    """*n* ACL-like rules that the test traffic never hits."""
+    return [f"table=0,priority={50 + i % 40},ip,nw_src=172.{16 + (i >> 16) % 16}."
+            f"{(i >> 8) & 0xFF}.{i & 0xFF},nw_dst=10.0.0.0/8,actions=drop" for i in range(n)]
+
+
+class Run:
+    """One sandbox with endpoints, pipeline and traffic; measures one upgrade method."""
+
+    def __init__(self, work: Path, n_flows: int):
+        self.work = work
+        self.n = n_flows
+        self.sb = Sandbox(work / "run", datapath="netdev", vswitchd_args=())
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> Run:
+        sb = self.sb
+        sb.start()
+        threading.Thread(target=self._reap, daemon=True).start()
+        sb.vsctl("add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev",
+                 "fail_mode=secure")
+        self.a = sb.add_endpoint("br0", "a-sw", "10.0.0.1", 1)
+        self.b = sb.add_endpoint("br0", "b-sw", "10.0.0.2", 2)
+        rules = self.work / "rules.txt"
+        rules.write_text("\n".join([*filler(self.n), *ACL]) + "\n")
+        sb.ofctl("br0", "add-flows", str(rules), options=("--bundle",))
+        return self
+
+    def _reap(self) -> None:
+        # ovs-ctl waits for the old PID to vanish: our child must not linger as a zombie.
+        if self.sb.vswitchd_proc is not None:
+            self.sb.vswitchd_proc.wait()
+
+    def __exit__(self, *_exc: object) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.sb.stop()
+
+    def _probe(self, ep: Endpoint, *args: str) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(ep.argv([sys.executable, "-m", "ovsndu.ovs.probe", *args]))
+        self.procs.append(p)
+        return p
+
+    def start_traffic(self) -> None:
+        w = self.work
+        self.recv = self._probe(self.b, "udp-recv", "7000", str(w / "udp.txt"))
+        self.forbidden_recv = self._probe(self.a, "udp-recv", "9999", str(w / "forbidden.txt"))
+        self.push = self._probe(self.b, "tcp-push", "5001")
+        time.sleep(0.5)
+        self.sink = self._probe(self.a, "tcp-sink", self.b.ip, "5001", str(w / "tcp.txt"))
+        self.send = self._probe(self.a, "udp-send", self.b.ip, "7000", str(RATE),
+                                str(w / "sent.txt"))
+        self.forbidden_send = self._probe(self.b, "udp-send", self.a.ip, "9999",
+                                          str(FORBIDDEN_RATE), str(w / "fsent.txt"))
+        time.sleep(PRE_S)
+
+    def stop_traffic(self) -> dict[str, Any]:
+        time.sleep(POST_S)
+        tcp_before_end = _tcp_bytes(self.work / "tcp.txt")
+        time.sleep(0.5)
+        tcp_end = _tcp_bytes(self.work / "tcp.txt")
+        for p in (self.send, self.forbidden_send):
+            p.send_signal(signal.SIGTERM)
+            p.wait()
+        time.sleep(0.2)
+        for p in (self.recv, self.forbidden_recv):
+            p.send_signal(signal.SIGTERM)
+            p.wait()
+        arrivals = _arrivals(self.work / "udp.txt")
+        times = [t for _, t in arrivals]
+        seqs = sorted({s for s, _ in arrivals})
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        worst = max(range(len(gaps)), key=gaps.__getitem__) if gaps else 0
+        tcp_text = (self.work / "tcp.txt").read_text() if (self.work / "tcp.txt").exists() else ""
+        return {
+            "gap_ms": gaps[worst] * 1000 if gaps else None,
+            "gap_at": times[worst] if gaps else None,
+            "lost": (seqs[-1] - seqs[0] + 1 - len(seqs)) if seqs else None,
+            "tcp_survived": "error" not in tcp_text and tcp_end > tcp_before_end,
+            "tcp_error": tcp_text.splitlines()[1] if "error" in tcp_text else "",
+            "forbidden_delivered": len(_arrivals(self.work / "forbidden.txt")),
+            "arrivals": times,
+        }
+
+    # --- the two methods -------------------------------------------------------------------
+    def ovsndu(self) -> dict[str, Any]:
+        cfg = Config.from_dict({
+            "ovs": {"rundir": str(self.sb.rundir), "db": self.sb.db,
+                    "vswitchd": _vswitchd(), "vswitchd_args": list(NETDEV_ARGS),
+                    "netns": self.sb.netns or ""},
+            "upgrade": {"timeout": 300},
+            "ovsndu": {"state_dir": str(self.work / "state")},
+        })
+        cfg_path = self.work / "ovsndu.toml"
+        cfg.write(cfg_path)
+        with open(self.work / "supervisor.log", "wb") as log:
+            sup = subprocess.Popen([sys.executable, "-m", "ovsndu", "supervise", "--config",
+                                    str(cfg_path)], stdout=log, stderr=log)
+        self.procs.append(sup)
+        _wait_for(lambda: _status(cfg_path).get("phase") == "idle", 30)
+        self.start_traffic()
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "ovsndu", "reload", "--config",
+                            str(cfg_path), "--json"], capture_output=True, text=True,
+                           check=False)
+        t1 = time.monotonic()
+        result = json.loads(r.stdout) if r.stdout.strip() else {"stderr": r.stderr}
+        out = self.stop_traffic()
+        sup.send_signal(signal.SIGTERM)
+        sup.wait(timeout=60)
+        record = result.get("record") or {}
+        phases = {}
+        offset = time.time() - time.monotonic()
+        for p in record.get("phases", []):
+            start = datetime.fromisoformat(p["started"]).timestamp() - offset
+            phases[p["phase"]] = {"start": start, "seconds": p["duration_s"]}
+        out.update(upgrade_s=t1 - t0, start=t0, end=t1, exit_code=r.returncode,
+                   outcome=result.get("outcome"), reason=result.get("reason"), phases=phases,
+                   handover_ms=record.get("handover_gap_ms"))
+        return out
+
+    def upstream(self) -> dict[str, Any]:
+        self.start_traffic()
+        env = {**self.sb.env, "OVS_RUNDIR": str(self.sb.rundir)}
+        t0 = time.monotonic()
+        r = subprocess.run(self.sb.ns_argv([OVS_CTL, "--no-ovsdb-server", "--no-monitor",
+                                            "--system-id=random", "--no-record-hostname",
+                                            f"--db-sock={self.sb.db_sock}", "restart"]),
+                           env=env, capture_output=True, text=True, check=False)
+        t1 = time.monotonic()
+        out = self.stop_traffic()
+        out.update(upgrade_s=t1 - t0, start=t0, end=t1, exit_code=r.returncode,
+                   reason=r.stderr.strip()[-300:] if r.returncode else "")
+        return out
+
+
+def _vswitchd() -> str:
+    for path in ("/usr/sbin/ovs-vswitchd", "/usr/lib/openvswitch-switch/ovs-vswitchd"):
+        if os.path.exists(path):
+            return path
+    return "ovs-vswitchd"
+
+
+def _status(cfg_path: Path) -> dict[str, Any]:
+    r = subprocess.run([sys.executable, "-m", "ovsndu", "status", "--config", str(cfg_path),
+                        "--json"], capture_output=True, text=True, check=False)
+    try:
+        return dict(json.loads(r.stdout))
+    except ValueError:
+        return {}
+
+
+def _wait_for(predicate: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError("timed out")
+        time.sleep(0.1)
+
+
+def _arrivals(path: Path) -> list[tuple[int, float]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().split("\n"):
+        if line.strip():
+            seq, t = line.split()
+            out.append((int(seq), float(t)))
+    return sorted(out, key=lambda x: x[1])
+
+
+def _tcp_bytes(path: Path) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _median(values: list[float]) -> float | None:
+    clean = [v for v in values if v is not None]
+    return statistics.median(clean) if clean else None
+
+
+def main() -> None:
+    # ovs-ctl raises its descriptor limit to 65535 (and complains when the hard limit is lower).
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--flows", default="1000,50000")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--json")
+    parser.add_argument("--plot")
+    args = parser.parse_args()
+    report: dict[str, Any] = {"rate_pps": RATE, "by_flows": {}}
+    examples: dict[str, dict[str, Any]] = {}
+    for n in map(int, args.flows.split(",")):
+        per: dict[str, dict[str, list[Any]]] = {
+            m: {"gap_ms": [], "lost": [], "tcp_survived": [], "forbidden_delivered": [],
+                "upgrade_s": [], "exit_code": [], "phases": [], "handover_ms": []}
+            for m in ("ovsndu", "upstream")}
+        for k in range(args.runs):
+            order = ("ovsndu", "upstream") if k % 2 == 0 else ("upstream", "ovsndu")
+            for method in order:
+                with tempfile.TemporaryDirectory(prefix="ovsndu-disr-") as tmp, \
+                        Run(Path(tmp), n) as run:
+                    res = getattr(run, method)()
+                for key in per[method]:
+                    if key in res:
+                        per[method][key].append(
+                            {p: v["seconds"] for p, v in res[key].items()}
+                            if key == "phases" else res[key])
+                examples.setdefault(f"{method} {n}", res)
+                print(f"N={n} run {k + 1} {method:8}: gap {res['gap_ms']:.0f} ms, "
+                      f"lost {res['lost']}, tcp {'kept' if res['tcp_survived'] else 'LOST'}"
+                      f"{' (' + res['tcp_error'] + ')' if res.get('tcp_error') else ''}, "
+                      f"forbidden {res['forbidden_delivered']}, "
+                      f"{res['upgrade_s']:.2f} s, exit {res['exit_code']}"
+                      f"{' ' + str(res.get('reason')) if res['exit_code'] else ''}",
+                      flush=True)
+        ours, theirs = _median(per["ovsndu"]["gap_ms"]), _median(per["upstream"]["gap_ms"])
+        ratio = ours / theirs if ours is not None and theirs else None
+        report["by_flows"][str(n)] = {**per, "gap_ratio_median": ratio}
+        print(f"N={n}: median gap ovsndu {ours:.0f} ms, upstream {theirs:.0f} ms, "
+              f"ratio {ratio:.2f}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    if args.plot:
+        plot(examples, args.plot)
+
+
+def plot(examples: dict[str, dict[str, Any]], path: str) -> None:
+    """Packet arrivals against time, one panel per method and size, phases shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(examples), 1, figsize=(11, 2.6 * len(examples)), squeeze=False)
+    for ax, (name, res) in zip(axes[:, 0], sorted(examples.items()), strict=True):
+        t0 = res["start"]
+        xs = [t - t0 for t in res["arrivals"]]
+        ax.plot(xs, range(len(xs)), ",", color="tab:blue")
+        ax.axvspan(0, res["end"] - t0, color="0.9", label="upgrade command")
+        for i, (phase, v) in enumerate(sorted(res.get("phases", {}).items(),
+                                              key=lambda kv: kv[1]["start"])):
+            ax.axvline(v["start"] - t0, color=f"C{i + 1}", lw=0.8)
+            ax.text(v["start"] - t0, 0, phase, rotation=90, fontsize=7, va="bottom")
+        ax.set_title(f"{name}: longest gap {res['gap_ms']:.0f} ms, lost {res['lost']}",
+                     fontsize=9)
+        ax.set_xlabel("seconds since the upgrade command")
+        ax.set_ylabel("packets")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
