@@ -89,7 +89,9 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     from ovsndu.control import SupervisorUnreachable, request
 
     cfg = _config(args)
-    payload: dict[str, Any] = {"op": "reload", "vswitchd": args.vswitchd, "timeout": args.timeout}
+    # The binary is re-read from the config file at every reload (systemctl reload).
+    payload: dict[str, Any] = {"op": "reload", "vswitchd": args.vswitchd or cfg.ovs.vswitchd,
+                               "timeout": args.timeout}
 
     def show(event: dict[str, Any]) -> None:
         line = _phase_line(event)
@@ -127,11 +129,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
                   "last_upgrade": last.to_dict() if last else None}
         code = 3
     status.pop("event", None)
+    from ovsndu.dbus_service import unit_state
+
+    unit = status["systemd"] = unit_state()
     if args.json:
         print(json.dumps(status, indent=1))
         return code
     vs = status.get("vswitchd") or {}
     print(f"phase:    {status.get('phase')}")
+    if unit:
+        print(f"unit:     {unit['unit']} {unit['active_state']} ({unit['sub_state']}), "
+              f"MainPID {unit['main_pid']}")
     print(f"vswitchd: pid {vs.get('pid')}, {vs.get('version')}" if vs else "vswitchd: -")
     last = status.get("last_upgrade")
     if last:
@@ -152,6 +160,14 @@ def _cmd_history(args: argparse.Namespace) -> int:
              " ".join(f"{p.phase}={p.duration_s * 1000:.0f}ms" for p in r.phases),
              r.reason) for r in records]
     print(table(("id", "outcome", "from", "to", "phases", "reason"), rows))
+    return EXIT_OK
+
+
+def _cmd_systemd_unit(args: argparse.Namespace) -> int:
+    from ovsndu import systemd_unit
+
+    action = systemd_unit.install if args.command == "install-systemd" else systemd_unit.uninstall
+    print("\n".join(action(args.root, daemon_reload=not args.no_reload).lines()))
     return EXIT_OK
 
 
@@ -220,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "state in every category")
     p.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_demo)
+
+    for name, verb in (("install-systemd", "put in place"), ("uninstall-systemd", "take away")):
+        p = sub.add_parser(name, help=f"{verb} the ovs-vswitchd.service drop-in and the D-Bus "
+                           "policy (idempotent), then systemctl daemon-reload")
+        p.add_argument("--root", default="/", help="install into this tree instead of / "
+                       "(systemd is then not told)")
+        p.add_argument("--no-reload", action="store_true", help="skip systemctl daemon-reload")
+        p.set_defaults(func=_cmd_systemd_unit)
     return parser
 
 

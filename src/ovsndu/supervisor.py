@@ -20,6 +20,7 @@ import structlog
 
 from ovsndu import sdnotify
 from ovsndu.config import Config
+from ovsndu.dbus_service import DbusService
 from ovsndu.errors import OvsnduError, VswitchdError
 from ovsndu.model import Snapshot
 from ovsndu.ovs import daemon
@@ -88,6 +89,7 @@ class Supervisor:
             version=self.serving.version,
             control_socket=str(path),
         )
+        self.bus = await DbusService.start(self)
         sdnotify.notify(READY=1, MAINPID=os.getpid(), STATUS=self._status_line())
         monitor = asyncio.create_task(self._monitor())
         try:
@@ -101,10 +103,13 @@ class Supervisor:
             if self.runner_task is not None:
                 await asyncio.wait([self.runner_task], timeout=self.cfg.upgrade.timeout)
             await asyncio.to_thread(self.stop_vswitchd)
+            if self.bus is not None:
+                await self.bus.stop()
         log.info("supervisor.stopped", event_kind="stopped")
         return 0
 
     runner_task: asyncio.Task[UpgradeRecord] | None = None
+    bus: DbusService | None = None
 
     def _status_line(self) -> str:
         s = self.serving
@@ -332,12 +337,16 @@ class Supervisor:
         def progress(event: dict[str, Any]) -> None:
             if event.get("event") == "phase":
                 self.phase = str(event["phase"])
+                if self.bus is not None:
+                    self.bus.changed()
                 sdnotify.notify(STATUS=self._status_line(), EXTEND_TIMEOUT_USEC=int(timeout * 1e6))
             with contextlib.suppress(Exception):
                 writer.write(json.dumps(event).encode() + b"\n")
 
         def moved(serving: Serving) -> None:
             self.serving = serving
+            if self.bus is not None:
+                self.bus.changed()
 
         runner = UpgradeRunner(
             self.cfg,
@@ -369,10 +378,17 @@ class Supervisor:
         if self.runner is not None:
             self.serving = self.runner.serving
         self.runner, self.runner_task, self.phase = None, None, "idle"
+        if self.bus is not None:
+            self.bus.changed()
         if not task.cancelled() and task.exception() is not None:
             log.error(
                 "supervisor.upgrade_crashed", event_kind="anomaly", reason=repr(task.exception())
             )
+        elif not task.cancelled():
+            rec = task.result()
+            for anomaly in rec.anomalies:  # each one its own journal entry
+                log.warning("upgrade.anomaly", event_kind="anomaly", upgrade_id=rec.id,
+                            outcome=rec.outcome, reason=anomaly)
         sdnotify.notify(READY=1, STATUS=self._status_line())
 
 

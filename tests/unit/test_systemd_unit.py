@@ -1,0 +1,54 @@
+"""ovsndu install-systemd / uninstall-systemd into a directory tree, and the shipped files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ovsndu import systemd_unit
+from ovsndu.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_packaged_files_are_the_repositorys() -> None:
+    assert systemd_unit.shipped("ovsndu.conf") == (
+        REPO / "systemd/ovs-vswitchd.service.d/ovsndu.conf").read_text()
+    assert systemd_unit.shipped("org.ovsndu.Supervisor1.conf") == (
+        REPO / "systemd/org.ovsndu.Supervisor1.conf").read_text()
+
+
+def test_dropin_names_this_ovsndu() -> None:
+    text = systemd_unit.render_dropin("/opt/x/bin/ovsndu")
+    assert "ExecStart=/opt/x/bin/ovsndu supervise" in text
+    assert "ExecReload=/opt/x/bin/ovsndu reload" in text
+    assert systemd_unit.SHIPPED_COMMAND not in text
+    for line in ("Type=notify", "NotifyAccess=main", "ExecStop=", "KillMode=mixed",
+                 "WatchdogSec=30"):
+        assert line in text.splitlines()
+    # the stock [Unit] (ovsdb-server ordering and dependencies) is left alone
+    assert "[Unit]" not in text.splitlines()
+
+
+def test_install_and_uninstall_are_idempotent(tmp_path: Path) -> None:
+    dropin = tmp_path / systemd_unit.DROPIN
+    policy = tmp_path / systemd_unit.POLICY
+    first = systemd_unit.install(tmp_path)
+    assert first.changed == [str(dropin), str(policy)] and not first.unchanged
+    assert first.daemon_reload.startswith("skipped")
+    assert systemd_unit.ovsndu_command() in dropin.read_text()
+    assert policy.stat().st_mode & 0o777 == 0o644
+    again = systemd_unit.install(tmp_path)
+    assert not again.changed and len(again.unchanged) == 2
+    dropin.write_text("edited\n")
+    assert systemd_unit.install(tmp_path).changed == [str(dropin)]
+    gone = systemd_unit.uninstall(tmp_path)
+    assert len(gone.changed) == 2
+    assert not dropin.exists() and not dropin.parent.exists() and not policy.exists()
+    assert len(systemd_unit.uninstall(tmp_path).unchanged) == 2
+
+
+def test_cli(tmp_path: Path, capsys: object) -> None:
+    assert main(["install-systemd", "--root", str(tmp_path), "--no-reload"]) == 0
+    assert (tmp_path / systemd_unit.DROPIN).is_file()
+    assert main(["uninstall-systemd", "--root", str(tmp_path)]) == 0
+    assert not (tmp_path / systemd_unit.DROPIN).exists()
