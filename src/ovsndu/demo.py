@@ -84,7 +84,8 @@ def run_demo(*, keep: bool = False) -> int:
 
 def _show_phase(event: dict[str, object]) -> None:
     if event.get("event") in ("phase_done", "phase_failed"):
-        seconds = float(event.get("seconds") or 0.0)
+        seconds = event.get("seconds")
+        assert isinstance(seconds, int | float)
         verdict = "ok" if event["event"] == "phase_done" else f"FAILED: {event.get('reason')}"
         print(f"  {event['phase']:<11} {verdict:<6} {seconds * 1000:8.1f} ms", flush=True)
 

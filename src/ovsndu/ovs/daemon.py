@@ -153,6 +153,27 @@ def bridges_built(rundir: Path, db: str, pid: int) -> bool:
     return all(name in shown and (rundir / f"{name}.mgmt").exists() for name in names)
 
 
+def wait_bridges(spec: VswitchdSpec, proc: subprocess.Popen[bytes], names: list[str],
+                 timeout: float) -> None:
+    """Poll (every 2 ms) until *proc* answers OpenFlow on every bridge in *names*."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise VswitchdError(f"the new vswitchd exited with status {proc.returncode}")
+        if all((spec.rundir / f"{n}.mgmt").exists() for n in names):
+            try:
+                with unixctl_for(spec, proc.pid, timeout=2) as appctl:
+                    shown = appctl("ofproto/list").split()
+            except VswitchdError:
+                shown = []
+            if all(n in shown for n in names):
+                return
+        if time.monotonic() > deadline:
+            raise VswitchdError(f"timed out after {timeout:g} s waiting for the new "
+                                f"vswitchd's bridges")
+        time.sleep(0.002)
+
+
 def wait_until(predicate: object, timeout: float, what: str, interval: float = 0.01) -> None:
     """Poll *predicate* (a callable) until true; VswitchdError naming *what* on timeout."""
     assert callable(predicate)

@@ -63,6 +63,25 @@ def _of(snap: Snapshot, category: str, bridge: str) -> list[Entry]:
     return [e for e in snap.categories[category] if getattr(e, "bridge", None) == bridge]
 
 
+@dataclass
+class RestorePlan:
+    """Everything a restore will send, computed from the snapshot and the database alone.
+
+    Built before the handover (nothing in it needs the new vswitchd), so the gap only
+    pays for sending it.  Per bridge one bundle holds the flow and group replacement and,
+    on the bridge chosen for it, the conntrack replay and FDB learning packet-outs.
+    """
+
+    snapshot: Snapshot
+    bridges: list[BridgeInfo]
+    bundles: dict[str, list[str]]
+    ct_extra: list[list[str]]          # conntrack packet-outs beyond the first bundle's share
+    ct_bridge: str | None
+    fdb: FdbPlan
+    port_names: dict[tuple[str, str], str]
+    has_tcp: bool
+
+
 class Restorer:
     """Restores snapshots into the vswitchd of *rundir* (found by its pidfile unless *pid*)."""
 
@@ -73,36 +92,51 @@ class Restorer:
         self.pid = pid
         self.tcp_seq_check = tcp_seq_check
 
-    def restore(self, snap: Snapshot, *, verify: bool = True) -> RestoreReport:
-        """Install every category of *snap*; RestoreError names what failed."""
-        report = RestoreReport()
-        with Unixctl.for_daemon(self.rundir, pid=self.pid) as appctl, Ovsdb(self.db) as db:
-            self._appctl = appctl
-            with self._step(report, "check"):
-                bridges = self._check_bridges(snap, read_bridges(db))
-                self._check_ports(snap, db, bridges)
-                ct_lines = self._plan_conntrack(snap)
-                fdb = self._plan_fdb(snap, db)
-            for bridge in bridges:
-                with self._step(report, "openflow"):
-                    self._openflow(snap, bridge)
-            with self._step(report, "fdb"):
-                self._fdb(snap, fdb, bridges)
-            with self._step(report, "tunnel_neighbors"):
-                for n in snap.categories["tunnel_neighbors"]:
-                    assert isinstance(n, TunnelNeighbor)
-                    self._call("tunnel_neighbors", "tnl/neigh/set", n.bridge, n.ip, n.mac)
-            with self._step(report, "routes"):
-                self._routes(snap)
-            with self._step(report, "conntrack"):
-                self._conntrack(snap, ct_lines, bridges)
-        report.counts = snap.counts()
+    def restore(self, snap: Snapshot, *, verify: bool = True, fresh: bool = False
+                ) -> RestoreReport:
+        """Plan, apply and (by default) verify; RestoreError names what failed."""
+        started = time.monotonic()
+        plan = self.plan(snap)
+        report = self.apply(plan, fresh=fresh)
+        report.durations["plan"] = report.durations.get("plan", 0.0) + plan_seconds(started,
+                                                                                   report)
         if verify:
             with self._step(report, "verify"):
                 report.after = self.verify(snap, report.anomalies)
         return report
 
-    # --- checks (nothing installed yet) -------------------------------------------------
+    # --- planning (reads only the database; nothing installed) ----------------------------
+    def plan(self, snap: Snapshot) -> RestorePlan:
+        """Check bridges and OpenFlow port numbers, and build every line to send."""
+        with Ovsdb(self.db) as db:
+            bridges = self._check_bridges(snap, read_bridges(db))
+            self._check_ofports(snap, db)
+            port_names, access = self._port_names(snap, db)
+        fdb_entries = [e for e in snap.categories["fdb"] if isinstance(e, FdbEntry)]
+        fdb = fdb_plan(fdb_entries, port_names, access)
+        ct_lines = [p.line() for e in snap.categories["conntrack"] if isinstance(e, Conntrack)
+                    for p in conntrack_packets(e)]
+        userspace = [b for b in bridges if b.datapath_type in USERSPACE_DATAPATHS]
+        ct_bridge = userspace[0].name if userspace and ct_lines else None
+        bundles: dict[str, list[str]] = {}
+        for bridge in bridges:
+            name = bridge.name
+            groups = [e for e in _of(snap, "groups", name) if isinstance(e, Group)]
+            flows = [e for e in _of(snap, "flows", name) if isinstance(e, Flow)]
+            lines = ["flow delete"]
+            if bridge.of_version != "OpenFlow10":
+                lines.append("group delete group_id=all")
+            lines += [f"group add {g.spec()}" for g in _groups_in_order(groups)]
+            lines += [f"flow add {f.spec()}" for f in flows]
+            lines += fdb.lines.get(name, ())
+            if name == ct_bridge:
+                lines += ct_lines[:CT_CHUNK]
+            bundles[name] = lines
+        extra = [ct_lines[i:i + CT_CHUNK] for i in range(CT_CHUNK, len(ct_lines), CT_CHUNK)]
+        has_tcp = any(isinstance(e, Conntrack) and e.protocol == "tcp"
+                      for e in snap.categories["conntrack"])
+        return RestorePlan(snap, bridges, bundles, extra, ct_bridge, fdb, port_names, has_tcp)
+
     def _check_bridges(self, snap: Snapshot, bridges: list[BridgeInfo]) -> list[BridgeInfo]:
         present = {b.name: b for b in bridges}
         wanted = {getattr(e, "bridge", "") for name in CATEGORIES
@@ -112,10 +146,8 @@ class Restorer:
             raise RestoreError("ports", f"bridge {missing[0]} does not exist in the target")
         return [present[name] for name in sorted(present)]
 
-    def _check_ports(self, snap: Snapshot, db: Ovsdb, bridges: list[BridgeInfo]) -> None:
-        dp_ports = parsers.parse_dpif_ports(self._appctl("dpif/show"))
-        have = {(p.bridge, p.port, p.interface): p for p in read_ports(db, dp_ports)}
-        kernel = {b.name for b in bridges if b.datapath_type not in USERSPACE_DATAPATHS}
+    def _check_ofports(self, snap: Snapshot, db: Ovsdb) -> None:
+        have = {(p.bridge, p.port, p.interface): p for p in read_ports(db, {})}
         for want in snap.categories["ports"]:
             assert isinstance(want, Port)
             got = have.get((want.bridge, want.port, want.interface))
@@ -125,19 +157,22 @@ class Restorer:
             if got.ofport != want.ofport:
                 raise RestoreError("ports", f"{where} has OpenFlow port {got.ofport}, "
                                    f"the snapshot {want.ofport}")
-            if want.bridge in kernel and want.dp_port is not None and got.dp_port != want.dp_port:
-                raise RestoreError("ports", f"{where} has datapath port {got.dp_port}, "
-                                   f"the snapshot {want.dp_port}")
 
-    def _plan_conntrack(self, snap: Snapshot) -> list[str]:
-        lines = []
-        for e in snap.categories["conntrack"]:
-            assert isinstance(e, Conntrack)
-            lines += [p.line() for p in conntrack_packets(e)]
-        return lines
+    def _check_dp_ports(self, snap: Snapshot, bridges: list[BridgeInfo]) -> None:
+        """The kernel keeps datapath port numbers: they must not have changed."""
+        kernel = {b.name for b in bridges if b.datapath_type not in USERSPACE_DATAPATHS}
+        if not kernel:
+            return
+        dp_ports = parsers.parse_dpif_ports(self._appctl("dpif/show"))
+        for want in snap.categories["ports"]:
+            assert isinstance(want, Port)
+            got = dp_ports.get((want.bridge, want.interface))
+            if want.bridge in kernel and want.dp_port is not None and got != want.dp_port:
+                raise RestoreError("ports", f"interface {want.interface} of {want.bridge} has "
+                                   f"datapath port {got}, the snapshot {want.dp_port}")
 
-    def _plan_fdb(self, snap: Snapshot, db: Ovsdb
-                  ) -> tuple[FdbPlan, dict[tuple[str, str], str]]:
+    def _port_names(self, snap: Snapshot, db: Ovsdb
+                    ) -> tuple[dict[tuple[str, str], str], set[tuple[str, str]]]:
         names: dict[tuple[str, str], str] = {}
         for p in snap.categories["ports"]:
             assert isinstance(p, Port)
@@ -145,74 +180,119 @@ class Restorer:
             names[(p.bridge, key)] = p.port
         tagged = {r["name"] for r in db.select("Port", ["name", "tag", "vlan_mode"])
                   if isinstance(r["tag"], int) and r["vlan_mode"] in ("access", [], None)}
-        access = {k for k, name in names.items() if name in tagged}
-        entries = [e for e in snap.categories["fdb"] if isinstance(e, FdbEntry)]
-        return fdb_plan(entries, names, access), names
+        return names, {k for k, name in names.items() if name in tagged}
 
-    # --- installing -----------------------------------------------------------------------
-    def _openflow(self, snap: Snapshot, bridge: BridgeInfo) -> None:
+    # --- applying -------------------------------------------------------------------------
+    def apply(self, plan: RestorePlan, *, fresh: bool = False) -> RestoreReport:
+        """Send a plan.  *fresh*: the target was just started (no TLV map, no meters), so
+        nothing needs to be read or removed first."""
+        snap, report = plan.snapshot, RestoreReport()
+        with Unixctl.for_daemon(self.rundir, pid=self.pid) as appctl:
+            self._appctl = appctl
+            with self._step(report, "check"):
+                self._check_dp_ports(snap, plan.bridges)
+            with self._step(report, "fdb"):
+                self._fdb_statics(snap, plan.port_names)
+                for br, port, vlan, mac in plan.fdb.decoys:
+                    self._call("fdb", "fdb/add", br, port, str(vlan), mac)
+            if plan.has_tcp and not self.tcp_seq_check:
+                # Replayed handshakes cannot know the live stream's sequence numbers.
+                self._call("conntrack", "dpctl/ct-disable-tcp-seq-chk")
+            try:
+                # Bridge by bridge, so a failure leaves each bridge whole or as found.
+                for bridge in plan.bridges:
+                    with self._step(report, "openflow"):
+                        self._tlv_and_meters(snap, bridge, fresh=fresh)
+                        self._bundle_or_undo(snap, bridge, plan.bundles[bridge.name])
+                with self._step(report, "openflow"):
+                    for chunk in plan.ct_extra:
+                        assert plan.ct_bridge is not None
+                        self._checked_bundle(plan.ct_bridge, self._version(plan, plan.ct_bridge),
+                                             chunk, "conntrack")
+            finally:
+                for br, _port, vlan, mac in plan.fdb.decoys:
+                    with contextlib.suppress(VswitchdError):
+                        self._appctl("fdb/del", br, str(vlan), mac)
+            with self._step(report, "tunnel_neighbors"):
+                for n in snap.categories["tunnel_neighbors"]:
+                    assert isinstance(n, TunnelNeighbor)
+                    self._call("tunnel_neighbors", "tnl/neigh/set", n.bridge, n.ip, n.mac)
+            with self._step(report, "routes"):
+                self._routes(snap)
+        report.counts = snap.counts()
+        return report
+
+    @staticmethod
+    def _version(plan: RestorePlan, bridge: str) -> str:
+        return next(b.of_version for b in plan.bridges if b.name == bridge)
+
+    def _tlv_and_meters(self, snap: Snapshot, bridge: BridgeInfo, *, fresh: bool) -> None:
         name, version = bridge.name, bridge.of_version
         tlvs = [e for e in _of(snap, "tlv_mappings", name) if isinstance(e, TlvMapping)]
         meters = [e for e in _of(snap, "meters", name) if isinstance(e, Meter)]
-        groups = [e for e in _of(snap, "groups", name) if isinstance(e, Group)]
-        flows = [e for e in _of(snap, "flows", name) if isinstance(e, Flow)]
-        added_tlv = added_meters = False
-        try:
-            current_tlv = parsers.parse_tlv_map(name, self._ofctl(name, version, "dump-tlv-map"))
-            if {t.canonical() for t in current_tlv} != {t.canonical() for t in tlvs}:
-                if current_tlv:
-                    self._ofctl(name, version, "del-tlv-map")
-                if tlvs:
-                    self._ofctl(name, version, "add-tlv-map", ",".join(t.spec() for t in tlvs))
-                    added_tlv = True
-            if meters and bridge.meter_version is None:
-                raise RestoreError("meters", f"bridge {name} allows no OpenFlow 1.3+ for meters")
+        if meters and bridge.meter_version is None:
+            raise RestoreError("meters", f"bridge {name} allows no OpenFlow 1.3+ for meters")
+        if not fresh:
+            current = parsers.parse_tlv_map(name, self._ofctl(name, version, "dump-tlv-map"))
+            if {t.canonical() for t in current} == {t.canonical() for t in tlvs}:
+                tlvs = []
+            elif current:
+                self._ofctl(name, version, "del-tlv-map")
             if bridge.meter_version is not None:
                 self._ofctl(name, "OpenFlow13", "del-meters")
+        self._added: dict[str, tuple[bool, bool]] = getattr(self, "_added", {})
+        self._added[name] = (bool(tlvs), bool(meters))
+        try:
+            if tlvs:
+                self._ofctl(name, version, "add-tlv-map", ",".join(t.spec() for t in tlvs))
             for m in meters:
-                added_meters = True
                 try:
                     self._ofctl(name, "OpenFlow13", "add-meter", m.spec())
                 except VswitchdError as exc:
                     raise RestoreError("meters", f"{name} rejected meter {m.spec()!r}: "
                                        f"{_reason(exc)}") from None
-            lines = ["flow delete"]
-            if version != "OpenFlow10":
-                lines.append("group delete group_id=all")
-            lines += [f"group add {g.spec()}" for g in _groups_in_order(groups)]
-            lines += [f"flow add {f.spec()}" for f in flows]
-            try:
-                self._bundle(name, version, lines)
-            except VswitchdError as exc:
-                raise RestoreError("flows", f"{name} rejected the bundle of {len(groups)} "
-                                   f"groups and {len(flows)} flows, none installed: "
-                                   f"{_reason(exc)}") from None
         except BaseException:
-            with contextlib.suppress(OvsnduError):
-                if added_meters:
-                    self._ofctl(name, "OpenFlow13", "del-meters")
-                if added_tlv:
-                    self._ofctl(name, version, "del-tlv-map")
+            self._undo(bridge)
             raise
 
-    def _fdb(self, snap: Snapshot, plan_and_names: tuple[FdbPlan, dict[tuple[str, str], str]],
-             bridges: list[BridgeInfo]) -> None:
-        plan, names = plan_and_names
-        versions = {b.name: b.of_version for b in bridges}
+    def _undo(self, bridge: BridgeInfo) -> None:
+        """Remove the TLV map and meters this restore added to *bridge*."""
+        added_tlv, added_meters = getattr(self, "_added", {}).get(bridge.name, (False, False))
+        with contextlib.suppress(OvsnduError):
+            if added_meters:
+                self._ofctl(bridge.name, "OpenFlow13", "del-meters")
+            if added_tlv:
+                self._ofctl(bridge.name, bridge.of_version, "del-tlv-map")
+
+    def _bundle_or_undo(self, snap: Snapshot, bridge: BridgeInfo, lines: list[str]) -> None:
+        n_groups = sum(1 for e in _of(snap, "groups", bridge.name))
+        n_flows = sum(1 for e in _of(snap, "flows", bridge.name))
+        try:
+            self._checked_bundle(bridge.name, bridge.of_version, lines, "flows",
+                                 what=f"the bundle of {n_groups} groups and {n_flows} flows")
+        except RestoreError:
+            self._undo(bridge)
+            raise
+
+    def _checked_bundle(self, bridge: str, version: str, lines: list[str], category: str,
+                        what: str = "the replay") -> None:
+        try:
+            self._bundle(bridge, version, lines)
+        except VswitchdError as exc:
+            reason = _reason(exc)
+            if "PACKET_OUT" in reason:
+                category = "conntrack" if "ct(" in reason else "fdb"
+            elif "GROUP_MOD" in reason:
+                category = "groups"
+            raise RestoreError(category, f"{bridge} rejected {what}, none installed: "
+                               f"{reason}") from None
+
+    def _fdb_statics(self, snap: Snapshot, names: dict[tuple[str, str], str]) -> None:
         for e in snap.categories["fdb"]:
             assert isinstance(e, FdbEntry)
             if e.static:
                 self._call("fdb", "fdb/add", e.bridge, names[(e.bridge, e.port)], str(e.vlan),
                            e.mac)
-        for bridge, port, vlan, mac in plan.decoys:
-            self._call("fdb", "fdb/add", bridge, port, str(vlan), mac)
-        try:
-            for bridge, lines in plan.lines.items():
-                self._bundle(bridge, versions[bridge], lines)
-        finally:
-            for bridge, _port, vlan, mac in plan.decoys:
-                with contextlib.suppress(VswitchdError):
-                    self._appctl("fdb/del", bridge, str(vlan), mac)
 
     def _routes(self, snap: Snapshot) -> None:
         have = {r.canonical() for r in parsers.parse_routes(self._appctl("ovs/route/show"))
@@ -250,25 +330,6 @@ class Restorer:
         except VswitchdError:
             return False
         return True
-
-    def _conntrack(self, snap: Snapshot, lines: list[str], bridges: list[BridgeInfo]) -> None:
-        if not lines:
-            return
-        userspace = [b for b in bridges if b.datapath_type in USERSPACE_DATAPATHS]
-        if not userspace:
-            return  # kernel datapath: conntrack lives in the kernel and survives
-        bridge = userspace[0]
-        has_tcp = any(isinstance(e, Conntrack) and e.protocol == "tcp"
-                      for e in snap.categories["conntrack"])
-        if has_tcp and not self.tcp_seq_check:
-            # Replayed handshakes cannot know the live stream's sequence numbers.
-            self._call("conntrack", "dpctl/ct-disable-tcp-seq-chk")
-        for start in range(0, len(lines), CT_CHUNK):
-            try:
-                self._bundle(bridge.name, bridge.of_version, lines[start:start + CT_CHUNK])
-            except VswitchdError as exc:
-                raise RestoreError("conntrack", f"replay through {bridge.name} failed: "
-                                   f"{_reason(exc)}") from None
 
     # --- verification -------------------------------------------------------------------
     def verify(self, snap: Snapshot, anomalies: list[str] | None = None) -> Snapshot:
@@ -320,6 +381,11 @@ def user_routes_only(snap: Snapshot) -> Snapshot:
     """*snap* without the routes cached from the kernel."""
     return snap.replace("routes", [r for r in snap.categories["routes"]
                                    if isinstance(r, Route) and r.kind == "user"])
+
+
+def plan_seconds(started: float, report: RestoreReport) -> float:
+    """Time spent planning: the total so far minus what applying took."""
+    return max(0.0, time.monotonic() - started - sum(report.durations.values()))
 
 
 def _groups_in_order(groups: list[Group]) -> list[Group]:

@@ -24,7 +24,7 @@ from ovsndu.errors import OvsnduError, RestoreError, SyncAborted
 from ovsndu.model import CATEGORIES, Port, Snapshot
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import read_snapshot
-from ovsndu.ovs.restore import Restorer, describe_difference, user_routes_only
+from ovsndu.ovs.restore import RestorePlan, Restorer, describe_difference, user_routes_only
 from ovsndu.ovs.sandbox import Sandbox, backup_db
 from ovsndu.protocol.transport import receive_state
 
@@ -63,16 +63,15 @@ def rehearse(snap: Snapshot, binary: str, live_db: str, workdir: Path) -> dict[s
     return digests
 
 
-def install_live(snap: Snapshot, rundir: Path, db: str, *, tcp_seq_check: bool) -> float:
-    """Install into the new serving vswitchd, lift flow-restore-wait, verify; seconds to lift."""
+def install_live(plan: RestorePlan, rundir: Path, db: str, *, tcp_seq_check: bool) -> float:
+    """Send the prepared plan to the new serving vswitchd (just started: *fresh*) and lift
+    flow-restore-wait; returns the seconds it took.  The supervisor then verifies by
+    read-back before it commits."""
     started = time.monotonic()
-    restorer = Restorer(rundir, db, tcp_seq_check=tcp_seq_check)
-    restorer.restore(snap, verify=False)
+    Restorer(rundir, db, tcp_seq_check=tcp_seq_check).apply(plan, fresh=True)
     with Ovsdb(db) as conn:
         conn.set_other_config("flow-restore-wait", None)
-    lifted = time.monotonic() - started
-    restorer.verify(snap)
-    return lifted
+    return time.monotonic() - started
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -96,9 +95,11 @@ async def run(args: argparse.Namespace) -> int:
                                      expected_uid=0 if args.root_server else None)
         session = result.session
         async with session:
+            # Everything that does not need the new process is prepared before the gap.
+            plan = await asyncio.to_thread(Restorer(args.rundir, args.db).plan,
+                                           snap_holder["snap"])
             await session.wait_handover(timeout=args.timeout)
-            lifted = await asyncio.to_thread(install_live, snap_holder["snap"],
-                                             Path(args.rundir), args.db,
+            lifted = await asyncio.to_thread(install_live, plan, Path(args.rundir), args.db,
                                              tcp_seq_check=args.tcp_seq_check)
             print(f"installed; flow-restore-wait lifted after {lifted * 1000:.0f} ms",
                   file=sys.stderr)

@@ -94,6 +94,8 @@ class UpgradeRecord:
     reason: str = ""
     anomalies: list[str] = field(default_factory=list)
     handover_gap_ms: float | None = None
+    #: milliseconds from the start of the takeover to each handover milestone
+    marks: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data, with the format version."""
@@ -120,6 +122,9 @@ class UpgradeRecord:
         if not all(isinstance(a, str) for a in anomalies):
             raise HistoryError("anomalies must be strings")
         gap = _get(data, "handover_gap_ms", (int, float), None)
+        marks = _get(data, "marks", dict, {})
+        if not all(isinstance(k, str) and isinstance(v, int | float) for k, v in marks.items()):
+            raise HistoryError("marks must map names to numbers")
         return cls(
             id=_get(data, "id", str),
             started_at=_get(data, "started_at", str),
@@ -141,6 +146,7 @@ class UpgradeRecord:
             reason=_get(data, "reason", str, ""),
             anomalies=list(anomalies),
             handover_gap_ms=None if gap is None else float(gap),
+            marks={k: float(v) for k, v in marks.items()},
         )
 
 

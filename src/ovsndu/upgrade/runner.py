@@ -94,7 +94,7 @@ def restore_original(
         f"{binary} to build its bridges",
     )
     restorer = Restorer(spec.rundir, spec.db, pid=proc.pid, tcp_seq_check=tcp_seq_check)
-    restorer.restore(snap, verify=False)
+    restorer.restore(snap, verify=False, fresh=True)
     with Ovsdb(spec.db) as db:
         db.set_other_config("flow-restore-wait", None)
     restorer.verify(snap)
@@ -410,38 +410,34 @@ class UpgradeRunner:
 
     async def handover(self) -> None:
         """Ordered takeover, install by the client, and proof the new process serves."""
-        assert self.standby is not None and self.session is not None
+        assert self.standby is not None
+        assert self.session is not None
         assert self.snapshot is not None
         spec, standby = self.spec, self.standby
+        names = await asyncio.to_thread(lambda: sorted(daemon.dp_types(spec.db)))
         await asyncio.to_thread(self._set_frw, True)
         t0 = time.monotonic()
-        await asyncio.to_thread(
-            daemon.ordered_takeover, spec, self.serving.pid, self.serving.proc, standby.pid
-        )
+        marks = self.record.marks
+
+        def mark(name: str) -> None:
+            marks[name] = round((time.monotonic() - t0) * 1000, 2)
+
+        gone = await asyncio.to_thread(daemon.ordered_takeover, spec, self.serving.pid,
+                                       self.serving.proc, standby.pid)
+        marks["old_gone"] = round((gone - t0) * 1000, 2)
         old = self.serving
         self.serving = Serving(standby.pid, standby, self.new_binary, self.record.to_version)
         self.on_serving(self.serving)
-        log.info(
-            "upgrade.takeover",
-            upgrade_id=self.upgrade_id,
-            phase="handover",
-            event_kind="old_gone",
-            old_pid=old.pid,
-            new_pid=standby.pid,
-        )
-
-        def bridges() -> bool:
-            if standby.poll() is not None:
-                raise VswitchdError(
-                    f"the new vswitchd exited during the handover with status {standby.returncode}"
-                )
-            return daemon.bridges_ready(spec, standby.pid)
-
-        await asyncio.to_thread(daemon.wait_until, bridges, 30, "the new vswitchd's bridges")
+        await asyncio.to_thread(daemon.wait_bridges, spec, standby, names, 30)
+        mark("bridges_ready")
         await asyncio.to_thread(daemon.promote_standby_pidfile, spec, standby.pid)
         await self.session.handover()
+        mark("handover_sent")
         await self.session.wait_ready()
-        self.record.handover_gap_ms = (time.monotonic() - t0) * 1000
+        mark("flow_restore_wait_lifted")
+        self.record.handover_gap_ms = marks["flow_restore_wait_lifted"]
+        log.info("upgrade.takeover", upgrade_id=self.upgrade_id, phase="handover",
+                 event_kind="taken_over", old_pid=old.pid, new_pid=standby.pid, **marks)
         self.frw_set = False
         self.record.to_pid = standby.pid
         await asyncio.to_thread(record_version, self.spec, self.record.to_version)
