@@ -262,8 +262,13 @@ class Sandbox:
         self.vswitchd_proc = None
 
     def stop(self) -> None:
-        """Stop both daemons, delete the namespace and (if ours) the run directory."""
+        """Stop both daemons, delete the namespace and (if ours) the run directory.
+
+        A vswitchd someone else started on this sandbox (a supervisor, ``ovs-ctl``) and
+        still named by the pidfile is killed too: nothing outlives the sandbox.
+        """
         self.stop_vswitchd()
+        self._kill_foreign_vswitchd()
         _terminate(self.ovsdb_proc, signal.SIGTERM)
         self.ovsdb_proc = None
         for ep in self.endpoints:
@@ -291,6 +296,16 @@ class Sandbox:
             "add-port", bridge, port, "--", "set", "interface", port, f"ofport_request={ofport}"
         )
         return ep
+
+    def _kill_foreign_vswitchd(self) -> None:
+        try:
+            pid = int((self.rundir / "ovs-vswitchd.pid").read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return
+        if self.db.encode() in cmdline and pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     # --- tools ---------------------------------------------------------------------------
     def vsctl(self, *args: str) -> str:
