@@ -176,7 +176,8 @@ class Run:
             phases[p["phase"]] = {"start": start, "seconds": p["duration_s"]}
         out.update(upgrade_s=t1 - t0, start=t0, end=t1, exit_code=r.returncode,
                    outcome=result.get("outcome"), reason=result.get("reason"), phases=phases,
-                   handover_ms=record.get("handover_gap_ms"))
+                   handover_ms=record.get("handover_gap_ms"), marks=record.get("marks", {}),
+                   gap_offset_s=(out["gap_at"] - t0) if out["gap_at"] else None)
         return out
 
     def upstream(self) -> dict[str, Any]:
@@ -257,7 +258,7 @@ def main() -> None:
     for n in map(int, args.flows.split(",")):
         per: dict[str, dict[str, list[Any]]] = {
             m: {"gap_ms": [], "lost": [], "tcp_survived": [], "forbidden_delivered": [],
-                "upgrade_s": [], "exit_code": [], "phases": [], "handover_ms": []}
+                "upgrade_s": [], "exit_code": [], "phases": [], "handover_ms": [], "marks": []}
             for m in ("ovsndu", "upstream")}
         for k in range(args.runs):
             order = ("ovsndu", "upstream") if k % 2 == 0 else ("upstream", "ovsndu")
@@ -276,7 +277,8 @@ def main() -> None:
                       f"{' (' + res['tcp_error'] + ')' if res.get('tcp_error') else ''}, "
                       f"forbidden {res['forbidden_delivered']}, "
                       f"{res['upgrade_s']:.2f} s, exit {res['exit_code']}"
-                      f"{' ' + str(res.get('reason')) if res['exit_code'] else ''}",
+                      f"{' ' + str(res.get('reason')) if res['exit_code'] else ''}"
+                      f"{' marks ' + json.dumps(res['marks']) if res.get('marks') else ''}",
                       flush=True)
         ours, theirs = _median(per["ovsndu"]["gap_ms"]), _median(per["upstream"]["gap_ms"])
         ratio = ours / theirs if ours is not None and theirs else None

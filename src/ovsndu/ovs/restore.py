@@ -38,7 +38,8 @@ from ovsndu.model import (
     TunnelNeighbor,
     diff_category,
 )
-from ovsndu.ovs import parsers
+from ovsndu.ovs import ofbundle, parsers
+from ovsndu.ovs.ofbundle import CapturedBundle
 from ovsndu.ovs.ofctl import ofctl
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import BridgeInfo, StateReader, default_rundir, read_bridges, read_ports
@@ -80,6 +81,7 @@ class RestorePlan:
     fdb: FdbPlan
     port_names: dict[tuple[str, str], str]
     has_tcp: bool
+    encoded: dict[str, CapturedBundle] = field(default_factory=dict)
 
 
 class Restorer:
@@ -106,8 +108,12 @@ class Restorer:
         return report
 
     # --- planning (reads only the database; nothing installed) ----------------------------
-    def plan(self, snap: Snapshot) -> RestorePlan:
-        """Check bridges and OpenFlow port numbers, and build every line to send."""
+    def plan(self, snap: Snapshot, *, encode: bool = False) -> RestorePlan:
+        """Check bridges and OpenFlow port numbers, and build every line to send.
+
+        *encode*: also encode each OpenFlow 1.4+ bundle now (ovs-ofctl's parsing, ~20 µs a
+        rule), so that applying the plan only sends bytes.
+        """
         with Ovsdb(self.db) as db:
             bridges = self._check_bridges(snap, read_bridges(db))
             self._check_ofports(snap, db)
@@ -135,7 +141,16 @@ class Restorer:
         extra = [ct_lines[i:i + CT_CHUNK] for i in range(CT_CHUNK, len(ct_lines), CT_CHUNK)]
         has_tcp = any(isinstance(e, Conntrack) and e.protocol == "tcp"
                       for e in snap.categories["conntrack"])
-        return RestorePlan(snap, bridges, bundles, extra, ct_bridge, fdb, port_names, has_tcp)
+        encoded = {}
+        for bridge in bridges if encode else ():
+            if bridge.of_version in ofbundle.VERSIONS:
+                try:
+                    encoded[bridge.name] = ofbundle.capture(bundles[bridge.name],
+                                                            bridge.of_version)
+                except VswitchdError as exc:
+                    raise RestoreError("flows", f"{bridge.name}: {_reason(exc)}") from None
+        return RestorePlan(snap, bridges, bundles, extra, ct_bridge, fdb, port_names, has_tcp,
+                           encoded)
 
     def _check_bridges(self, snap: Snapshot, bridges: list[BridgeInfo]) -> list[BridgeInfo]:
         present = {b.name: b for b in bridges}
@@ -203,7 +218,8 @@ class Restorer:
                 for bridge in plan.bridges:
                     with self._step(report, "openflow"):
                         self._tlv_and_meters(snap, bridge, fresh=fresh)
-                        self._bundle_or_undo(snap, bridge, plan.bundles[bridge.name])
+                        self._bundle_or_undo(snap, bridge, plan.bundles[bridge.name],
+                                             plan.encoded.get(bridge.name))
                 with self._step(report, "openflow"):
                     for chunk in plan.ct_extra:
                         assert plan.ct_bridge is not None
@@ -264,25 +280,31 @@ class Restorer:
             if added_tlv:
                 self._ofctl(bridge.name, bridge.of_version, "del-tlv-map")
 
-    def _bundle_or_undo(self, snap: Snapshot, bridge: BridgeInfo, lines: list[str]) -> None:
+    def _bundle_or_undo(self, snap: Snapshot, bridge: BridgeInfo, lines: list[str],
+                        encoded: CapturedBundle | None = None) -> None:
         n_groups = sum(1 for e in _of(snap, "groups", bridge.name))
         n_flows = sum(1 for e in _of(snap, "flows", bridge.name))
         try:
             self._checked_bundle(bridge.name, bridge.of_version, lines, "flows",
-                                 what=f"the bundle of {n_groups} groups and {n_flows} flows")
+                                 what=f"the bundle of {n_groups} groups and {n_flows} flows",
+                                 encoded=encoded)
         except RestoreError:
             self._undo(bridge)
             raise
 
     def _checked_bundle(self, bridge: str, version: str, lines: list[str], category: str,
-                        what: str = "the replay") -> None:
+                        *, what: str = "the replay", encoded: CapturedBundle | None = None
+                        ) -> None:
         try:
-            self._bundle(bridge, version, lines)
+            if encoded is not None:
+                ofbundle.replay(self.rundir / f"{bridge}.mgmt", encoded)
+            else:
+                self._bundle(bridge, version, lines)
         except VswitchdError as exc:
             reason = _reason(exc)
-            if "PACKET_OUT" in reason:
+            if "PACKET_OUT" in reason or "for: packet-out" in reason:
                 category = "conntrack" if "ct(" in reason else "fdb"
-            elif "GROUP_MOD" in reason:
+            elif "GROUP_MOD" in reason or "for: group" in reason:
                 category = "groups"
             raise RestoreError(category, f"{bridge} rejected {what}, none installed: "
                                f"{reason}") from None

@@ -97,7 +97,7 @@ async def run(args: argparse.Namespace) -> int:
         async with session:
             # Everything that does not need the new process is prepared before the gap.
             plan = await asyncio.to_thread(Restorer(args.rundir, args.db).plan,
-                                           snap_holder["snap"])
+                                           snap_holder["snap"], encode=True)
             await session.wait_handover(timeout=args.timeout)
             lifted = await asyncio.to_thread(install_live, plan, Path(args.rundir), args.db,
                                              tcp_seq_check=args.tcp_seq_check)
