@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import sys
 import tempfile
@@ -68,10 +69,14 @@ def install_live(plan: RestorePlan, rundir: Path, db: str, *, tcp_seq_check: boo
     flow-restore-wait; returns the seconds it took.  The supervisor then verifies by
     read-back before it commits."""
     started = time.monotonic()
-    Restorer(rundir, db, tcp_seq_check=tcp_seq_check).apply(plan, fresh=True)
+    report = Restorer(rundir, db, tcp_seq_check=tcp_seq_check).apply(plan, fresh=True)
     with Ovsdb(db) as conn:
         conn.set_other_config("flow-restore-wait", None)
-    return time.monotonic() - started
+    lifted = time.monotonic() - started
+    steps = {k: round(v * 1000, 2) for k, v in report.durations.items()}
+    print("timings " + json.dumps({**steps, "lifted": round(lifted * 1000, 2)}),
+          file=sys.stderr, flush=True)
+    return lifted
 
 
 async def run(args: argparse.Namespace) -> int:

@@ -273,6 +273,15 @@ class UpgradeRunner:
         )
         return self.record
 
+    def _client_timings(self) -> dict[str, float]:
+        """The client's install step durations (ms), as it logged them."""
+        with contextlib.suppress(OSError, ValueError):
+            for line in (self._workdir / "client.log").read_text().splitlines():
+                if line.startswith("timings "):
+                    return {f"install_{k}_ms": float(v)
+                            for k, v in json.loads(line[8:]).items()}
+        return {}
+
     def _keep_client_log(self) -> None:
         """A failed client's last words go into the record's anomalies."""
         log_path = self._workdir / "client.log"
@@ -436,6 +445,7 @@ class UpgradeRunner:
         await self.session.wait_ready()
         mark("flow_restore_wait_lifted")
         self.record.handover_gap_ms = marks["flow_restore_wait_lifted"]
+        marks.update(self._client_timings())
         log.info("upgrade.takeover", upgrade_id=self.upgrade_id, phase="handover",
                  event_kind="taken_over", old_pid=old.pid, new_pid=standby.pid, **marks)
         self.frw_set = False
