@@ -82,29 +82,29 @@ def install_live(plan: RestorePlan, rundir: Path, db: str, *, tcp_seq_check: boo
 async def run(args: argparse.Namespace) -> int:
     """Receive, rehearse, wait for the handover, install, report Ready, wait for Commit."""
     token = Path(args.token_file).read_bytes()
-    snap_holder: dict[str, Snapshot] = {}
+    plans: list[RestorePlan] = []
 
     def apply_all(snap: Snapshot) -> dict[str, str]:
-        snap_holder["snap"] = snap
-        if not args.validate:
-            return snap.digests()
-        # A short path: unixctl socket paths must fit in sun_path (108 bytes).
-        rehearsal = Path(tempfile.mkdtemp(prefix="ovsndu-rehearsal-"))
-        try:
-            return rehearse(snap, args.vswitchd, args.db, rehearsal)
-        finally:
-            shutil.rmtree(rehearsal, ignore_errors=True)
+        """Rehearse, then prepare the live install: acknowledged only once both are done,
+        so the supervisor never starts the takeover before the client is ready for it."""
+        digests = snap.digests()
+        if args.validate:
+            # A short path: unixctl socket paths must fit in sun_path (108 bytes).
+            rehearsal = Path(tempfile.mkdtemp(prefix="ovsndu-rehearsal-"))
+            try:
+                digests = rehearse(snap, args.vswitchd, args.db, rehearsal)
+            finally:
+                shutil.rmtree(rehearsal, ignore_errors=True)
+        plans.append(Restorer(args.rundir, args.db).plan(snap, encode=True))
+        return digests
 
     try:
         result = await receive_state(args.socket, token, apply_all=apply_all,
                                      expected_uid=0 if args.root_server else None)
         session = result.session
         async with session:
-            # Everything that does not need the new process is prepared before the gap.
-            plan = await asyncio.to_thread(Restorer(args.rundir, args.db).plan,
-                                           snap_holder["snap"], encode=True)
             await session.wait_handover(timeout=args.timeout)
-            lifted = await asyncio.to_thread(install_live, plan, Path(args.rundir), args.db,
+            lifted = await asyncio.to_thread(install_live, plans[0], Path(args.rundir), args.db,
                                              tcp_seq_check=args.tcp_seq_check)
             print(f"installed; flow-restore-wait lifted after {lifted * 1000:.0f} ms",
                   file=sys.stderr)
