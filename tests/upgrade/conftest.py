@@ -97,8 +97,12 @@ class Rig:
 
 @contextlib.contextmanager
 def make_rig(tmp_path: Path, *, validate: bool = True, timeout: float = 120,
-             env: dict[str, str] | None = None) -> Iterator[Rig]:
-    """A sandbox with the sample state, adopted by a real supervisor."""
+             db_env: str | None = None) -> Iterator[Rig]:
+    """A sandbox with the sample state, adopted by a real supervisor.
+
+    *db_env*: the name of an environment variable that tells fake binaries (started by
+    the supervisor) the live database's remote, so they can act only there.
+    """
     require_ovs()
     with Sandbox(tmp_path / "run") as sb:
         populate(sb)
@@ -111,7 +115,7 @@ def make_rig(tmp_path: Path, *, validate: bool = True, timeout: float = 120,
         cfg_path = tmp_path / "ovsndu.toml"
         cfg_path.write_text(cfg.to_toml())
         rig = Rig(sb, cfg, cfg_path, None, tmp_path / "supervisor.log",  # type: ignore[arg-type]
-                  env or {})
+                  {db_env: sb.db} if db_env else {})
         rig.start_supervisor()
         try:
             yield rig

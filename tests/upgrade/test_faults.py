@@ -130,10 +130,7 @@ def test_new_vswitchd_rejects_a_flow(rig: Rig) -> None:
 
 def test_new_vswitchd_crashes_right_after_takeover(tmp_path: Path) -> None:
     """It takes over, then dies: the original binary is restarted with the whole state."""
-    with make_rig(tmp_path) as rig:
-        rig.env["CRASH_DB"] = rig.sb.db
-        rig.stop_supervisor()
-        rig.start_supervisor()
+    with make_rig(tmp_path, db_env="CRASH_DB") as rig:
         bad = fake_binary(tmp_path, "crash-after", (
             'if [ "$1" = "$CRASH_DB" ] && [[ "$*" == *standby.pid* ]]; then\n'
             '  ( until [ "$(cat "$OVS_RUNDIR/ovs-vswitchd.pid" 2>/dev/null)" = "$$" ]; do\n'
@@ -147,10 +144,7 @@ def test_new_vswitchd_crashes_right_after_takeover(tmp_path: Path) -> None:
 
 def test_client_killed_mid_sync(tmp_path: Path) -> None:
     """SIGKILL of the client during its rehearsal: discarded, the server never stopped."""
-    with make_rig(tmp_path) as rig:
-        rig.env["LIVE_DB"] = rig.sb.db
-        rig.stop_supervisor()
-        rig.start_supervisor()
+    with make_rig(tmp_path, db_env="LIVE_DB") as rig:
         slow = fake_binary(tmp_path, "slow", SLOW_REHEARSAL)
         before = read_snapshot(rig.sb.rundir, rig.sb.db)
         proc = _reload_in_background(rig, "--vswitchd", str(slow))
@@ -164,10 +158,7 @@ def test_client_killed_mid_sync(tmp_path: Path) -> None:
 
 def test_server_vswitchd_killed_mid_sync(tmp_path: Path) -> None:
     """The serving vswitchd dies during the sync: the original binary comes back with it all."""
-    with make_rig(tmp_path) as rig:
-        rig.env["LIVE_DB"] = rig.sb.db
-        rig.stop_supervisor()
-        rig.start_supervisor()
+    with make_rig(tmp_path, db_env="LIVE_DB") as rig:
         slow = fake_binary(tmp_path, "slow", SLOW_REHEARSAL)
         before = read_snapshot(rig.sb.rundir, rig.sb.db)
         proc = _reload_in_background(rig, "--vswitchd", str(slow))
@@ -190,10 +181,7 @@ def test_deadline_passes(tmp_path: Path) -> None:
 
 def test_second_reload_while_one_runs(tmp_path: Path) -> None:
     """The second is refused as busy (exit 2); the first completes."""
-    with make_rig(tmp_path) as rig:
-        rig.env["LIVE_DB"] = rig.sb.db
-        rig.stop_supervisor()
-        rig.start_supervisor()
+    with make_rig(tmp_path, db_env="LIVE_DB") as rig:
         slow = fake_binary(tmp_path, "slow", SLOW_REHEARSAL)
         first = _reload_in_background(rig, "--vswitchd", str(slow))
         _wait(lambda: rig.status().get("phase") not in ("idle", None))
