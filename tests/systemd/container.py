@@ -46,6 +46,13 @@ VENV_BIN = Path(sys.executable).parent
 OVSNDU = str(VENV_BIN / "ovsndu")
 
 
+def _outside_paths() -> list[str]:
+    """Paths the container needs from the host that its overlay of / may hide (/tmp)."""
+    repo = Path(__file__).resolve().parents[2]
+    python = Path(sys.executable).resolve().parents[1]
+    return sorted({str(p) for p in (repo, python) if str(p).startswith("/tmp/")})
+
+
 def missing_prerequisite() -> str | None:
     """Why the container cannot run here, or None."""
     if os.geteuid() != 0:
@@ -145,7 +152,10 @@ class Container:
                 ["systemd-nspawn", "--quiet", "--boot", f"--directory={self.merged}",
                  f"--machine={self.name}", "--register=no", "--keep-unit",
                  "--private-network", "--console=passive",
-                 "--capability=CAP_NET_ADMIN,CAP_IPC_LOCK"],
+                 "--capability=CAP_NET_ADMIN,CAP_IPC_LOCK",
+                 # nspawn mounts a fresh tmpfs on /tmp: a checkout (and its .venv) there
+                 # would vanish inside, so bind the checkout and the venv's Python in.
+                 *(f"--bind-ro={p}" for p in _outside_paths())],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 preexec_fn=self._own_cgroup, env={"PATH": PATH, "LANG": "C.UTF-8"})
         deadline = started + BOOT_TIMEOUT

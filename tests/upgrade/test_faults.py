@@ -106,9 +106,11 @@ def test_new_binary_hangs(tmp_path: Path) -> None:
 def test_new_binary_exits_during_sync(tmp_path: Path) -> None:
     """The new vswitchd dies while the state is being installed into it."""
     with make_rig(tmp_path) as rig:
+        # Dies as soon as the sample's flows reach it: while the state is installed.
         bad = fake_binary(tmp_path, "dying", '[ "$1" = --version ] && exec "$REAL" "$@"\n'
-                          '( until [ -S "$OVS_RUNDIR/br0.mgmt" ]; do sleep 0.01; done; '
-                          'sleep 0.1; kill -KILL $$ ) &\nexec "$REAL" "$@"')
+                          '( until ovs-ofctl dump-flows "unix:$OVS_RUNDIR/br0.mgmt" 2>/dev/null'
+                          ' | grep -q 0xfeed; do sleep 0.01; done; kill -KILL $$ ) &\n'
+                          'exec "$REAL" "$@"')
         before = read_snapshot(rig.sb.rundir, rig.sb.db)
         code, result = rig.reload("--vswitchd", str(bad))
         _intact(rig, before, code, result, expect=1, reason="failed")

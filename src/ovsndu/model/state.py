@@ -368,11 +368,20 @@ def sort_entries(entries: Iterable[Entry]) -> tuple[Entry, ...]:
 
 def _sorted_with_digest(entries: Iterable[Entry]) -> tuple[tuple[Entry, ...], str]:
     keyed = sorted(((e.identity(), e.canonical(), e) for e in entries), key=lambda t: (t[0], t[1]))
+    # Entries equal but for volatile fields: order them by all fields (rare, so cheap).
+    for i in range(1, len(keyed)):
+        if keyed[i][:2] == keyed[i - 1][:2]:
+            keyed.sort(key=lambda t: (t[0], t[1], _full(t[2])))
+            break
     h = hashlib.sha256()
     for _, encoded, _ in keyed:
         h.update(encoded)
         h.update(b"\n")
     return tuple(t[2] for t in keyed), h.hexdigest()
+
+
+def _full(entry: Entry) -> str:
+    return json.dumps(entry.to_dict(), sort_keys=True, default=str)
 
 
 def category_digest(entries: Iterable[Entry]) -> str:

@@ -54,6 +54,13 @@ class Ovsdb:
         rows = self.transact(op)[0].get("rows", [])
         return [{k: decode(v) for k, v in row.items()} for row in rows]
 
+    def schema_version(self) -> str:
+        """The version of the database's schema, e.g. ``8.3.1``."""
+        schema = self._rpc.call("get_schema", [DB])
+        if not isinstance(schema, dict) or not isinstance(schema.get("version"), str):
+            raise OvsdbError("get_schema: malformed reply")
+        return str(schema["version"])
+
     def set_ovs_version(self, version: str) -> None:
         """Record the running vswitchd's version, as ``ovs-ctl`` does at start."""
         self.transact({"op": "update", "table": "Open_vSwitch", "where": [],

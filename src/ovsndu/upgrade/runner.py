@@ -70,6 +70,16 @@ def vswitchd_version(spec: VswitchdSpec, pid: int) -> str:
         return appctl("version").splitlines()[0].strip()
 
 
+SCHEMA_FILE = "/usr/share/openvswitch/vswitch.ovsschema"
+
+
+def _older(a: str, b: str) -> bool:
+    """Whether schema version *a* is older than *b* (``x.y.z``)."""
+    def parts(v: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in v.split(".") if p.isdigit())
+    return parts(a) < parts(b)
+
+
 def record_version(spec: VswitchdSpec, version_line: str) -> None:
     """Write the version number of a version line into ``Open_vSwitch.ovs_version``."""
     with Ovsdb(spec.db) as db:
@@ -321,10 +331,25 @@ class UpgradeRunner:
         self.record.rollback_binary = str(copy)
 
     def _check_schema(self) -> None:
+        """The live database's schema must be the one the installed OVS expects.
+
+        A package upgrade installs the new schema file; ovsdb-server converts the database
+        when it restarts (ovs-ctl does this).  A new vswitchd on an older major schema
+        would miss columns: refuse before anything changes.
+        """
         with Ovsdb(self.spec.db) as db:
-            rows = db.select("Open_vSwitch", ["ovs_version", "db_version"])
+            rows = db.select("Open_vSwitch", ["ovs_version"])
+            live = db.schema_version()
         if len(rows) != 1:
             raise VswitchdError(f"the database has {len(rows)} Open_vSwitch rows, expected 1")
+        try:
+            installed = json.loads(Path(SCHEMA_FILE).read_text())["version"]
+        except (OSError, ValueError, KeyError):
+            return  # no schema file to compare with (a private build): nothing to check
+        if live.split(".")[0] != str(installed).split(".")[0] or _older(live, installed):
+            raise VswitchdError(f"database schema {live} is older than the installed "
+                                f"{installed}: restart ovsdb-server (it converts the "
+                                f"database) before the upgrade")
 
     async def take_snapshot(self) -> None:
         """Read every category of the serving vswitchd; keep it on disk for crash recovery."""
