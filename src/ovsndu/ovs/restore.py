@@ -235,8 +235,27 @@ class Restorer:
                     self._call("tunnel_neighbors", "tnl/neigh/set", n.bridge, n.ip, n.mac)
             with self._step(report, "routes"):
                 self._routes(snap)
+            if snap.categories["conntrack"] and plan.ct_bridge is None:
+                with self._step(report, "conntrack"):
+                    self._kernel_conntrack(snap)
         report.counts = snap.counts()
         return report
+
+    @staticmethod
+    def _kernel_conntrack(snap: Snapshot) -> None:
+        """Kernel datapath: nothing to replay; every entry must still be in the kernel."""
+        from ovsndu.ovs.kernel_ct import missing_from_kernel
+
+        entries = [e for e in snap.categories["conntrack"] if isinstance(e, Conntrack)]
+        try:
+            missing = missing_from_kernel(entries)
+        except OvsnduError as exc:
+            raise RestoreError("conntrack", str(exc)) from None
+        if missing:
+            first = missing[0]
+            raise RestoreError("conntrack", f"{len(missing)} of {len(entries)} entries are no "
+                               f"longer in the kernel, e.g. zone {first.zone} "
+                               f"{first.protocol} {first.orig}")
 
     @staticmethod
     def _version(plan: RestorePlan, bridge: str) -> str:
