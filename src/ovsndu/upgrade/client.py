@@ -99,6 +99,10 @@ async def run(args: argparse.Namespace) -> int:
         return digests
 
     try:
+        # The supervisor starts listening right after starting us: give it a moment.
+        deadline = time.monotonic() + 10
+        while not Path(args.socket).exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         result = await receive_state(args.socket, token, apply_all=apply_all,
                                      expected_uid=0 if args.root_server else None)
         session = result.session

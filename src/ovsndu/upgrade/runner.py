@@ -409,7 +409,6 @@ class UpgradeRunner:
             accept_timeout=30,
         )
         self.session = result.session
-        self._client_entries = result.entries
 
     async def check_validation(self) -> None:
         """The rehearsal's read-back digests (the client's acknowledgements) equal ours."""
