@@ -267,20 +267,18 @@ class Supervisor:
         try:
             os.kill(pid, signal.SIGCONT)
             daemon.wait_until(
-                lambda: daemon.bridges_ready(self.spec, pid), 30, "the new vswitchd's bridges"
+                lambda: daemon.bridges_built(self.spec.rundir, self.spec.db, pid),
+                30,
+                "the new vswitchd's bridges",
             )
             if daemon.read_pid(self.spec.pidfile) != pid:
                 daemon.promote_standby_pidfile(self.spec, pid)
-            restorer = Restorer(
+            Restorer(
                 self.spec.rundir,
                 self.spec.db,
                 pid=pid,
                 tcp_seq_check=self.cfg.upgrade.tcp_seq_check,
-            )
-            restorer.restore(snap, verify=False)
-            with Ovsdb(self.spec.db) as db:
-                db.set_other_config("flow-restore-wait", None)
-            restorer.verify(snap)
+            ).restore_and_release(snap)
         except OvsnduError as exc:
             log.warning("supervisor.finish_failed", event_kind="anomaly", reason=str(exc))
             return False

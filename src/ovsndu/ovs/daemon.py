@@ -136,11 +136,6 @@ def answers(spec: VswitchdSpec, pid: int) -> bool:
     return True
 
 
-def bridges_ready(spec: VswitchdSpec, pid: int) -> bool:
-    """Whether vswitchd *pid* has built every bridge of the database (all answer OpenFlow)."""
-    return bridges_built(spec.rundir, spec.db, pid)
-
-
 def bridges_built(rundir: Path, db: str, pid: int) -> bool:
     """Whether vswitchd *pid* (of *rundir*) has built every bridge in *db*."""
     try:

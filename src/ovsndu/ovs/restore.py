@@ -93,6 +93,7 @@ class Restorer:
         self.db = db or f"unix:{self.rundir / 'db.sock'}"
         self.pid = pid
         self.tcp_seq_check = tcp_seq_check
+        self._added: dict[str, tuple[bool, bool]] = {}  # bridge -> (TLV map, meters) added
 
     def restore(self, snap: Snapshot, *, verify: bool = True, fresh: bool = False
                 ) -> RestoreReport:
@@ -105,6 +106,19 @@ class Restorer:
         if verify:
             with self._step(report, "verify"):
                 report.after = self.verify(snap, report.anomalies)
+        return report
+
+    def lift_flow_restore_wait(self) -> None:
+        """Let the target forward: remove ``other_config:flow-restore-wait``."""
+        with Ovsdb(self.db) as db:
+            db.set_other_config("flow-restore-wait", None)
+
+    def restore_and_release(self, snap: Snapshot, *, fresh: bool = False) -> RestoreReport:
+        """Restore *snap* into a vswitchd held by flow-restore-wait, let it forward, then
+        verify by read-back (outside the forwarding gap)."""
+        report = self.restore(snap, verify=False, fresh=fresh)
+        self.lift_flow_restore_wait()
+        report.after = self.verify(snap, report.anomalies)
         return report
 
     # --- planning (reads only the database; nothing installed) ----------------------------
@@ -275,7 +289,6 @@ class Restorer:
                 self._ofctl(name, version, "del-tlv-map")
             if bridge.meter_version is not None:
                 self._ofctl(name, "OpenFlow13", "del-meters")
-        self._added: dict[str, tuple[bool, bool]] = getattr(self, "_added", {})
         self._added[name] = (bool(tlvs), bool(meters))
         try:
             if tlvs:
@@ -292,7 +305,7 @@ class Restorer:
 
     def _undo(self, bridge: BridgeInfo) -> None:
         """Remove the TLV map and meters this restore added to *bridge*."""
-        added_tlv, added_meters = getattr(self, "_added", {}).get(bridge.name, (False, False))
+        added_tlv, added_meters = self._added.get(bridge.name, (False, False))
         with contextlib.suppress(OvsnduError):
             if added_meters:
                 self._ofctl(bridge.name, "OpenFlow13", "del-meters")

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from ovsndu.errors import OvsnduError, RestoreError, SyncAborted
 from ovsndu.model import CATEGORIES, Port, Snapshot
-from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import read_snapshot
 from ovsndu.ovs.restore import RestorePlan, Restorer, describe_difference, user_routes_only
 from ovsndu.ovs.sandbox import Sandbox, backup_db
@@ -69,9 +68,9 @@ def install_live(plan: RestorePlan, rundir: Path, db: str, *, tcp_seq_check: boo
     flow-restore-wait; returns the seconds it took.  The supervisor then verifies by
     read-back before it commits."""
     started = time.monotonic()
-    report = Restorer(rundir, db, tcp_seq_check=tcp_seq_check).apply(plan, fresh=True)
-    with Ovsdb(db) as conn:
-        conn.set_other_config("flow-restore-wait", None)
+    restorer = Restorer(rundir, db, tcp_seq_check=tcp_seq_check)
+    report = restorer.apply(plan, fresh=True)
+    restorer.lift_flow_restore_wait()
     lifted = time.monotonic() - started
     steps = {k: round(v * 1000, 2) for k, v in report.durations.items()}
     print("timings " + json.dumps({**steps, "lifted": round(lifted * 1000, 2)}),

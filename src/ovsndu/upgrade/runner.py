@@ -99,15 +99,12 @@ def restore_original(
         db.set_other_config("flow-restore-wait", "true")
     proc = daemon.spawn(spec, binary)
     daemon.wait_until(
-        lambda: proc.poll() is None and daemon.bridges_ready(spec, proc.pid),
+        lambda: proc.poll() is None and daemon.bridges_built(spec.rundir, spec.db, proc.pid),
         30,
         f"{binary} to build its bridges",
     )
-    restorer = Restorer(spec.rundir, spec.db, pid=proc.pid, tcp_seq_check=tcp_seq_check)
-    restorer.restore(snap, verify=False, fresh=True)
-    with Ovsdb(spec.db) as db:
-        db.set_other_config("flow-restore-wait", None)
-    restorer.verify(snap)
+    Restorer(spec.rundir, spec.db, pid=proc.pid, tcp_seq_check=tcp_seq_check
+             ).restore_and_release(snap, fresh=True)
     version = vswitchd_version(spec, proc.pid)
     record_version(spec, version)
     return Serving(proc.pid, proc, binary, version)
