@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from ovsndu.config import Config
-from ovsndu.ovs.endpoints import Endpoint
 from ovsndu.ovs.sandbox import NETDEV_ARGS, Sandbox
+from ovsndu.testing.endpoints import Endpoint, add_endpoint
 
 RATE = 2000.0
 FORBIDDEN_RATE = 200.0
@@ -77,8 +77,8 @@ class Run:
         threading.Thread(target=self._reap, daemon=True).start()
         sb.vsctl("add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev",
                  "fail_mode=secure")
-        self.a = sb.add_endpoint("br0", "a-sw", "10.0.0.1", 1)
-        self.b = sb.add_endpoint("br0", "b-sw", "10.0.0.2", 2)
+        self.a = add_endpoint(sb, "br0", "a-sw", "10.0.0.1", 1)
+        self.b = add_endpoint(sb, "br0", "b-sw", "10.0.0.2", 2)
         rules = self.work / "rules.txt"
         rules.write_text("\n".join([*filler(self.n), *ACL]) + "\n")
         sb.ofctl("br0", "add-flows", str(rules), options=("--bundle",))
@@ -97,7 +97,7 @@ class Run:
         self.sb.stop()
 
     def _probe(self, ep: Endpoint, *args: str) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(ep.argv([sys.executable, "-m", "ovsndu.ovs.probe", *args]))
+        p = subprocess.Popen(ep.argv([sys.executable, "-m", "ovsndu.testing.probe", *args]))
         self.procs.append(p)
         return p
 

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ovsndu.ovs.sample import populate
 from ovsndu.ovs.sandbox import Sandbox
+from ovsndu.testing.sample import populate
 
 
 def _missing_prerequisite() -> str | None:

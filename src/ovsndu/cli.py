@@ -68,8 +68,8 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _cmd_supervise(args: argparse.Namespace) -> int:
-    from ovsndu.logs import configure_logging
     from ovsndu.supervisor import supervise
+    from ovsndu.systemd.journal import configure_logging
 
     configure_logging()
     return supervise(_config(args))
@@ -129,7 +129,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
                   "last_upgrade": last.to_dict() if last else None}
         code = 3
     status.pop("event", None)
-    from ovsndu.dbus_service import unit_state
+    from ovsndu.systemd.dbus import unit_state
 
     unit = status["systemd"] = unit_state()
     if args.json:
@@ -164,7 +164,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 
 def _cmd_systemd_unit(args: argparse.Namespace) -> int:
-    from ovsndu import systemd_unit
+    from ovsndu.systemd import unit as systemd_unit
 
     action = systemd_unit.install if args.command == "install-systemd" else systemd_unit.uninstall
     print("\n".join(action(args.root, daemon_reload=not args.no_reload).lines()))

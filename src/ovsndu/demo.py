@@ -22,9 +22,9 @@ from ovsndu.control import SupervisorUnreachable, request
 from ovsndu.errors import OvsnduError
 from ovsndu.model import CATEGORIES
 from ovsndu.ovs.readers import read_snapshot
-from ovsndu.ovs.sample import populate
 from ovsndu.ovs.sandbox import DUMMY_ARGS, Sandbox
 from ovsndu.render import table
+from ovsndu.testing.sample import populate
 
 
 def _wait_supervisor(cfg: Config, proc: subprocess.Popen[bytes], log: Path) -> None:

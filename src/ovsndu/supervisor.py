@@ -18,21 +18,21 @@ from typing import Any
 
 import structlog
 
-from ovsndu import sdnotify
 from ovsndu.config import Config
-from ovsndu.dbus_service import DbusService
 from ovsndu.errors import OvsnduError, VswitchdError
 from ovsndu.model import Snapshot
 from ovsndu.ovs import daemon
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.restore import Restorer
 from ovsndu.ovs.unixctl import pid_alive
+from ovsndu.systemd import notify as sdnotify
+from ovsndu.systemd.dbus import DbusService
 from ovsndu.upgrade import machine
 from ovsndu.upgrade.history import HistoryStore, UpgradeRecord
 from ovsndu.upgrade.machine import EXIT_REFUSED, Phase
-from ovsndu.upgrade.runner import (
+from ovsndu.upgrade.runner import UpgradeRunner
+from ovsndu.upgrade.serving import (
     Serving,
-    UpgradeRunner,
     record_version,
     restore_original,
     snapshot_path,

@@ -19,6 +19,7 @@ from ovsndu.model import Snapshot
 from ovsndu.ovs.readers import read_snapshot
 from ovsndu.ovs.restore import restore_snapshot
 from ovsndu.ovs.sandbox import Sandbox
+from ovsndu.testing.endpoints import add_endpoint
 from tests.conftest import require_ovs
 
 ACL = (
@@ -57,15 +58,15 @@ def _stateful(tmp_path: Path) -> Iterator[tuple[Sandbox, Path]]:
     with Sandbox(tmp_path / "run", datapath="netdev") as sb:
         sb.vsctl("add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev",
                  "fail_mode=secure")
-        a = sb.add_endpoint("br0", "a-sw", "10.0.0.1", 1)
-        b = sb.add_endpoint("br0", "b-sw", "10.0.0.2", 2)
+        a = add_endpoint(sb, "br0", "a-sw", "10.0.0.1", 1)
+        b = add_endpoint(sb, "br0", "b-sw", "10.0.0.2", 2)
         sb.ofctl("br0", "add-flows", "-", input_text="\n".join(ACL) + "\n")
         progress = tmp_path / "progress"
         try:
-            procs.append(subprocess.Popen(b.argv([sys.executable, "-m", "ovsndu.ovs.probe",
+            procs.append(subprocess.Popen(b.argv([sys.executable, "-m", "ovsndu.testing.probe",
                                                   "tcp-push", "5001"])))
             time.sleep(0.5)
-            procs.append(subprocess.Popen(a.argv([sys.executable, "-m", "ovsndu.ovs.probe",
+            procs.append(subprocess.Popen(a.argv([sys.executable, "-m", "ovsndu.testing.probe",
                                                   "tcp-sink", b.ip, "5001", str(progress)])))
             assert _wait_progress(progress, 0, 10), _progress(progress)
             yield sb, progress

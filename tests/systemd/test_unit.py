@@ -31,7 +31,7 @@ echo "ovs-vswitchd-broken: crashing on purpose" >&2
 kill -SEGV $$
 """
 POPULATE = ("from ovsndu.ovs.sandbox import Sandbox\n"
-            "from ovsndu.ovs.sample import populate\n"
+            "from ovsndu.testing.sample import populate\n"
             "populate(Sandbox('/var/run/openvswitch'))\n")
 
 pytestmark = pytest.mark.systemd

@@ -17,8 +17,8 @@ import structlog
 from dbus_fast import BusType, Message, Variant
 from dbus_fast.aio import MessageBus
 
-from ovsndu import dbus_service
 from ovsndu.config import Config
+from ovsndu.systemd import dbus as dbus_service
 
 
 class FakeStore:

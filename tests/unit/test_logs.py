@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from ovsndu import logs
-from ovsndu.logs import (
+from ovsndu.systemd import journal as logs
+from ovsndu.systemd.journal import (
     JournaldSink,
     configure_logging,
     dropped_count,

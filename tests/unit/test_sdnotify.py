@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ovsndu.sdnotify import format_fields, notify, watchdog_interval
+from ovsndu.systemd.notify import format_fields, notify, watchdog_interval
 
 
 @pytest.fixture(name="systemd")

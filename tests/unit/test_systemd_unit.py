@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ovsndu import systemd_unit
 from ovsndu.cli import main
+from ovsndu.systemd import unit as systemd_unit
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from ovsndu.config import Config
-from ovsndu.ovs.sample import populate
 from ovsndu.ovs.sandbox import DUMMY_ARGS, Sandbox
 from ovsndu.ovs.unixctl import pid_alive
+from ovsndu.testing.sample import populate
 from tests.conftest import require_ovs
 
 VSWITCHD = shutil.which("ovs-vswitchd") or "/usr/sbin/ovs-vswitchd"

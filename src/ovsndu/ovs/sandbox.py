@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from ovsndu.errors import SandboxError, VswitchdError
 from ovsndu.ovs.ofctl import ofctl
@@ -33,9 +33,6 @@ NETNS_PREFIX = "ovsndu-"
 DUMMY_ARGS = ("--enable-dummy=override", "--disable-system", "--disable-system-route")
 NETDEV_ARGS = ("--disable-system",)
 _counter = itertools.count()
-
-if TYPE_CHECKING:
-    from ovsndu.ovs.endpoints import Endpoint
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -106,7 +103,7 @@ class Sandbox:
         self.schema = schema
         self.db_file = Path(db_file) if db_file else self.rundir / "conf.db"
         self.netns: str | None = None
-        self.endpoints: list[Endpoint] = []
+        self._on_stop: list[Callable[[], None]] = []  # e.g. endpoints to delete
         self.ovsdb_proc: subprocess.Popen[bytes] | None = None
         self.vswitchd_proc: subprocess.Popen[bytes] | None = None
 
@@ -271,9 +268,8 @@ class Sandbox:
         self._kill_foreign_vswitchd()
         _terminate(self.ovsdb_proc, signal.SIGTERM)
         self.ovsdb_proc = None
-        for ep in self.endpoints:
-            ep.delete()
-        self.endpoints.clear()
+        while self._on_stop:
+            self._on_stop.pop()()
         if self.netns:
             subprocess.run(["ip", "netns", "del", self.netns], check=False, capture_output=True)
             self.netns = None
@@ -284,18 +280,9 @@ class Sandbox:
         """A consistent copy of the live database (``ovsdb-client backup``) at *dest*."""
         return backup_db(self.db, dest)
 
-    def add_endpoint(self, bridge: str, port: str, ip: str, ofport: int) -> Endpoint:
-        """A host in its own namespace, wired by a veth to *port* (OpenFlow *ofport*)."""
-        from ovsndu.ovs.endpoints import make_endpoint
-
-        if self.netns is None:
-            raise SandboxError("endpoints need a netdev sandbox (its own namespace)")
-        ep = make_endpoint(self.netns, port, ip)
-        self.endpoints.append(ep)
-        self.vsctl(
-            "add-port", bridge, port, "--", "set", "interface", port, f"ofport_request={ofport}"
-        )
-        return ep
+    def on_stop(self, cleanup: Callable[[], None]) -> None:
+        """Run *cleanup* when the sandbox stops (before its namespace is deleted)."""
+        self._on_stop.append(cleanup)
 
     def _kill_foreign_vswitchd(self) -> None:
         try:

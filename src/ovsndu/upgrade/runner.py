@@ -20,7 +20,6 @@ import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,6 @@ from ovsndu.config import Config
 from ovsndu.errors import OvsnduError, VswitchdError
 from ovsndu.model import CATEGORIES, Snapshot
 from ovsndu.ovs import daemon
-from ovsndu.ovs.daemon import VswitchdSpec
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import read_snapshot
 from ovsndu.ovs.restore import Restorer, user_routes_only
@@ -39,75 +37,22 @@ from ovsndu.protocol.transport import ServerSession, serve_state
 from ovsndu.upgrade import machine
 from ovsndu.upgrade.history import HistoryStore, PhaseEntry, UpgradeRecord, utc_now_iso
 from ovsndu.upgrade.machine import Phase
+from ovsndu.upgrade.serving import (
+    SCHEMA_FILE,
+    Serving,
+    older_schema,
+    record_version,
+    restore_original,
+    snapshot_path,
+    spec_of,
+    vswitchd_version,
+)
 
 log = structlog.get_logger("ovsndu.upgrade")
 
 SUPPORTED_DATAPATHS = ("netdev", "system", "dummy")
 # What traffic cannot change on a switch that keeps forwarding: compared after a discard.
 CONTROL_PLANE = ("ports", "tunnel_neighbors", "flows", "meters", "groups", "tlv_mappings", "routes")
-
-
-@dataclass
-class Serving:
-    """The vswitchd that currently holds the datapath."""
-
-    pid: int
-    proc: subprocess.Popen[bytes] | None
-    binary: str
-    version: str = ""
-
-
-def spec_of(cfg: Config) -> VswitchdSpec:
-    """The vswitchd spec of a config."""
-    return VswitchdSpec(
-        Path(cfg.ovs.rundir), cfg.ovs.db, tuple(cfg.ovs.vswitchd_args), cfg.ovs.netns
-    )
-
-
-def vswitchd_version(spec: VswitchdSpec, pid: int) -> str:
-    """The running vswitchd's version line."""
-    with daemon.unixctl_for(spec, pid) as appctl:
-        return appctl("version").splitlines()[0].strip()
-
-
-SCHEMA_FILE = "/usr/share/openvswitch/vswitch.ovsschema"
-
-
-def _older(a: str, b: str) -> bool:
-    """Whether schema version *a* is older than *b* (``x.y.z``)."""
-    def parts(v: str) -> tuple[int, ...]:
-        return tuple(int(p) for p in v.split(".") if p.isdigit())
-    return parts(a) < parts(b)
-
-
-def record_version(spec: VswitchdSpec, version_line: str) -> None:
-    """Write the version number of a version line into ``Open_vSwitch.ovs_version``."""
-    with Ovsdb(spec.db) as db:
-        db.set_ovs_version(version_line.rsplit(maxsplit=1)[-1])
-
-
-def snapshot_path(state_dir: Path, upgrade_id: str) -> Path:
-    """Where the snapshot of an in-flight upgrade is kept (crash recovery restores it)."""
-    return state_dir / f"{upgrade_id}.snapshot.json"
-
-
-def restore_original(
-    spec: VswitchdSpec, binary: str, snap: Snapshot, *, tcp_seq_check: bool
-) -> Serving:
-    """Start *binary* as the serving vswitchd (flow-restore-wait on), restore *snap*, verify."""
-    with Ovsdb(spec.db) as db:
-        db.set_other_config("flow-restore-wait", "true")
-    proc = daemon.spawn(spec, binary)
-    daemon.wait_until(
-        lambda: proc.poll() is None and daemon.bridges_built(spec.rundir, spec.db, proc.pid),
-        30,
-        f"{binary} to build its bridges",
-    )
-    Restorer(spec.rundir, spec.db, pid=proc.pid, tcp_seq_check=tcp_seq_check
-             ).restore_and_release(snap, fresh=True)
-    version = vswitchd_version(spec, proc.pid)
-    record_version(spec, version)
-    return Serving(proc.pid, proc, binary, version)
 
 
 Progress = Callable[[dict[str, Any]], None]
@@ -343,7 +288,7 @@ class UpgradeRunner:
             installed = json.loads(Path(SCHEMA_FILE).read_text())["version"]
         except (OSError, ValueError, KeyError):
             return  # no schema file to compare with (a private build): nothing to check
-        if live.split(".")[0] != str(installed).split(".")[0] or _older(live, installed):
+        if live.split(".")[0] != str(installed).split(".")[0] or older_schema(live, installed):
             raise VswitchdError(f"database schema {live} is older than the installed "
                                 f"{installed}: restart ovsdb-server (it converts the "
                                 f"database) before the upgrade")

@@ -283,7 +283,7 @@ def configure_logging(
         processors += [
             structlog.processors.CallsiteParameterAdder(
                 [CallsiteParameter.PATHNAME, CallsiteParameter.LINENO, CallsiteParameter.FUNC_NAME],
-                additional_ignores=["ovsndu.logs"],
+                additional_ignores=["ovsndu.systemd.journal"],
             ),
             structlog.processors.format_exc_info,
             _SINK,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pyroute2 import NetNS, netns
 
 from ovsndu.errors import SandboxError
-from ovsndu.ovs.sandbox import NETNS_PREFIX
+from ovsndu.ovs.sandbox import NETNS_PREFIX, Sandbox
 
 _counter = itertools.count()
 
@@ -73,3 +73,13 @@ def make_endpoint(switch_netns: str, switch_port: str, ip: str) -> Endpoint:
     except BaseException:
         netns.remove(name)
         raise
+
+
+def add_endpoint(sb: Sandbox, bridge: str, port: str, ip: str, ofport: int) -> Endpoint:
+    """A host in its own namespace, wired by a veth to *port* (OpenFlow *ofport*) of *sb*."""
+    if sb.netns is None:
+        raise SandboxError("endpoints need a netdev sandbox (its own namespace)")
+    ep = make_endpoint(sb.netns, port, ip)
+    sb.on_stop(ep.delete)
+    sb.vsctl("add-port", bridge, port, "--", "set", "interface", port, f"ofport_request={ofport}")
+    return ep

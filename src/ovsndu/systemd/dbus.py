@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import structlog
 from dbus_fast import BusType, DBusError, Message, MessageType, Variant
@@ -32,8 +32,15 @@ from dbus_fast.annotations import DBusSignature, DBusStr, DBusUInt32
 from dbus_fast.constants import NameFlag, PropertyAccess, RequestNameReply
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
 
-if TYPE_CHECKING:
-    from ovsndu.supervisor import Supervisor
+
+class Supervisor(Protocol):
+    """What this module reads of the supervisor (structural: no import of it, no circle)."""
+
+    cfg: Any
+    phase: Any
+    runner: Any
+    store: Any
+    serving: Any
 
 log = structlog.get_logger("ovsndu.dbus")
 

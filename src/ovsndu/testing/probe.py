@@ -1,13 +1,13 @@
 """Traffic probes run inside endpoint namespaces (tests and benchmarks).
 
-``python -m ovsndu.ovs.probe tcp-push PORT``: accept connections and push 64 bytes
+``python -m ovsndu.testing.probe tcp-push PORT``: accept connections and push 64 bytes
 to each every 20 ms (a download: after the connection is set up, only the server
 sends data; the client only acknowledges).
-``python -m ovsndu.ovs.probe tcp-sink HOST PORT FILE``: connect, read, and keep the
+``python -m ovsndu.testing.probe tcp-sink HOST PORT FILE``: connect, read, and keep the
 number of bytes received (and, when the connection ends, why) in FILE.
-``python -m ovsndu.ovs.probe udp-send HOST PORT RATE FILE``: sequence-numbered datagrams
+``python -m ovsndu.testing.probe udp-send HOST PORT RATE FILE``: sequence-numbered datagrams
 at RATE per second until SIGTERM; the number sent goes to FILE.
-``python -m ovsndu.ovs.probe udp-recv PORT FILE``: until SIGTERM, record every
+``python -m ovsndu.testing.probe udp-recv PORT FILE``: until SIGTERM, record every
 datagram's sequence number and arrival time (CLOCK_MONOTONIC, shared by all
 namespaces) as ``SEQ TIME`` lines in FILE.
 """
