@@ -56,9 +56,12 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     from ovsndu.ovs.restore import restore_snapshot
 
     snap = load_snapshot(args.file)
-    report = restore_snapshot(snap, args.rundir, args.db, tcp_seq_check=args.tcp_seq_check)
+    report = restore_snapshot(snap, args.rundir, args.db, tcp_seq_check=args.tcp_seq_check,
+                              uncarried=args.uncarried)
     steps = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in report.durations.items())
     total = sum(report.counts.values())
+    for anomaly in report.anomalies:
+        print(f"anomaly: {anomaly}")
     print(f"restored and verified {total} entries in all nine categories ({steps})")
     return EXIT_OK
 
@@ -204,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tcp-seq-check", action="store_true",
                    help="keep userspace conntrack TCP sequence checking on (restored "
                    "connections then stall; see docs/state.md)")
+    p.add_argument("--uncarried", choices=("report", "refuse"), default="report",
+                   help="entries OVS offers no way to recreate: name them and restore the "
+                   "rest (report, the default), or refuse before any change")
     p.set_defaults(func=_cmd_restore)
 
     def with_config(p: argparse.ArgumentParser) -> None:

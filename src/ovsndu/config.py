@@ -30,6 +30,7 @@ DEFAULT_RUNDIR = "/var/run/openvswitch"
 DEFAULT_VSWITCHD = "/usr/sbin/ovs-vswitchd"
 DEFAULT_STATE_DIR = "/var/lib/ovsndu"
 DEFAULT_TIMEOUT = 120.0
+UNCARRIED_MODES = ("report", "refuse")
 
 
 def default_db(rundir: str) -> str:
@@ -60,6 +61,9 @@ class UpgradeConfig:
     validate: bool = True
     timeout: float = DEFAULT_TIMEOUT
     tcp_seq_check: bool = False
+    #: entries OVS offers no way to recreate: "report" (carry the rest, name them as
+    #: anomalies) or "refuse" (refuse the upgrade before anything changes)
+    uncarried: str = "report"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -206,6 +210,8 @@ def _check(where: str, key: str, hint: str, value: object) -> object:
         raise ConfigError(f"{where}: expected a string, got {_kind(value)}")
     if key in {"rundir", "state_dir", "vswitchd"} and not value:
         raise ConfigError(f"{where}: must not be empty")
+    if key == "uncarried" and value not in UNCARRIED_MODES:
+        raise ConfigError(f"{where}: expected \"report\" or \"refuse\", got {value!r}")
     return value
 
 

@@ -36,6 +36,7 @@ class TestDefaults:
         assert cfg.upgrade.validate is True
         assert cfg.upgrade.timeout == 120.0
         assert cfg.upgrade.tcp_seq_check is False
+        assert cfg.upgrade.uncarried == "report"
         assert cfg.ovsndu.state_dir == "/var/lib/ovsndu"
         assert cfg.ovsndu.control_socket == "/var/lib/ovsndu/control.sock"
 
@@ -185,3 +186,18 @@ class TestReplace:
         assert cfg.ovs.db == "tcp:1.2.3.4:6640"
         both = Config().replace(rundir="/r", db="unix:/elsewhere.sock")
         assert both.ovs.db == "unix:/elsewhere.sock"
+
+
+class TestUncarried:
+    def test_refuse_is_read(self, tmp_path: Path) -> None:
+        """``uncarried = "refuse"`` is accepted and kept."""
+        cfg = load_config(_write(tmp_path, '[upgrade]\nuncarried = "refuse"\n'))
+        assert cfg.upgrade.uncarried == "refuse"
+
+    @pytest.mark.parametrize("value", ['"ignore"', '""', "true"])
+    def test_other_values_are_one_line_errors(self, tmp_path: Path, value: str) -> None:
+        """Anything but report/refuse names the file and the key."""
+        path = _write(tmp_path, f"[upgrade]\nuncarried = {value}\n")
+        with pytest.raises(ConfigError, match=r"\[upgrade\] uncarried") as info:
+            load_config(path)
+        assert "\n" not in str(info.value)

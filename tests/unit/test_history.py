@@ -52,6 +52,7 @@ def _record(upgrade_id: str = "u1", *, finished: bool = True) -> UpgradeRecord:
         exit_code=0 if finished else None,
         reason="",
         anomalies=["commit: pidfile stale"],
+        uncarried={"conntrack": 2},
         handover_gap_ms=12.5,
     )
 
@@ -89,6 +90,8 @@ class TestRecord:
             {"phases": [{"phase": "x"}]},
             {"phases": ["x"]},
             {"anomalies": [1]},
+            {"uncarried": {"conntrack": "two"}},
+            {"uncarried": ["conntrack"]},
             {"handover_gap_ms": "fast"},
             {"format": 99},
         ],

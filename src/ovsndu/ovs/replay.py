@@ -21,6 +21,11 @@ from ovsndu.errors import RestoreError
 from ovsndu.model import Conntrack, FdbEntry
 from ovsndu.ovs.packets import ethernet, frame
 
+
+class CannotReplay(RestoreError):
+    """An entry that is valid but that OVS offers no way to recreate (an *uncarried* one)."""
+
+
 # UDP and ICMP: an entry whose remaining timeout exceeds this saw no reply (3.1 defaults:
 # first packet 60 s... replied 30 s); ambiguous only within the last 30 s of its life.
 REPLIED_TIMEOUT = 30
@@ -66,7 +71,7 @@ def _commit_actions(entry: Conntrack) -> str:
     parts = ["commit", f"zone={entry.zone}"]
     if entry.nat:
         if entry.nat.count("=") > 1:
-            raise RestoreError(
+            raise CannotReplay(
                 "conntrack",
                 f"entry with both SNAT and DNAT cannot be replayed: {entry.protocol} {entry.orig}",
             )
@@ -90,7 +95,7 @@ def conntrack_packets(entry: Conntrack) -> list[PacketOut]:
         key = (entry.state_orig or "", entry.state_reply or "")
         steps = TCP_SEQUENCES.get(key)
         if steps is None:
-            raise RestoreError(
+            raise CannotReplay(
                 "conntrack", f"TCP state {key[0]}/{key[1]} cannot be replayed: {entry.orig}"
             )
         frames = _tcp_frames(o, r, steps)
@@ -100,7 +105,7 @@ def conntrack_packets(entry: Conntrack) -> list[PacketOut]:
         if replied:
             frames.append(_datagram(proto, r, reply=True))
     else:
-        raise RestoreError("conntrack", f"protocol {proto} cannot be replayed: {entry.orig}")
+        raise CannotReplay("conntrack", f"protocol {proto} cannot be replayed: {entry.orig}")
     return [PacketOut("controller", f, commit if i == 0 else follow) for i, f in enumerate(frames)]
 
 

@@ -44,6 +44,7 @@ from ovsndu.ovs.ofctl import ofctl
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import BridgeInfo, StateReader, default_rundir, read_bridges, read_ports
 from ovsndu.ovs.replay import FdbPlan, conntrack_packets, fdb_plan
+from ovsndu.ovs.uncarried import Uncarried, carried_only, find_uncarried, refuse_if_any
 from ovsndu.ovs.unixctl import Unixctl
 
 CT_CHUNK = 10_000
@@ -82,17 +83,21 @@ class RestorePlan:
     port_names: dict[tuple[str, str], str]
     has_tcp: bool
     encoded: dict[str, CapturedBundle] = field(default_factory=dict)
+    uncarried: tuple[Uncarried, ...] = ()
 
 
 class Restorer:
     """Restores snapshots into the vswitchd of *rundir* (found by its pidfile unless *pid*)."""
 
     def __init__(self, rundir: str | Path | None = None, db: str | None = None, *,
-                 pid: int | None = None, tcp_seq_check: bool = False):
+                 pid: int | None = None, tcp_seq_check: bool = False,
+                 uncarried: str = "report"):
         self.rundir = Path(rundir or default_rundir())
         self.db = db or f"unix:{self.rundir / 'db.sock'}"
         self.pid = pid
         self.tcp_seq_check = tcp_seq_check
+        self.uncarried = uncarried
+        refuse_if_any((), uncarried)  # a bad mode is an error now, not at the first entry
         self._added: dict[str, tuple[bool, bool]] = {}  # bridge -> (TLV map, meters) added
 
     def restore(self, snap: Snapshot, *, verify: bool = True, fresh: bool = False
@@ -134,9 +139,12 @@ class Restorer:
             port_names, access = self._port_names(snap, db)
         fdb_entries = [e for e in snap.categories["fdb"] if isinstance(e, FdbEntry)]
         fdb = fdb_plan(fdb_entries, port_names, access)
-        ct_lines = [p.line() for e in snap.categories["conntrack"] if isinstance(e, Conntrack)
-                    for p in conntrack_packets(e)]
         userspace = [b for b in bridges if b.datapath_type in USERSPACE_DATAPATHS]
+        uncarried = find_uncarried(snap, replay_conntrack=bool(userspace))
+        refuse_if_any(uncarried, self.uncarried)
+        skip = {u.entry.canonical() for u in uncarried if u.category == "conntrack"}
+        ct_lines = [p.line() for e in snap.categories["conntrack"] if isinstance(e, Conntrack)
+                    and e.canonical() not in skip for p in conntrack_packets(e)]
         ct_bridge = userspace[0].name if userspace and ct_lines else None
         bundles: dict[str, list[str]] = {}
         for bridge in bridges:
@@ -164,7 +172,7 @@ class Restorer:
                 except VswitchdError as exc:
                     raise RestoreError("flows", f"{bridge.name}: {_reason(exc)}") from None
         return RestorePlan(snap, bridges, bundles, extra, ct_bridge, fdb, port_names, has_tcp,
-                           encoded)
+                           encoded, uncarried)
 
     def _check_bridges(self, snap: Snapshot, bridges: list[BridgeInfo]) -> list[BridgeInfo]:
         present = {b.name: b for b in bridges}
@@ -216,6 +224,7 @@ class Restorer:
         """Send a plan.  *fresh*: the target was just started (no TLV map, no meters), so
         nothing needs to be read or removed first."""
         snap, report = plan.snapshot, RestoreReport()
+        report.anomalies += [u.line() for u in plan.uncarried]
         with Unixctl.for_daemon(self.rundir, pid=self.pid) as appctl:
             self._appctl = appctl
             with self._step(report, "check"):
@@ -392,7 +401,12 @@ class Restorer:
         Routes cached from the kernel are re-read by the new process from the kernel,
         which may have changed meanwhile (an IPv6 link-local address finishing DAD):
         only user routes must match; cached differences are reported in *anomalies*.
+        Entries that cannot be carried (:mod:`ovsndu.ovs.uncarried`) are left out of
+        *snap* first: everything else must match.
         """
+        with Ovsdb(self.db) as db:
+            userspace = any(b.datapath_type in USERSPACE_DATAPATHS for b in read_bridges(db))
+        snap = carried_only(snap, find_uncarried(snap, replay_conntrack=userspace))
         after = StateReader(self.rundir, self.db, pid=self.pid).snapshot()
         for name in CATEGORIES:
             want, got = snap, after
@@ -466,6 +480,7 @@ def describe_difference(category: str, want: Snapshot, got: Snapshot, limit: int
 
 def restore_snapshot(snap: Snapshot, rundir: str | Path | None = None, db: str | None = None,
                      *, pid: int | None = None, tcp_seq_check: bool = False,
-                     verify: bool = True) -> RestoreReport:
+                     verify: bool = True, uncarried: str = "report") -> RestoreReport:
     """Convenience: ``Restorer(...).restore(snap)``."""
-    return Restorer(rundir, db, pid=pid, tcp_seq_check=tcp_seq_check).restore(snap, verify=verify)
+    return Restorer(rundir, db, pid=pid, tcp_seq_check=tcp_seq_check,
+                    uncarried=uncarried).restore(snap, verify=verify)

@@ -93,6 +93,8 @@ class UpgradeRecord:
     exit_code: int | None = None
     reason: str = ""
     anomalies: list[str] = field(default_factory=list)
+    #: entries that could not be carried, per category (each is also named in anomalies)
+    uncarried: dict[str, int] = field(default_factory=dict)
     handover_gap_ms: float | None = None
     #: milliseconds from the start of the takeover to each handover milestone
     marks: dict[str, float] = field(default_factory=dict)
@@ -115,6 +117,9 @@ class UpgradeRecord:
         counts = _get(data, "counts", dict, {})
         digests = _get(data, "digests", dict, {})
         anomalies = _get(data, "anomalies", list, [])
+        uncarried = _get(data, "uncarried", dict, {})
+        if not all(isinstance(k, str) and _is_int(v) for k, v in uncarried.items()):
+            raise HistoryError("uncarried must map names to integers")
         if not all(isinstance(k, str) and _is_int(v) for k, v in counts.items()):
             raise HistoryError("counts must map names to integers")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in digests.items()):
@@ -145,6 +150,7 @@ class UpgradeRecord:
             exit_code=_get_int(data, "exit_code"),
             reason=_get(data, "reason", str, ""),
             anomalies=list(anomalies),
+            uncarried=dict(uncarried),
             handover_gap_ms=None if gap is None else float(gap),
             marks={k: float(v) for k, v in marks.items()},
         )

@@ -28,10 +28,10 @@ import structlog
 from ovsndu.config import Config
 from ovsndu.errors import OvsnduError, VswitchdError
 from ovsndu.model import CATEGORIES, Snapshot
-from ovsndu.ovs import daemon
+from ovsndu.ovs import daemon, uncarried
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import read_snapshot
-from ovsndu.ovs.restore import Restorer, user_routes_only
+from ovsndu.ovs.restore import USERSPACE_DATAPATHS, Restorer, user_routes_only
 from ovsndu.ovs.unixctl import pid_alive
 from ovsndu.protocol.transport import ServerSession, serve_state
 from ovsndu.upgrade import machine
@@ -300,9 +300,23 @@ class UpgradeRunner:
         )
         self.snapshot = snap
         self.record.counts, self.record.digests = snap.counts(), snap.digests()
+        await asyncio.to_thread(self._note_uncarried, snap)
         path = snapshot_path(self.state_dir, self.upgrade_id)
         await asyncio.to_thread(path.write_text, json.dumps(snap.to_dict()))
         path.chmod(0o600)
+
+    def _note_uncarried(self, snap: Snapshot) -> None:
+        """Name and count what cannot be carried; refuse (before anything changes) when the
+        configuration says so."""
+        types = daemon.dp_types(self.spec.db)
+        found = uncarried.find_uncarried(snap, replay_conntrack=any(
+            t in USERSPACE_DATAPATHS for t in types.values()))
+        uncarried.refuse_if_any(found, self.cfg.upgrade.uncarried)
+        self.record.uncarried = uncarried.counts(found)
+        for u in found:
+            self.record.anomalies.append(u.line())
+            log.warning("upgrade.uncarried", upgrade_id=self.upgrade_id, event_kind="anomaly",
+                        category=u.category, reason=u.reason)
 
     async def run_client(self) -> None:
         """Launch the client and stream it the state; it acknowledges after its rehearsal."""

@@ -1,0 +1,103 @@
+"""State that truly cannot be carried into a new vswitchd: found, named, and left out (pure).
+
+An entry is *uncarried* when it is valid but OVS offers no way to recreate it in
+another process (e.g. a conntrack entry whose recorded state no packet sequence
+reaches).  Such an entry does not block an upgrade (``[upgrade] uncarried =
+"report"``, the default): the restore skips it, the upgrade record and the journal
+name it as an anomaly and count it, and every read-back compares the snapshot
+*without exactly these entries* (:func:`carried_only`) with what the new process
+holds.  With ``"refuse"`` the upgrade is refused before anything changes.
+
+Bad input (a malformed or hostile entry) is not uncarried: it is an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from ovsndu.errors import RestoreError
+from ovsndu.model import Conntrack, Entry, Snapshot
+from ovsndu.ovs.replay import CannotReplay, conntrack_packets
+
+MODES = ("report", "refuse")
+
+
+@dataclass(frozen=True, slots=True)
+class Uncarried:
+    """One entry that cannot be carried, and why."""
+
+    category: str
+    entry: Entry
+    reason: str
+
+    def line(self) -> str:
+        """One line for the record and the journal."""
+        return f"uncarried {self.category}: {self.reason}"
+
+
+def _conntrack(entry: Entry) -> str | None:
+    assert isinstance(entry, Conntrack)
+    try:
+        conntrack_packets(entry)
+    except CannotReplay as exc:
+        return exc.reason
+    return None
+
+
+# category -> a check returning the reason an entry cannot be carried, or None.
+# Helpers owning other categories add theirs here.
+CHECKS: dict[str, Callable[[Entry], str | None]] = {"conntrack": _conntrack}
+
+
+def find_uncarried(snap: Snapshot, *, replay_conntrack: bool = True) -> tuple[Uncarried, ...]:
+    """Every entry of *snap* that cannot be carried, in canonical order.
+
+    *replay_conntrack*: False when conntrack lives in the kernel (it survives there and
+    is not replayed, so nothing of it is uncarried).
+    """
+    out = []
+    for category, check in CHECKS.items():
+        if category == "conntrack" and not replay_conntrack:
+            continue
+        for entry in snap.categories[category]:
+            reason = check(entry)
+            if reason is not None:
+                out.append(Uncarried(category, entry, reason))
+    return tuple(out)
+
+
+def carried_only(snap: Snapshot, uncarried: Iterable[Uncarried] | None = None) -> Snapshot:
+    """*snap* without exactly the *uncarried* entries (default: :func:`find_uncarried`).
+
+    What a read-back after a restore must equal.  An entry is removed only when its
+    canonical encoding equals an uncarried one's, so nothing else escapes the check.
+    """
+    found = find_uncarried(snap) if uncarried is None else tuple(uncarried)
+    if not found:
+        return snap
+    by_category: dict[str, set[bytes]] = {}
+    for u in found:
+        by_category.setdefault(u.category, set()).add(u.entry.canonical())
+    for category, drop in by_category.items():
+        snap = snap.replace(category, [e for e in snap.categories[category]
+                                       if e.canonical() not in drop])
+    return snap
+
+
+def counts(uncarried: Iterable[Uncarried]) -> dict[str, int]:
+    """Uncarried entries per category."""
+    out: dict[str, int] = {}
+    for u in uncarried:
+        out[u.category] = out.get(u.category, 0) + 1
+    return out
+
+
+def refuse_if_any(uncarried: tuple[Uncarried, ...], mode: str) -> None:
+    """With *mode* ``"refuse"``, a RestoreError naming the first uncarried entry and the count."""
+    if mode not in MODES:
+        raise ValueError(f"uncarried mode {mode!r} is not one of {MODES}")
+    if mode == "refuse" and uncarried:
+        first = uncarried[0]
+        raise RestoreError(first.category, f"{len(uncarried)} entries cannot be carried "
+                           f"(upgrade.uncarried = \"refuse\"), e.g. {first.reason}")

@@ -1,0 +1,62 @@
+"""What cannot be carried: found by name, counted, and left out of exactly the read-back."""
+
+from __future__ import annotations
+
+import pytest
+
+from ovsndu.errors import RestoreError
+from ovsndu.model import CATEGORIES, Conntrack, Snapshot, VswitchdInfo
+from ovsndu.ovs.parsers import derive_nat
+from ovsndu.ovs.uncarried import carried_only, counts, find_uncarried, refuse_if_any
+
+
+def _ct(orig: str, reply: str, **kw: object) -> Conntrack:
+    return Conntrack(protocol="udp", orig=orig, reply=reply, nat=derive_nat(orig, reply),
+                     timeout=20, **kw)  # type: ignore[arg-type]
+
+
+PLAIN = _ct("src=10.0.0.1,dst=10.0.0.2,sport=1,dport=2",
+            "src=10.0.0.2,dst=10.0.0.1,sport=2,dport=1")
+# SNAT and DNAT at once: no single ct(nat) recreates it.
+BOTH = _ct("src=10.0.0.1,dst=10.0.0.2,sport=1,dport=2",
+           "src=10.9.0.2,dst=10.8.0.1,sport=2,dport=1", zone=3)
+
+
+def _snap(*entries: Conntrack) -> Snapshot:
+    cats: dict[str, list[object]] = {name: [] for name in CATEGORIES}
+    cats["conntrack"] = list(entries)
+    return Snapshot.build(VswitchdInfo(pid=1, version="3.1"), cats)  # type: ignore[arg-type]
+
+
+def test_found_by_name_and_counted() -> None:
+    """The entry with both NATs is uncarried; the plain one is not."""
+    found = find_uncarried(_snap(PLAIN, BOTH))
+    assert [u.entry for u in found] == [BOTH]
+    assert counts(found) == {"conntrack": 1}
+    assert "10.0.0.1" in found[0].line() and found[0].line().startswith("uncarried conntrack: ")
+
+
+def test_carried_only_removes_exactly_those() -> None:
+    """The read-back target keeps every other entry, including one differing only in zone."""
+    twin = _ct(BOTH.orig, BOTH.reply, zone=4)
+    snap = _snap(PLAIN, BOTH, twin)
+    kept = carried_only(snap).categories["conntrack"]
+    assert set(kept) == {PLAIN}  # twin is uncarried too (same reason), BOTH removed
+    only_both = carried_only(snap, [u for u in find_uncarried(snap) if u.entry == BOTH])
+    assert set(only_both.categories["conntrack"]) == {PLAIN, twin}
+
+
+def test_kernel_conntrack_is_never_uncarried() -> None:
+    """On the kernel datapath conntrack is not replayed, so nothing of it is left out."""
+    assert find_uncarried(_snap(BOTH), replay_conntrack=False) == ()
+
+
+def test_refuse_mode() -> None:
+    """"refuse" raises naming the entry; "report" does not; other modes are a bug."""
+    found = find_uncarried(_snap(BOTH))
+    refuse_if_any(found, "report")
+    refuse_if_any((), "refuse")
+    with pytest.raises(RestoreError, match=r"1 entries cannot be carried.*10\.0\.0\.1"):
+        refuse_if_any(found, "refuse")
+    with pytest.raises(ValueError, match="ignore"):
+        refuse_if_any(found, "ignore")
