@@ -94,7 +94,7 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     cfg = _config(args)
     # The binary is re-read from the config file at every reload (systemctl reload).
     payload: dict[str, Any] = {"op": "reload", "vswitchd": args.vswitchd or cfg.ovs.vswitchd,
-                               "timeout": args.timeout}
+                               "timeout": args.timeout, "schema": args.schema or ""}
 
     def show(event: dict[str, Any]) -> None:
         line = _phase_line(event)
@@ -224,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "1 rolled back, 2 refused, 3 internal error")
     with_config(p)
     p.add_argument("--vswitchd", help="the new binary (default: the configured path)")
+    p.add_argument("--schema", help="the database schema file the new binary needs (default: "
+                   "[ovs] schema for the configured binary, else the one beside the binary)")
     p.add_argument("--timeout", type=float, help="seconds for the whole upgrade")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_reload)

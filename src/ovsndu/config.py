@@ -52,6 +52,8 @@ class OvsConfig:
     vswitchd: str = DEFAULT_VSWITCHD
     vswitchd_args: tuple[str, ...] = ()
     netns: str = ""
+    schema: str = ""
+    #: the schema file ``vswitchd`` needs ("": the one its installation ships beside it)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,6 +66,8 @@ class UpgradeConfig:
     #: entries OVS offers no way to recreate: "report" (carry the rest, name them as
     #: anomalies) or "refuse" (refuse the upgrade before anything changes)
     uncarried: str = "report"
+    allow_schema_loss: bool = False
+    #: let a schema downgrade drop values in columns the older schema lacks (recorded)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -171,6 +175,26 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: TOML syntax error: {exc}") from None
     return Config.from_dict(data, source=str(file))
+
+
+# Keys a running supervisor cannot take over from a re-read file (they name its own sockets).
+RESTART_ONLY = ("rundir", "db", "netns", "state_dir", "control_socket")
+
+
+def reread(cfg: Config) -> Config:
+    """*cfg*'s file read again (every reload does); ConfigError if it is now broken, or
+    changes a key only a supervisor restart can apply.  A config not from a file stays."""
+    if cfg.source.startswith("<"):
+        return cfg
+    fresh = load_config(cfg.source or None)
+    old, new = cfg.to_dict(), fresh.to_dict()
+    for section, table in old.items():
+        for key in RESTART_ONLY:
+            if key in table and table[key] != new[section][key]:
+                raise ConfigError(f"{fresh.source or DEFAULT_PATH}: [{section}] {key} changed "
+                                  f"({table[key]!r} → {new[section][key]!r}): restart the "
+                                  f"supervisor to apply it")
+    return fresh
 
 
 def _build_section(

@@ -18,8 +18,8 @@ from typing import Any
 
 import structlog
 
-from ovsndu.config import Config
-from ovsndu.errors import OvsnduError, VswitchdError
+from ovsndu.config import Config, reread
+from ovsndu.errors import ConfigError, OvsnduError, VswitchdError
 from ovsndu.model import Snapshot
 from ovsndu.ovs import daemon
 from ovsndu.ovs.ovsdb import Ovsdb
@@ -141,13 +141,15 @@ class Supervisor:
         self._clear_stale_frw()
         record_version(self.spec, self.serving.version)
 
-    def _start_configured(self) -> Serving:
-        proc = daemon.spawn(self.spec, self.cfg.ovs.vswitchd)
+    def _start_configured(self, binary: str = "") -> Serving:
+        """Start *binary* (default: the configured one) as the serving vswitchd."""
+        binary = binary or self.cfg.ovs.vswitchd
+        proc = daemon.spawn(self.spec, binary)
 
         def ready() -> bool:
             if proc.poll() is not None:
                 raise VswitchdError(
-                    f"{self.cfg.ovs.vswitchd} exited at start with status {proc.returncode}"
+                    f"{binary} exited at start with status {proc.returncode}"
                 )
             return daemon.answers(self.spec, proc.pid)
 
@@ -155,7 +157,7 @@ class Supervisor:
         log.info(
             "supervisor.started_vswitchd", event_kind="vswitchd_started", vswitchd_pid=proc.pid
         )
-        return Serving(proc.pid, proc, self.cfg.ovs.vswitchd, vswitchd_version(self.spec, proc.pid))
+        return Serving(proc.pid, proc, binary, vswitchd_version(self.spec, proc.pid))
 
     def _clear_stale_frw(self) -> None:
         with Ovsdb(self.spec.db) as db:
@@ -190,7 +192,8 @@ class Supervisor:
                 )
                 daemon.remove_stale_files(self.spec, s.pid)
                 try:
-                    self.serving = await asyncio.to_thread(self._start_configured)
+                    # What served is what restarts: after `reload --vswitchd X`, X.
+                    self.serving = await asyncio.to_thread(self._start_configured, s.binary)
                 except OvsnduError as exc:
                     log.error("supervisor.restart_failed", event_kind="anomaly", reason=str(exc))
 
@@ -329,6 +332,12 @@ class Supervisor:
             )
             return
         assert self.serving is not None
+        try:  # a reload reads the whole configuration again
+            self.cfg = reread(self.cfg)
+        except ConfigError as exc:
+            await _send(writer, {"event": "result", "outcome": "refused",
+                                 "exit_code": EXIT_REFUSED, "reason": str(exc)})
+            return
         timeout = float(request.get("timeout") or self.cfg.upgrade.timeout)
         binary = str(request.get("vswitchd") or self.cfg.ovs.vswitchd)
 
@@ -352,6 +361,7 @@ class Supervisor:
             self.store,
             new_binary=binary,
             timeout=timeout,
+            schema=str(request.get("schema") or ""),
             progress=progress,
             on_serving=moved,
         )

@@ -98,6 +98,8 @@ class UpgradeRecord:
     handover_gap_ms: float | None = None
     #: milliseconds from the start of the takeover to each handover milestone
     marks: dict[str, float] = field(default_factory=dict)
+    #: the database schema: versions before/advertised/target, conversion and its timings
+    schema: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data, with the format version."""
@@ -153,6 +155,7 @@ class UpgradeRecord:
             uncarried=dict(uncarried),
             handover_gap_ms=None if gap is None else float(gap),
             marks={k: float(v) for k, v in marks.items()},
+            schema=dict(_get(data, "schema", dict, {})),
         )
 
 

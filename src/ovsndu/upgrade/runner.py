@@ -35,12 +35,11 @@ from ovsndu.ovs.restore import USERSPACE_DATAPATHS, Restorer, user_routes_only
 from ovsndu.ovs.unixctl import pid_alive
 from ovsndu.protocol.transport import ServerSession, serve_state
 from ovsndu.upgrade import machine
+from ovsndu.upgrade.conversion import SchemaStep, target_schema_file
 from ovsndu.upgrade.history import HistoryStore, PhaseEntry, UpgradeRecord, utc_now_iso
 from ovsndu.upgrade.machine import Phase
 from ovsndu.upgrade.serving import (
-    SCHEMA_FILE,
     Serving,
-    older_schema,
     record_version,
     restore_original,
     snapshot_path,
@@ -69,6 +68,7 @@ class UpgradeRunner:
         *,
         new_binary: str,
         timeout: float,
+        schema: str = "",
         progress: Progress | None = None,
         on_serving: Callable[[Serving], None] | None = None,
     ):
@@ -95,6 +95,13 @@ class UpgradeRunner:
         self.standby: subprocess.Popen[bytes] | None = None
         self.frw_set = False
         self._phase_started_wall = utc_now_iso()
+        self.schema_file = target_schema_file(
+            new_binary, configured_binary=cfg.ovs.vswitchd, configured_schema=cfg.ovs.schema,
+            override=schema)
+        self.schema = SchemaStep(Path(cfg.ovs.rundir), cfg.ovs.db, self._workdir,
+                                 self.state_dir / "backups", self.upgrade_id,
+                                 allow_loss=cfg.upgrade.allow_schema_loss,
+                                 record=self.record.schema)
         self._phases: dict[Phase, Callable[[], Awaitable[None]]] = {
             Phase.PREFLIGHT: self.preflight,
             Phase.SNAPSHOT: self.take_snapshot,
@@ -200,7 +207,7 @@ class UpgradeRunner:
         self.record.outcome = state.outcome
         self.record.exit_code = state.exit_code
         self.record.reason = state.reason
-        self.record.anomalies += list(state.anomalies)
+        self.record.anomalies += list(state.anomalies) + self.schema.anomalies
         self.record.phase = state.phase.value
         if self.snapshot is not None:
             self.record.counts = self.snapshot.counts()
@@ -273,31 +280,25 @@ class UpgradeRunner:
         self.record.rollback_binary = str(copy)
 
     def _check_schema(self) -> None:
-        """The live database's schema must be the one the installed OVS expects.
-
-        A package upgrade installs the new schema file; ovsdb-server converts the database
-        when it restarts (ovs-ctl does this).  A new vswitchd on an older major schema
-        would miss columns: refuse before anything changes.
-        """
+        """One Open_vSwitch row; the schema the target needs against the database's and
+        ``_Server``'s (see :mod:`ovsndu.upgrade.conversion`)."""
         with Ovsdb(self.spec.db) as db:
             rows = db.select("Open_vSwitch", ["ovs_version"])
-            live = db.schema_version()
         if len(rows) != 1:
             raise VswitchdError(f"the database has {len(rows)} Open_vSwitch rows, expected 1")
-        try:
-            installed = json.loads(Path(SCHEMA_FILE).read_text())["version"]
-        except (OSError, ValueError, KeyError):
-            return  # no schema file to compare with (a private build): nothing to check
-        if live.split(".")[0] != str(installed).split(".")[0] or older_schema(live, installed):
-            raise VswitchdError(f"database schema {live} is older than the installed "
-                                f"{installed}: restart ovsdb-server (it converts the "
-                                f"database) before the upgrade")
+        self.schema.plan(self.schema_file)
 
     async def take_snapshot(self) -> None:
-        """Read every category of the serving vswitchd; keep it on disk for crash recovery."""
-        snap = await asyncio.to_thread(
-            read_snapshot, self.spec.rundir, self.spec.db, pid=self.serving.pid
-        )
+        """Convert the database if the target needs it (the serving vswitchd reconnected),
+        then read every category of the serving vswitchd; keep it on disk for crash recovery."""
+        try:
+            await asyncio.to_thread(self.schema.apply, self.serving.pid)
+            snap = await asyncio.to_thread(
+                read_snapshot, self.spec.rundir, self.spec.db, pid=self.serving.pid
+            )
+        except OvsnduError:  # refused: leave the database as it was
+            await asyncio.to_thread(self.schema.revert, self.serving.pid)
+            raise
         self.snapshot = snap
         self.record.counts, self.record.digests = snap.counts(), snap.digests()
         await asyncio.to_thread(self._note_uncarried, snap)
@@ -509,6 +510,8 @@ class UpgradeRunner:
         if self.standby is not None:
             await asyncio.to_thread(daemon.kill, self.standby.pid, self.standby)
             await asyncio.to_thread(daemon.remove_stale_files, self.spec, self.standby.pid)
+        await asyncio.to_thread(self.schema.revert,
+                                self.serving.pid if original_alive else None)
         if original_alive:
             await asyncio.to_thread(self._discard_verify)
             return

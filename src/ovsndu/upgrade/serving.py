@@ -40,16 +40,6 @@ def vswitchd_version(spec: VswitchdSpec, pid: int) -> str:
         return appctl("version").splitlines()[0].strip()
 
 
-SCHEMA_FILE = "/usr/share/openvswitch/vswitch.ovsschema"
-
-
-def older_schema(a: str, b: str) -> bool:
-    """Whether schema version *a* is older than *b* (``x.y.z``)."""
-    def parts(v: str) -> tuple[int, ...]:
-        return tuple(int(p) for p in v.split(".") if p.isdigit())
-    return parts(a) < parts(b)
-
-
 def record_version(spec: VswitchdSpec, version_line: str) -> None:
     """Write the version number of a version line into ``Open_vSwitch.ovs_version``."""
     with Ovsdb(spec.db) as db:

@@ -1,0 +1,129 @@
+"""A real version upgrade: OVS 3.1 (schema 8.3.1) → Debian trixie's 3.5 (8.8.0) → 3.1.
+
+The 3.5 binaries are patchelf'ed copies that ``scripts/setup`` (``scripts/fetch-ovs-newer``)
+puts into ``.cache/ovs-3.5``; ``OVSNDU_OVS35`` names another place.  Judged by OVS's own
+tools: schema versions from ``get_schema`` and ``_Server``, raw ``ovs-ofctl``/``ovs-appctl``
+output, the vswitchd log, and ``ofproto/trace`` for the 3.5-only ``Mirror.filter``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ovsndu.ovs import dbschema
+from ovsndu.ovs.readers import read_snapshot
+from ovsndu.ovs.restore import user_routes_only
+from tests.upgrade.conftest import VSWITCHD, Rig, make_rig
+from tests.upgrade.test_reload import _tools_output
+
+ROOT = Path(__file__).resolve().parents[2]
+OVS35 = Path(os.environ.get("OVSNDU_OVS35") or ROOT / ".cache" / "ovs-3.5")
+V35 = OVS35 / "bin" / "ovs-vswitchd"
+VSCTL35 = OVS35 / "bin" / "ovs-vsctl"
+
+
+def require_ovs35() -> None:
+    """Fail in CI, skip elsewhere, when the 3.5 binaries are not fetched."""
+    if V35.is_file() and (OVS35 / "vswitch.ovsschema").is_file():
+        return
+    why = f"needs OVS 3.5 in {OVS35} (scripts/setup fetches it)"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set and this test {why}")
+    pytest.skip(f"{why}; CI is unset, so skipping (in CI this fails)")
+
+
+@pytest.fixture(name="rig35")
+def _rig35(tmp_path: Path) -> Iterator[Rig]:
+    require_ovs35()
+    with make_rig(tmp_path) as rig:
+        yield rig
+
+
+def _versions(rig: Rig) -> tuple[str, str]:
+    return dbschema.live_schema(rig.sb.db)[0].version, dbschema.advertised_version(rig.sb.db)
+
+
+def _across_versions(tools: dict[str, list[str]]) -> dict[str, list[str]]:
+    """3.5's ovs/route/show also lists the connected route of an interface address
+    (``Cached: ... local``), which 3.1 does not print: the user routes are compared."""
+    return {**tools, "routes": [ln for ln in tools["routes"] if not ln.startswith("Cached:")]}
+
+
+def _user_digests(rig: Rig) -> dict[str, str]:
+    return user_routes_only(read_snapshot(rig.sb.rundir, rig.sb.db)).digests()
+
+
+def _lacks(rig: Rig) -> list[str]:
+    log = (rig.sb.rundir / "ovs-vswitchd.log").read_text()
+    return [ln for ln in log.splitlines() if "lacks" in ln]
+
+
+def _trace(rig: Rig, proto: str) -> str:
+    flow = (f"in_port=1,{proto},dl_src=50:54:00:00:00:01,dl_dst=50:54:00:00:00:02,"
+            "nw_src=10.1.1.1,nw_dst=10.1.1.2")
+    out = rig.sb.appctl("ofproto/trace", "br0", flow)
+    (actions,) = re.findall(r"^Datapath actions: (.*)$", out, flags=re.M)
+    return actions
+
+
+def _mirror_port(rig: Rig) -> str:
+    """The datapath port number of p3 (the mirror's output)."""
+    out = rig.sb.appctl("dpif/show")
+    (num,) = re.findall(r"^\s+p3 3/(\d+)", out, flags=re.M)
+    return num
+
+
+def test_upgrade_to_35_and_back(rig35: Rig) -> None:
+    rig = rig35
+    assert _versions(rig) == ("8.3.1", "8.3.1")
+    tools_before = _tools_output(rig)
+    digests_before = _user_digests(rig)
+
+    # --- up: 3.1 → 3.5, the database converted online, _Server refreshed ----------------
+    code, result = rig.reload("--vswitchd", str(V35))
+    assert code == 0, result
+    schema = result["record"]["schema"]
+    assert (schema["database"], schema["advertised"], schema["target"]) == (
+        "8.3.1", "8.3.1", "8.8.0")
+    assert schema["converted"] is True
+    assert Path(schema["backup"]).stat().st_size > 0
+    assert _versions(rig) == ("8.8.0", "8.8.0")
+    assert "3.5.0" in rig.status()["vswitchd"]["version"]
+    assert _lacks(rig) == []
+    assert _across_versions(_tools_output(rig)) == _across_versions(tools_before)
+    assert _user_digests(rig) == digests_before
+
+    # --- a 3.5-only column works: Mirror.filter=tcp mirrors TCP, not UDP -----------------
+    rig.sb.run([str(VSCTL35), f"--db={rig.sb.db}", "--timeout=30", "--",
+                "--id=@p1", "get", "Port", "p1", "--", "--id=@p3", "get", "Port", "p3", "--",
+                "--id=@m", "create", "Mirror", "name=m1", "select_src_port=@p1",
+                "output_port=@p3", "filter=tcp", "--", "add", "Bridge", "br0", "mirrors", "@m"])
+    mirror = _mirror_port(rig)
+    assert re.search(rf"(^|,){mirror}(,|$)", _trace(rig, "tcp")), _trace(rig, "tcp")
+    assert not re.search(rf"(^|,){mirror}(,|$)", _trace(rig, "udp")), _trace(rig, "udp")
+
+    # --- the guarded downgrade: 3.1 would mirror UDP too; refused by name ---------------
+    pid35 = rig.status()["vswitchd"]["pid"]
+    code, result = rig.reload("--vswitchd", VSWITCHD)
+    assert code == 2, result
+    assert "Mirror.filter" in result["reason"], result["reason"]
+    assert _versions(rig) == ("8.8.0", "8.8.0")
+    assert rig.status()["vswitchd"]["pid"] == pid35
+
+    # --- without the filter (and the mirror) the downgrade commits, converted back ------
+    rig.sb.run([str(VSCTL35), f"--db={rig.sb.db}", "--timeout=30", "--", "--id=@m", "get",
+                "Mirror", "m1", "--", "remove", "Bridge", "br0", "mirrors", "@m"])
+    code, result = rig.reload("--vswitchd", VSWITCHD)
+    assert code == 0, result
+    schema = result["record"]["schema"]
+    assert (schema["database"], schema["target"], schema["direction"]) == (
+        "8.8.0", "8.3.1", "downgrade")
+    assert _versions(rig) == ("8.3.1", "8.3.1")
+    assert "3.1" in rig.status()["vswitchd"]["version"]
+    assert _tools_output(rig) == tools_before
+    assert _user_digests(rig) == digests_before
