@@ -52,8 +52,8 @@ class OvsConfig:
     vswitchd: str = DEFAULT_VSWITCHD
     vswitchd_args: tuple[str, ...] = ()
     netns: str = ""
-    schema: str = ""
     #: the schema file ``vswitchd`` needs ("": the one its installation ships beside it)
+    schema: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,8 +66,8 @@ class UpgradeConfig:
     #: entries OVS offers no way to recreate: "report" (carry the rest, name them as
     #: anomalies) or "refuse" (refuse the upgrade before anything changes)
     uncarried: str = "report"
-    allow_schema_loss: bool = False
     #: let a schema downgrade drop values in columns the older schema lacks (recorded)
+    allow_schema_loss: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,3 +129,41 @@ def test_upgrade_to_35_and_back(rig35: Rig) -> None:
     assert "3.1" in rig.status()["vswitchd"]["version"]
     assert _tools_output(rig) == tools_before
     assert _user_digests(rig) == digests_before
+
+
+def test_failed_upgrade_converts_back(rig35: Rig, tmp_path: Path) -> None:
+    """A 3.5 that cannot start: rolled back, the database converted back, the same 3.1 serves."""
+    rig = rig35
+    broken = tmp_path / "ovs-vswitchd-broken"
+    broken.write_text(f'#!/bin/sh\n[ "$1" = --version ] && exec {V35} --version\nexit 1\n')
+    broken.chmod(0o755)
+    pid = rig.status()["vswitchd"]["pid"]
+    code, result = rig.reload("--vswitchd", str(broken), "--schema",
+                              str(OVS35 / "vswitch.ovsschema"))
+    assert code == 1, result
+    schema = result["record"]["schema"]
+    assert schema["converted"] is True and schema["reverted"] is True
+    assert _versions(rig) == ("8.3.1", "8.3.1")
+    assert rig.status()["vswitchd"]["pid"] == pid
+    assert _lacks(rig) == []
+
+
+def test_crash_after_upgrade_restarts_the_new_binary(rig35: Rig) -> None:
+    """What serves is what restarts: after `reload --vswitchd 3.5`, a crash brings back 3.5."""
+    rig = rig35
+    code, result = rig.reload("--vswitchd", str(V35))
+    assert code == 0, result
+    pid = rig.status()["vswitchd"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = rig.status().get("vswitchd") or {}
+        if now.get("pid") not in (None, pid):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the supervisor did not restart vswitchd")
+    assert Path(f"/proc/{now['pid']}/exe").resolve() == V35.resolve()
+    assert "3.5.0" in now["version"]
+    assert rig.status()["last_upgrade"]["to_version"] == now["version"]
+    assert _lacks(rig) == []
