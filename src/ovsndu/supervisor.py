@@ -33,23 +33,17 @@ from ovsndu.upgrade.machine import EXIT_REFUSED, Phase
 from ovsndu.upgrade.runner import UpgradeRunner
 from ovsndu.upgrade.serving import (
     Serving,
+    binary_of,
     record_version,
     restore_original,
     snapshot_path,
     spec_of,
     vswitchd_version,
+    who_serves,
 )
 
 log = structlog.get_logger("ovsndu.supervisor")
 MONITOR_INTERVAL = 0.5
-
-
-def binary_of(pid: int) -> str:
-    """The path a process was started from (``(deleted)`` stripped)."""
-    try:
-        return os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
-    except OSError:
-        return ""
 
 
 class Supervisor:
@@ -160,15 +154,20 @@ class Supervisor:
         return Serving(proc.pid, proc, binary, vswitchd_version(self.spec, proc.pid))
 
     def _clear_stale_frw(self) -> None:
+        """Lift flow-restore-wait only if ovsndu set it (an upgrade cut short); one set by
+        someone else (Debian's restart script restoring flows) is theirs to lift."""
         with Ovsdb(self.spec.db) as db:
-            (row,) = db.select("Open_vSwitch", ["other_config"])
-            if row["other_config"].get("flow-restore-wait") == "true":
-                db.set_other_config("flow-restore-wait", None)
+            on, ours = db.flow_restore_wait()
+            if ours:
+                db.set_flow_restore_wait(False)
                 log.warning(
                     "supervisor.cleared_flow_restore_wait",
                     event_kind="anomaly",
-                    reason="flow-restore-wait was left set; cleared",
+                    reason="flow-restore-wait set by an earlier ovsndu was left set; cleared",
                 )
+            elif on:
+                log.info("supervisor.flow_restore_wait_left", event_kind="flow_restore_wait",
+                         reason="flow-restore-wait is set by someone else; left for them")
 
     async def _monitor(self) -> None:
         """Restart vswitchd if it dies while no upgrade runs; ping the watchdog."""
@@ -192,10 +191,18 @@ class Supervisor:
                 )
                 daemon.remove_stale_files(self.spec, s.pid)
                 try:
-                    # What served is what restarts: after `reload --vswitchd X`, X.
-                    self.serving = await asyncio.to_thread(self._start_configured, s.binary)
+                    # Another vswitchd may hold the datapath (and the pidfile): adopt it
+                    # rather than start one that would wait on its OVSDB lock forever.
+                    # Else what served is what restarts: after `reload --vswitchd X`, X.
+                    found = await asyncio.to_thread(who_serves, self.spec, [])
+                    self.serving = found or await asyncio.to_thread(self._start_configured,
+                                                                    s.binary)
                 except OvsnduError as exc:
                     log.error("supervisor.restart_failed", event_kind="anomaly", reason=str(exc))
+                    continue
+                if self.bus is not None:
+                    self.bus.changed()
+                sdnotify.notify(STATUS=self._status_line())
 
     # --- crash recovery -----------------------------------------------------------------------
     def recover(self) -> None:

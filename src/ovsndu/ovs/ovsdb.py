@@ -77,6 +77,32 @@ class Ovsdb:
                         "mutations": [["other_config", "insert", ["map", [[key, value]]]]]})
         self.transact(*ops)
 
+    def set_flow_restore_wait(self, on: bool) -> None:
+        """Set or remove ``other_config:flow-restore-wait``, with ovsndu's mark
+        (``external_ids:{FRW_MARK}``) in the same transaction: ovsndu lifts only what it set."""
+        ops: list[dict[str, Any]] = [
+            {"op": "mutate", "table": "Open_vSwitch", "where": [],
+             "mutations": [["other_config", "delete", ["set", ["flow-restore-wait"]]],
+                           ["external_ids", "delete", ["set", [FRW_MARK]]]]},
+        ]
+        if on:
+            ops.append({"op": "mutate", "table": "Open_vSwitch", "where": [],
+                        "mutations": [["other_config", "insert",
+                                       ["map", [["flow-restore-wait", "true"]]]],
+                                      ["external_ids", "insert",
+                                       ["map", [[FRW_MARK, "true"]]]]]})
+        self.transact(*ops)
+
+    def flow_restore_wait(self) -> tuple[bool, bool]:
+        """Whether flow-restore-wait is set, and whether ovsndu set it."""
+        (row,) = self.select("Open_vSwitch", ["other_config", "external_ids"])
+        on = row["other_config"].get("flow-restore-wait") == "true"
+        return on, on and row["external_ids"].get(FRW_MARK) == "true"
+
+
+FRW_MARK = "ovsndu-set-flow-restore-wait"
+
+
 def decode(value: Any) -> Any:
     """OVSDB wire values → Python: ``["uuid", u]`` → u, sets → lists, maps → dicts."""
     if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):

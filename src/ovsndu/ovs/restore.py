@@ -38,6 +38,7 @@ from ovsndu.model import (
     TunnelNeighbor,
     diff_category,
 )
+from ovsndu.model.carried import check_carried
 from ovsndu.ovs import ofbundle, parsers
 from ovsndu.ovs.ofbundle import CapturedBundle
 from ovsndu.ovs.ofctl import ofctl
@@ -114,16 +115,19 @@ class Restorer:
         return report
 
     def lift_flow_restore_wait(self) -> None:
-        """Let the target forward: remove ``other_config:flow-restore-wait``."""
+        """Let the target forward: remove ``other_config:flow-restore-wait`` (ovsndu set it)."""
         with Ovsdb(self.db) as db:
-            db.set_other_config("flow-restore-wait", None)
+            db.set_flow_restore_wait(False)
 
-    def restore_and_release(self, snap: Snapshot, *, fresh: bool = False) -> RestoreReport:
+    def restore_and_release(self, snap: Snapshot, *, fresh: bool = False,
+                            read_at: float | None = None) -> RestoreReport:
         """Restore *snap* into a vswitchd held by flow-restore-wait, let it forward, then
-        verify by read-back (outside the forwarding gap)."""
+        verify by read-back (outside the forwarding gap).  *read_at*: the monotonic time
+        *snap* was read (entries that expired since are not looked for)."""
         report = self.restore(snap, verify=False, fresh=fresh)
         self.lift_flow_restore_wait()
-        report.after = self.verify(snap, report.anomalies)
+        elapsed = time.monotonic() - read_at if read_at is not None else 0.0
+        report.after = self.verify(snap, report.anomalies, elapsed=elapsed)
         return report
 
     # --- planning (reads only the database; nothing installed) ----------------------------
@@ -395,9 +399,13 @@ class Restorer:
         return True
 
     # --- verification -------------------------------------------------------------------
-    def verify(self, snap: Snapshot, anomalies: list[str] | None = None) -> Snapshot:
-        """Read everything back; RestoreError naming the first category that differs.
+    def verify(self, snap: Snapshot, anomalies: list[str] | None = None, *,
+               elapsed: float = 0.0) -> Snapshot:
+        """Read everything back; RestoreError naming the first category that lost something.
 
+        The rule is :func:`ovsndu.model.carried.check_carried`: the control plane equal,
+        every conntrack and FDB entry present unless it expired within *elapsed* seconds
+        (since *snap* was read); entries traffic created since are expected.
         Routes cached from the kernel are re-read by the new process from the kernel,
         which may have changed meanwhile (an IPv6 link-local address finishing DAD):
         only user routes must match; cached differences are reported in *anomalies*.
@@ -408,16 +416,18 @@ class Restorer:
             userspace = any(b.datapath_type in USERSPACE_DATAPATHS for b in read_bridges(db))
         snap = carried_only(snap, find_uncarried(snap, replay_conntrack=userspace))
         after = StateReader(self.rundir, self.db, pid=self.pid).snapshot()
-        for name in CATEGORIES:
-            want, got = snap, after
-            if name == "routes":
-                want, got = user_routes_only(snap), user_routes_only(after)
-                if after.digest(name) != snap.digest(name) and anomalies is not None:
-                    anomalies.append("routes cached from the kernel changed: "
-                                     + describe_difference(name, snap, after))
-            if got.digest(name) != want.digest(name):
-                raise RestoreError(name, "read-back differs from the snapshot: "
-                                   + describe_difference(name, want, got))
+        if after.digest("routes") != snap.digest("routes") and anomalies is not None:
+            anomalies.append("routes cached from the kernel changed: "
+                             + describe_difference("routes", snap, after))
+        with Ovsdb(self.db) as db:
+            aging = mac_aging_times(db)
+        lost = check_carried(user_routes_only(snap), user_routes_only(after), elapsed=elapsed,
+                             mac_aging=aging)
+        if lost:
+            from ovsndu.render import entry_text
+
+            raise RestoreError(lost[0].category, "read-back lost state: "
+                               + lost[0].describe(entry_text))
         return after
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -443,6 +453,15 @@ class Restorer:
             f.write("\n".join(lines) + "\n")
             f.flush()
             self._ofctl(bridge, version, "bundle", f.name)
+
+
+def mac_aging_times(db: Ovsdb) -> dict[str, int]:
+    """bridge → ``other_config:mac-aging-time`` (seconds; OVS's default 300)."""
+    out = {}
+    for row in db.select("Bridge", ["name", "other_config"]):
+        with contextlib.suppress(ValueError):
+            out[row["name"]] = int(row["other_config"].get("mac-aging-time", 300))
+    return out
 
 
 def user_routes_only(snap: Snapshot) -> Snapshot:

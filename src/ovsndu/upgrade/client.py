@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 
 from ovsndu.errors import OvsnduError, RestoreError, SyncAborted
-from ovsndu.model import CATEGORIES, Port, Snapshot
+from ovsndu.model import Port, Snapshot
+from ovsndu.model.carried import check_carried
 from ovsndu.ovs.readers import read_snapshot
-from ovsndu.ovs.restore import RestorePlan, Restorer, describe_difference, user_routes_only
+from ovsndu.ovs.restore import RestorePlan, Restorer, user_routes_only
 from ovsndu.ovs.sandbox import Sandbox, backup_db
 from ovsndu.ovs.uncarried import carried_only
 from ovsndu.protocol.transport import receive_state
@@ -40,33 +41,33 @@ def _ofports(snap: Snapshot) -> set[tuple[str, str, str, int]]:
 
 
 def rehearse(snap: Snapshot, binary: str, live_db: str, workdir: Path) -> dict[str, str]:
-    """Install *snap* into *binary* in a dummy sandbox on a DB copy; the read-back digests.
+    """Install *snap* into *binary* in a dummy sandbox on a DB copy and read it back.
 
-    The dummy datapath gives ports other MACs and datapath numbers and reads no kernel
-    routes, so for ``ports`` the OpenFlow numbers are compared and for ``routes`` the user
-    routes; when those match, the snapshot's digest is acknowledged for them.  Entries
-    that cannot be carried are left out of the comparison (the supervisor names them).
+    Judged by the same rule as the live install (:mod:`ovsndu.model.carried`); when
+    nothing was lost the snapshot's digests are the acknowledgements.  The dummy
+    datapath gives ports other MACs and datapath numbers and reads no kernel routes,
+    so for ``ports`` the OpenFlow numbers are compared and for ``routes`` the user routes.
+    Entries that cannot be carried are left out of the comparison (the supervisor names them).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     db_copy = backup_db(live_db, workdir / "conf.db")
+    started = time.monotonic()
     with Sandbox(workdir / "run", vswitchd=binary, db_file=db_copy) as sb:
         wanted = user_routes_only(snap)
         Restorer(sb.rundir, sb.db, pid=sb.vswitchd_pid).restore(wanted, verify=False)
         after = read_snapshot(sb.rundir, sb.db, pid=sb.vswitchd_pid)
-    digests = after.digests()
+    # Ports: OpenFlow numbers only; routes: user routes only (see above).
+    got = user_routes_only(after)
     if _ofports(after) == _ofports(snap):
-        digests["ports"] = snap.digest("ports")
-    if user_routes_only(after).digest("routes") == wanted.digest("routes"):
-        digests["routes"] = snap.digest("routes")
-    carried = carried_only(snap)  # the rehearsal runs on the userspace datapath
-    for name in CATEGORIES:
-        if digests[name] == carried.digest(name):
-            digests[name] = snap.digest(name)
-    bad = [c for c in CATEGORIES if digests[c] != snap.digest(c)]
-    if bad:
-        raise RestoreError(bad[0], "the new binary read back a different state in the "
-                           "rehearsal: " + describe_difference(bad[0], carried, after))
-    return digests
+        got = got.replace("ports", wanted.categories["ports"])
+    lost = check_carried(carried_only(wanted), got, elapsed=time.monotonic() - started)
+    if lost:
+        from ovsndu.render import entry_text
+
+        raise RestoreError(lost[0].category, "the new binary read back a different state in "
+                           "the rehearsal: " + lost[0].describe(entry_text))
+    # Nothing lost: acknowledge the snapshot's digests.
+    return snap.digests()
 
 
 def install_live(plan: RestorePlan, rundir: Path, db: str, *, tcp_seq_check: bool) -> float:

@@ -28,12 +28,14 @@ import structlog
 from ovsndu.config import Config
 from ovsndu.errors import OvsnduError, VswitchdError
 from ovsndu.model import CATEGORIES, Snapshot
+from ovsndu.model.carried import CONTROL_PLANE, check_carried
 from ovsndu.ovs import daemon, uncarried
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import read_snapshot
 from ovsndu.ovs.restore import USERSPACE_DATAPATHS, Restorer, user_routes_only
 from ovsndu.ovs.unixctl import pid_alive
 from ovsndu.protocol.transport import ServerSession, serve_state
+from ovsndu.render import entry_text
 from ovsndu.upgrade import machine
 from ovsndu.upgrade.conversion import SchemaStep, target_schema_file
 from ovsndu.upgrade.history import HistoryStore, PhaseEntry, UpgradeRecord, utc_now_iso
@@ -45,13 +47,12 @@ from ovsndu.upgrade.serving import (
     snapshot_path,
     spec_of,
     vswitchd_version,
+    who_serves,
 )
 
 log = structlog.get_logger("ovsndu.upgrade")
 
 SUPPORTED_DATAPATHS = ("netdev", "system", "dummy")
-# What traffic cannot change on a switch that keeps forwarding: compared after a discard.
-CONTROL_PLANE = ("ports", "tunnel_neighbors", "flows", "meters", "groups", "tlv_mappings", "routes")
 
 
 Progress = Callable[[dict[str, Any]], None]
@@ -94,6 +95,7 @@ class UpgradeRunner:
         self.client: asyncio.subprocess.Process | None = None
         self.standby: subprocess.Popen[bytes] | None = None
         self.frw_set = False
+        self._snapshot_read_at: float | None = None
         self._phase_started_wall = utc_now_iso()
         self.schema_file = target_schema_file(
             new_binary, configured_binary=cfg.ovs.vswitchd, configured_schema=cfg.ovs.schema,
@@ -153,7 +155,29 @@ class UpgradeRunner:
             state, actions = machine.step(state, event, loop.time())
             self._left(previous, state)
             self._enter(state)
+        await asyncio.to_thread(self._settle_serving)
         return self._finish(state)
+
+    def _settle_serving(self) -> None:
+        """After any outcome, name the process that really serves (pidfile, lock, answers)."""
+        known = [self.serving]
+        if self.standby is not None:
+            known.append(Serving(self.standby.pid, self.standby, self.new_binary,
+                                 self.record.to_version))
+        try:
+            found = who_serves(self.spec, known)
+        except OvsnduError as exc:
+            found = None
+            self.record.anomalies.append(f"cannot tell which vswitchd serves: {exc}")
+        if found is None:
+            self.record.anomalies.append("no vswitchd holds the pidfile and its bridges after "
+                                         "the upgrade; the supervisor will start one")
+            return
+        if found.pid != self.serving.pid:
+            self.record.anomalies.append(f"the serving vswitchd is {found.pid}, not "
+                                         f"{self.serving.pid} as tracked; now tracking it")
+        self.serving = found
+        self.on_serving(found)
 
     def _enter(self, state: machine.UpgradeState) -> None:
         self.record.phase = state.phase.value
@@ -270,6 +294,7 @@ class UpgradeRunner:
                     f"supported: {', '.join(SUPPORTED_DATAPATHS)}"
                 )
         await asyncio.to_thread(self._check_schema)
+        await asyncio.to_thread(self._check_flow_restore_wait)
         copy = self.state_dir / "rollback" / self.upgrade_id / "ovs-vswitchd"
         copy.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
@@ -278,6 +303,15 @@ class UpgradeRunner:
             raise VswitchdError(f"cannot copy the running binary for rollback: {exc}") from None
         copy.chmod(0o755)
         self.record.rollback_binary = str(copy)
+
+    def _check_flow_restore_wait(self) -> None:
+        """ovsndu lifts flow-restore-wait only when it set it: refuse while someone else's
+        is set (a restart script restoring flows), the handover would lift it early."""
+        with Ovsdb(self.spec.db) as db:
+            on, ours = db.flow_restore_wait()
+        if on and not ours:
+            raise VswitchdError("flow-restore-wait is set, not by ovsndu (a restart restoring "
+                                "flows?); try again once it is cleared")
 
     def _check_schema(self) -> None:
         """One Open_vSwitch row; the schema the target needs against the database's and
@@ -293,9 +327,11 @@ class UpgradeRunner:
         then read every category of the serving vswitchd; keep it on disk for crash recovery."""
         try:
             await asyncio.to_thread(self.schema.apply, self.serving.pid)
+            started = time.monotonic()
             snap = await asyncio.to_thread(
                 read_snapshot, self.spec.rundir, self.spec.db, pid=self.serving.pid
             )
+            self._snapshot_read_at = started
         except OvsnduError:  # refused: leave the database as it was
             await asyncio.to_thread(self.schema.revert, self.serving.pid)
             raise
@@ -436,7 +472,7 @@ class UpgradeRunner:
 
     def _set_frw(self, on: bool) -> None:
         with Ovsdb(self.spec.db) as db:
-            db.set_other_config("flow-restore-wait", "true" if on else None)
+            db.set_flow_restore_wait(on)
         self.frw_set = on
 
     def _prove_serving(self, pid: int) -> None:
@@ -466,7 +502,9 @@ class UpgradeRunner:
             raise VswitchdError(
                 f"the database shows ovs_version {row['ovs_version']!r}, not {number!r}"
             )
-        Restorer(self.spec.rundir, self.spec.db, pid=pid).verify(self.snapshot)
+        elapsed = time.monotonic() - (self._snapshot_read_at or time.monotonic())
+        Restorer(self.spec.rundir, self.spec.db, pid=pid).verify(
+            self.snapshot, self.record.anomalies, elapsed=elapsed)
 
     async def commit(self) -> None:
         """Tell the client; let it exit; the record is finished by the loop."""
@@ -518,12 +556,19 @@ class UpgradeRunner:
         if self.snapshot is None:
             raise VswitchdError("the original vswitchd is gone and no snapshot was taken")
         binary = self.record.rollback_binary or self.serving.binary
+        def started(serving: Serving) -> None:
+            serving.binary = self.record.from_binary or binary
+            self.serving = serving
+            self.on_serving(serving)
+
         restored = await asyncio.to_thread(
             restore_original,
             self.spec,
             binary,
             self.snapshot,
             tcp_seq_check=self.cfg.upgrade.tcp_seq_check,
+            read_at=self._snapshot_read_at,
+            on_started=started,
         )
         self.frw_set = False
         restored.binary = self.record.from_binary or binary
@@ -539,15 +584,24 @@ class UpgradeRunner:
         )
 
     def _discard_verify(self) -> None:
-        """The original never stopped: it answers, and its control plane is unchanged."""
+        """The original never stopped: it answers and still holds the datapath.
+
+        ovsndu writes nothing to a serving vswitchd before the handover, so its state is
+        whatever its controllers and traffic made it: control-plane changes since the
+        snapshot are recorded (anomalies), not failures; traffic state is not compared.
+        """
         if self.frw_set:
             self._set_frw(False)
         if not daemon.answers(self.spec, self.serving.pid):
             raise VswitchdError(f"the original vswitchd {self.serving.pid} does not answer")
+        if daemon.read_pid(self.spec.pidfile) != self.serving.pid:
+            raise VswitchdError(f"{self.spec.pidfile} does not name the original vswitchd "
+                                f"{self.serving.pid}")
         if self.snapshot is None:
             return
         now = read_snapshot(self.spec.rundir, self.spec.db, pid=self.serving.pid)
-        want, got = user_routes_only(self.snapshot), user_routes_only(now)
-        for name in CONTROL_PLANE:
-            if want.digest(name) != got.digest(name):
-                raise VswitchdError(f"after the rollback {name} differs from the snapshot")
+        for lost in check_carried(user_routes_only(self.snapshot), user_routes_only(now),
+                                  categories=CONTROL_PLANE):
+            self.record.anomalies.append(
+                f"{lost.category} of the original vswitchd changed during the upgrade "
+                f"(not by ovsndu): {lost.describe(entry_text)}")

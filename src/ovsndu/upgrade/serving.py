@@ -5,7 +5,9 @@ Shared by the runner (rollback) and the supervisor (start, crash recovery).
 
 from __future__ import annotations
 
+import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,19 +54,53 @@ def snapshot_path(state_dir: Path, upgrade_id: str) -> Path:
 
 
 def restore_original(
-    spec: VswitchdSpec, binary: str, snap: Snapshot, *, tcp_seq_check: bool
+    spec: VswitchdSpec, binary: str, snap: Snapshot, *, tcp_seq_check: bool,
+    read_at: float | None = None, on_started: Callable[[Serving], None] | None = None,
 ) -> Serving:
-    """Start *binary* as the serving vswitchd (flow-restore-wait on), restore *snap*, verify."""
+    """Start *binary* as the serving vswitchd (flow-restore-wait on), restore *snap*, verify.
+
+    *on_started* learns of the new process as soon as it exists, so that whoever tracks
+    the serving vswitchd names it even if the restore then fails."""
     with Ovsdb(spec.db) as db:
-        db.set_other_config("flow-restore-wait", "true")
+        db.set_flow_restore_wait(True)
     proc = daemon.spawn(spec, binary)
+    if on_started is not None:  # it holds the datapath from now on, whatever happens next
+        on_started(Serving(proc.pid, proc, binary))
     daemon.wait_until(
         lambda: proc.poll() is None and daemon.bridges_built(spec.rundir, spec.db, proc.pid),
         30,
         f"{binary} to build its bridges",
     )
     Restorer(spec.rundir, spec.db, pid=proc.pid, tcp_seq_check=tcp_seq_check
-             ).restore_and_release(snap, fresh=True)
+             ).restore_and_release(snap, fresh=True, read_at=read_at)
     version = vswitchd_version(spec, proc.pid)
     record_version(spec, version)
     return Serving(proc.pid, proc, binary, version)
+
+
+def binary_of(pid: int) -> str:
+    """The path a process was started from (``(deleted)`` stripped)."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
+    except OSError:
+        return ""
+
+
+def who_serves(spec: VswitchdSpec, known: list[Serving]) -> Serving | None:
+    """The vswitchd that serves now: the one the pidfile names, alive, answering, with
+    its bridges built (a process still waiting on the OVSDB lock has none).
+
+    One of *known* when it is that process (its Popen kept), else a new record; None
+    when no process qualifies.
+    """
+    pid = daemon.read_pid(spec.pidfile)
+    if pid is None or not daemon.answers(spec, pid):
+        return None
+    if not daemon.bridges_built(spec.rundir, spec.db, pid):
+        return None
+    for s in known:
+        if s.pid == pid:
+            if not s.version:
+                s.version = vswitchd_version(spec, pid)
+            return s
+    return Serving(pid, None, binary_of(pid), vswitchd_version(spec, pid))
