@@ -173,6 +173,10 @@ class Flow(Entry):
         return ",".join(parts) + f" actions={self.actions}"
 
 
+#: OpenFlow's reserved meters (OFPM_SLOWPATH, OFPM_CONTROLLER), named as ovs-ofctl prints them
+METER_ID_NAMES = {0xFFFFFFFD: "slowpath", 0xFFFFFFFE: "controller"}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Meter(Entry):
     """An OpenFlow meter; ``bands`` are ``type=drop rate=N burst_size=M`` texts."""
@@ -186,9 +190,10 @@ class Meter(Entry):
     bands: tuple[str, ...]
 
     def spec(self) -> str:
-        """The ``ovs-ofctl add-meter`` text."""
+        """The ``ovs-ofctl add-meter`` text (reserved ids by the names ovs-ofctl uses)."""
         bands = ",".join(band.replace(" ", ",") for band in self.bands)
-        return ",".join((f"meter={self.meter_id}", *self.flags, f"bands={bands}"))
+        name = METER_ID_NAMES.get(self.meter_id, str(self.meter_id))
+        return ",".join((f"meter={name}", *self.flags, f"bands={bands}"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -237,7 +242,12 @@ class TlvMapping(Entry):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Conntrack(Entry):
-    """A userspace connection-tracking entry; tuples are ``src=..,dst=..,sport=..`` texts."""
+    """A connection-tracking entry; tuples are ``src=..,dst=..,sport=..`` texts.
+
+    ``helper`` is the ALG (``ftp``, ``tftp``) the connection was committed with;
+    ``parent`` the original tuple of the connection whose expectation this (related)
+    connection matched, as ``dpctl/dump-conntrack -m`` prints it.
+    """
 
     CATEGORY: ClassVar[str] = "conntrack"
     IDENTITY: ClassVar[tuple[str, ...]] = ("zone", "protocol", "orig")
@@ -252,6 +262,8 @@ class Conntrack(Entry):
     state_orig: str | None = None
     state_reply: str | None = None
     nat: str = ""
+    helper: str = ""
+    parent: str = ""
     timeout: int | None = None
 
     @property

@@ -1,7 +1,9 @@
 """Synthesized Ethernet frames with correct checksums (pure: fields in, bytes out).
 
 Userspace conntrack checks L3/L4 checksums, so replayed packets must be exact.
-Supports IPv4 and IPv6 with TCP, UDP, ICMP echo and ICMPv6 echo.
+Supports IPv4 and IPv6 with TCP, UDP, ICMP and ICMPv6 (echo-like: type, code, id),
+SCTP (common header with its CRC32c) and any other IP protocol (by number; the
+first four bytes carry the ports, zero unless given).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import struct
 
 ETH_IP = 0x0800
 ETH_IP6 = 0x86DD
-PROTO = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
+PROTO = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132}
 TCP_FLAGS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10}
 
 
@@ -24,18 +26,45 @@ def _csum(data: bytes) -> int:
     return int(~total & 0xFFFF)
 
 
+def _crc32c_table() -> list[int]:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), SCTP's checksum."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
 def _mac(text: str) -> bytes:
     return bytes(int(b, 16) for b in text.split(":"))
 
 
-def frame(*, src_ip: str, dst_ip: str, proto: str, sport: int = 0, dport: int = 0,
+def frame(*, src_ip: str, dst_ip: str, proto: str | int, sport: int = 0, dport: int = 0,
           flags: str = "", seq: int = 0, ack: int = 0, icmp_type: int = 8, icmp_code: int = 0,
           icmp_id: int = 0, src_mac: str = "02:00:00:00:00:01",
           dst_mac: str = "02:00:00:00:00:02", payload: bytes = b"") -> bytes:
-    """One Ethernet frame; *flags* like ``"syn|ack"`` for TCP."""
+    """One Ethernet frame; *flags* like ``"syn|ack"`` for TCP; *proto* a name or a number."""
     src, dst = ipaddress.ip_address(src_ip), ipaddress.ip_address(dst_ip)
+    if src.version != dst.version:
+        raise ValueError(f"addresses of different families: {src_ip} {dst_ip}")
     v6 = src.version == 6
-    number = PROTO[proto]
+    number = PROTO[proto] if isinstance(proto, str) else proto
+    if not 0 <= number <= 255:
+        raise ValueError(f"IP protocol {number} out of range")
+    proto = next((name for name, n in PROTO.items() if n == number), number)
+    at: int | None
     if proto == "tcp":
         bits = 0
         for name in filter(None, flags.split("|")):
@@ -46,18 +75,27 @@ def frame(*, src_ip: str, dst_ip: str, proto: str, sport: int = 0, dport: int = 
     elif proto == "udp":
         l4 = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
         at = 6
-    else:
+    elif proto in ("icmp", "icmpv6"):
         l4 = struct.pack("!BBHHH", icmp_type, icmp_code, 0, icmp_id, 1) + payload
         at = 2
-    if v6:
-        pseudo = src.packed + dst.packed + struct.pack("!IxxxB", len(l4), number)
+    elif proto == "sctp":
+        # Common header; its checksum is a CRC32c over the packet, stored little-endian.
+        l4 = struct.pack("!HHII", sport, dport, 0, 0) + payload
+        l4 = l4[:8] + struct.pack("<I", crc32c(l4)) + l4[12:]
+        at = None
     else:
-        pseudo = src.packed + dst.packed + struct.pack("!xBH", number, len(l4))
-    use_pseudo = proto != "icmp"
-    checksum = _csum((pseudo if use_pseudo else b"") + l4)
-    if proto == "udp" and checksum == 0:
-        checksum = 0xFFFF
-    l4 = l4[:at] + struct.pack("!H", checksum) + l4[at + 2:]
+        l4 = struct.pack("!HH", sport, dport) + b"\0" * 4 + payload
+        at = None
+    if at is not None:
+        if v6:
+            pseudo = src.packed + dst.packed + struct.pack("!IxxxB", len(l4), number)
+        else:
+            pseudo = src.packed + dst.packed + struct.pack("!xBH", number, len(l4))
+        use_pseudo = proto != "icmp"
+        checksum = _csum((pseudo if use_pseudo else b"") + l4)
+        if proto == "udp" and checksum == 0:
+            checksum = 0xFFFF
+        l4 = l4[:at] + struct.pack("!H", checksum) + l4[at + 2:]
     if v6:
         l3 = struct.pack("!IHBB", 6 << 28, len(l4), number, 64) + src.packed + dst.packed
         eth_type = ETH_IP6

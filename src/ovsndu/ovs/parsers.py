@@ -1,7 +1,10 @@
 """Parsers from OVS 3.1 dump text to model entries (pure: text in, entries out).
 
 Each parser raises :class:`ParseError` naming the dump and the offending line; it
-never guesses.  Formats are those of ``ovs-ofctl -O OpenFlow15 --no-names``,
+never guesses and never drops: every line is an entry or a recognised header.
+Where OVS prints a second count (the TLV table's allocated space,
+``dpctl/ct-stats-show``, ``dump-aggregate``), a ``check_*`` function compares.
+Formats are those of ``ovs-ofctl -O OpenFlow15 --no-names``,
 ``ovs-ofctl -O OpenFlow13 dump-meters``, ``dump-tlv-map`` and the unixctl
 commands ``tnl/neigh/show``, ``ovs/route/show``, ``dpctl/dump-conntrack -m -s``,
 ``fdb/show`` and ``dpif/show``.
@@ -14,6 +17,7 @@ from collections.abc import Iterator
 
 from ovsndu.errors import ParseError
 from ovsndu.model import Conntrack, FdbEntry, Flow, Group, Meter, Route, TlvMapping, TunnelNeighbor
+from ovsndu.model.state import METER_ID_NAMES
 
 _FLOW_INTS = {"table", "priority", "idle_timeout", "hard_timeout", "importance",
               "n_packets", "n_bytes", "idle_age", "hard_age"}
@@ -34,8 +38,16 @@ _FLOW_RE = re.compile(
     r"(?:n_packets=(\d+), )?(?:n_bytes=(\d+), )?(?:idle_timeout=(\d+), )?"
     r"(?:hard_timeout=(\d+), )?((?:(?:send_flow_rem|check_overlap|reset_counts"
     r"|no_packet_counts|no_byte_counts) )*)(?:importance=(\d+), )?(?:idle_age=(\d+), )?"
-    r"(?:hard_age=(\d+), )?(?:priority=(\d+))?,?(\S*) actions=(.*)$"
+    r"(?:hard_age=(\d+), )?(?:priority=(\d+))?,?(\S*?) ?(?<=[ ,])actions=(.*)$"
 )
+
+
+def parse_aggregate_count(text: str) -> int:
+    """``dump-aggregate`` output → its ``flow_count``."""
+    m = re.search(r"\bflow_count=(\d+)", text)
+    if m is None:
+        raise ParseError("aggregate", text.strip()[:200], "no flow_count")
+    return int(m.group(1))
 
 
 def parse_flows(bridge: str, text: str) -> list[Flow]:
@@ -139,6 +151,22 @@ def parse_groups(bridge: str, text: str) -> list[Group]:
     return groups
 
 
+# OpenFlow's reserved meter ids (OFPM_SLOWPATH, OFPM_CONTROLLER): ovs-ofctl prints names.
+METER_NAMES = {name: number for number, name in METER_ID_NAMES.items()}
+
+
+def parse_meter_id(text: str) -> int:
+    """``5``, ``slowpath`` or ``controller`` → the meter id (ValueError otherwise)."""
+    if text in METER_NAMES:
+        return METER_NAMES[text]
+    if not text.isdigit() or not 0 < int(text) <= 0xFFFF0000:
+        raise ValueError(f"bad meter id {text!r}")
+    return int(text)
+
+
+_METER_FLAGS = {"kbps", "pktps", "burst", "stats"}
+
+
 def parse_meters(bridge: str, text: str) -> list[Meter]:
     """``-O OpenFlow13 dump-meters`` output (a meter spans several lines) → meters."""
     meters: list[Meter] = []
@@ -157,11 +185,16 @@ def parse_meters(bridge: str, text: str) -> list[Meter]:
             bands = []
             if words[-1] != "bands=":
                 raise ParseError("meter", line, "expected 'bands=' at the end")
+            unknown = set(words[1:-1]) - _METER_FLAGS
+            if unknown:
+                raise ParseError("meter", line, f"unknown flags {sorted(unknown)}")
             try:
-                current = (int(words[0][6:]), tuple(words[1:-1]))
+                current = (parse_meter_id(words[0][6:]), tuple(words[1:-1]))
             except ValueError:
                 raise ParseError("meter", line, "bad meter id") from None
         elif words[0].startswith("type=") and current is not None:
+            if not all(re.match(r"^[a-z_]+=\S+$", w) for w in words):
+                raise ParseError("meter", line, "expected KEY=VALUE words")
             bands.append(" ".join(words))
         else:
             raise ParseError("meter", line, "unexpected line")
@@ -169,25 +202,79 @@ def parse_meters(bridge: str, text: str) -> list[Meter]:
     return meters
 
 
+def parse_meter_features(text: str) -> tuple[frozenset[str], int]:
+    """``meter-features`` output → (band types the datapath supports, max bands per meter)."""
+    types = re.search(r"^band_types:(.*)$", text, re.M)
+    max_bands = re.search(r"\bmax_bands:(\d+)", text)
+    if types is None or max_bands is None:
+        raise ParseError("meter features", text.strip(), "no band_types or max_bands")
+    return frozenset(types.group(1).split()), int(max_bands.group(1))
+
+
+def check_meters(bridge: str, meters: list[Meter], features: tuple[frozenset[str], int]
+                 ) -> None:
+    """Every band of every meter is of a type the datapath lists, and within max_bands."""
+    band_types, max_bands = features
+    for m in meters:
+        if len(m.bands) > max_bands:
+            raise ParseError("meter", m.spec(), f"{len(m.bands)} bands, the datapath allows "
+                             f"{max_bands} ({bridge})")
+        for band in m.bands:
+            kind = band.split()[0].removeprefix("type=")
+            if kind not in band_types:
+                raise ParseError("meter", m.spec(), f"band type {kind} is not among the "
+                                 f"datapath's {sorted(band_types)} ({bridge})")
+
+
+_TLV_HEADERS = (
+    re.compile(r"^NXT_TLV_TABLE_REPLY \(.*\):$"),
+    re.compile(r"^ max option space=\d+ max fields=\d+$"),
+    re.compile(r"^ allocated option space=\d+$"),
+    re.compile(r"^ mapping table:$"),
+    re.compile(r"^\s*class\s+type\s+length\s+match field\s*$"),
+    re.compile(r"^\s*-+\s+-+\s+-+\s+-+\s*$"),
+)
+# class and type: OVS prints 0 as "0", anything else as 0x...
+_TLV_ROW = re.compile(r"^\s*(0|0x[0-9a-f]+)\s+(0|0x[0-9a-f]+)\s+(\d+)\s+tun_metadata(\d+)\s*$")
+
+
 def parse_tlv_map(bridge: str, text: str) -> list[TlvMapping]:
-    """``dump-tlv-map`` output → mappings (rows of its mapping table)."""
+    """``dump-tlv-map`` output → mappings; the allocated option space must equal their
+    lengths' sum."""
     out = []
+    allocated = None
     for line in text.splitlines():
-        m = re.match(r"^\s*(0x[0-9a-f]+)\s+(0x[0-9a-f]+)\s+(\d+)\s+tun_metadata(\d+)\s*$", line)
+        m = _TLV_ROW.match(line)
         if m:
-            out.append(TlvMapping(bridge=bridge, tlv_class=m.group(1), tlv_type=int(m.group(2), 16),
-                                  length=int(m.group(3)), index=int(m.group(4))))
+            out.append(TlvMapping(bridge=bridge, tlv_class=f"{int(m.group(1), 16):#x}",
+                                  tlv_type=int(m.group(2), 16), length=int(m.group(3)),
+                                  index=int(m.group(4))))
+            continue
+        if not line.strip():
+            continue
+        if not any(h.match(line) for h in _TLV_HEADERS):
+            raise ParseError("TLV map", line, "neither a mapping nor a header")
+        a = re.match(r"^ allocated option space=(\d+)$", line)
+        if a:
+            allocated = int(a.group(1))
+    if allocated is not None and allocated != sum(t.length for t in out):
+        raise ParseError("TLV map", text.strip().replace("\n", " | "),
+                         f"allocated option space {allocated} but the {len(out)} mappings "
+                         f"read sum to {sum(t.length for t in out)}")
     return out
+
+
+_NEIGH_HEADER = re.compile(r"^IP\s+MAC\s+Bridge\s*$|^=+$")
 
 
 def parse_tnl_neigh(text: str) -> list[TunnelNeighbor]:
     """``tnl/neigh/show`` output → neighbours."""
     out = []
     for line in text.splitlines():
-        words = line.split()
-        if len(words) < 3 or words[0] == "IP" or set(line.strip()) == {"="}:
+        if not line.strip() or _NEIGH_HEADER.match(line.strip()):
             continue
-        if not re.match(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$", words[1]):
+        words = line.split()
+        if len(words) != 3 or not re.match(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$", words[1]):
             raise ParseError("tunnel neighbour", line, "expected IP MAC BRIDGE")
         out.append(TunnelNeighbor(bridge=words[2], ip=words[0], mac=words[1]))
     return out
@@ -197,9 +284,11 @@ def parse_routes(text: str) -> list[Route]:
     """``ovs/route/show`` output → routes, ``User:`` as ``user``, ``Cached:`` as ``cached``."""
     out = []
     for line in text.splitlines():
+        if not line.strip() or line.strip() == "Route Table:":
+            continue
         kind, sep, rest = line.partition(": ")
         if not sep or kind not in ("User", "Cached"):
-            continue
+            raise ParseError("route", line, "neither a User: nor a Cached: route")
         words = rest.split()
         if not words:
             raise ParseError("route", line, "no prefix")
@@ -217,9 +306,13 @@ def parse_routes(text: str) -> list[Route]:
                 raise ParseError("route", line, f"unknown word {word!r}")
         if "dev" not in opts:
             raise ParseError("route", line, "no dev")
+        try:
+            mark = int(opts.get("MARK", "0"))
+        except ValueError:
+            raise ParseError("route", line, "bad MARK") from None
         out.append(Route(
             kind=kind.lower(), prefix=prefix, dev=opts["dev"], gateway=opts.get("GW"),
-            pkt_mark=int(opts.get("MARK", "0")), local=local, src=opts.get("SRC"),
+            pkt_mark=mark, local=local, src=opts.get("SRC"),
         ))
     return out
 
@@ -229,9 +322,9 @@ def parse_fdb(bridge: str, text: str) -> list[FdbEntry]:
     out = []
     for line in text.splitlines():
         words = line.split()
-        if not words or words[0] == "port":
+        if not words or words == ["port", "VLAN", "MAC", "Age"]:
             continue
-        if len(words) != 4:
+        if len(words) != 4 or not re.match(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$", words[2]):
             raise ParseError("fdb", line, "expected PORT VLAN MAC AGE")
         port, vlan, mac, age = words
         static = age == "static"
@@ -251,6 +344,33 @@ def _kv(text: str) -> dict[str, str]:
     return dict(_KV_RE.findall(text))
 
 
+def _kv_strict(what: str, line: str, text: str) -> dict[str, str]:
+    """Like :func:`_kv`, but every character must belong to a ``k=v`` item."""
+    items = _KV_RE.findall(text)
+    if ",".join(f"{k}={v}" for k, v in items) != text or len({k for k, _ in items}) != len(items):
+        raise ParseError(what, line, f"not a list of distinct key=value items: {text[:80]!r}")
+    return dict(items)
+
+
+# Conntrack keys: the tuple's own, its counters (volatile, left out), the entry's.
+_CT_TUPLE_KEYS = {"src", "dst", "sport", "dport", "id", "type", "code"}
+_CT_COUNTERS = {"packets", "bytes"}
+_CT_KEYS = {"orig", "reply", "start", "stop", "id", "zone", "status", "timeout", "mark",
+            "labels", "protoinfo", "helper", "parent"}
+# Protocols ct_dpif prints by name; any other is printed as its number.
+CT_PROTOCOLS = {"icmp": 1, "igmp": 2, "tcp": 6, "udp": 17, "dccp": 33, "icmpv6": 58,
+                "sctp": 132, "udplite": 136}
+
+
+def _ct_tuple(line: str, text: str) -> str:
+    """A tuple's text without the volatile packet and byte counters."""
+    kv = _kv_strict("conntrack", line, text[1:-1])
+    unknown = set(kv) - _CT_TUPLE_KEYS - _CT_COUNTERS
+    if unknown or not {"src", "dst"} <= set(kv):
+        raise ParseError("conntrack", line, f"bad tuple {text!r}")
+    return ",".join(f"{k}={v}" for k, v in kv.items() if k not in _CT_COUNTERS)
+
+
 def parse_conntrack(text: str) -> list[Conntrack]:
     """``dpctl/dump-conntrack -m -s`` output → entries (NAT derived from the tuples)."""
     out = []
@@ -258,11 +378,17 @@ def parse_conntrack(text: str) -> list[Conntrack]:
         if not line.strip():
             continue
         proto, _, rest = line.strip().partition(",")
-        f = _kv(rest)
+        if proto not in CT_PROTOCOLS and not (proto.isdigit() and int(proto) < 256):
+            raise ParseError("conntrack", line, f"unknown protocol {proto!r}")
+        f = _kv_strict("conntrack", line, rest)
         if "orig" not in f or "reply" not in f:
             raise ParseError("conntrack", line, "no orig/reply tuple")
-        orig, reply = f["orig"][1:-1], f["reply"][1:-1]
-        proto_info = _kv(f["protoinfo"][1:-1]) if "protoinfo" in f else {}
+        unknown = set(f) - _CT_KEYS
+        if unknown:
+            raise ParseError("conntrack", line, f"unknown fields {sorted(unknown)}")
+        orig, reply = _ct_tuple(line, f["orig"]), _ct_tuple(line, f["reply"])
+        proto_info = (_kv_strict("conntrack", line, f["protoinfo"][1:-1])
+                      if "protoinfo" in f else {})
         try:
             out.append(Conntrack(
                 protocol=proto, orig=orig, reply=reply, zone=int(f.get("zone", "0")),
@@ -270,11 +396,28 @@ def parse_conntrack(text: str) -> list[Conntrack]:
                 state_orig=proto_info.get("state_orig") or proto_info.get("state"),
                 state_reply=proto_info.get("state_reply"),
                 nat=derive_nat(orig, reply),
+                helper=f.get("helper", ""),
+                parent=_ct_tuple(line, f["parent"]) if "parent" in f else "",
                 timeout=int(f["timeout"]) if "timeout" in f else None,
             ))
         except ValueError:
             raise ParseError("conntrack", line, "bad number") from None
     return out
+
+
+def parse_ct_stats_total(text: str) -> int:
+    """``dpctl/ct-stats-show`` output → its ``Total:`` connection count."""
+    m = re.search(r"^\s*Total:\s*(\d+)\s*$", text, re.M)
+    if m is None:
+        raise ParseError("conntrack stats", text.strip()[:200], "no 'Total: N' line")
+    return int(m.group(1))
+
+
+def check_count(what: str, entries: int, other: int, source: str) -> None:
+    """Entries parsed must equal the count OVS reports elsewhere."""
+    if entries != other:
+        raise ParseError(what, f"{source}: {other}", f"read {entries} entries, but {source} "
+                         f"counts {other}")
 
 
 def derive_nat(orig: str, reply: str) -> str:
@@ -295,16 +438,24 @@ def _addr(ip: str, port: str | None) -> str:
     return f"{ip}:{port}" if port else ip
 
 
+_DPIF_DP = re.compile(r"^\S+@\S+: hit:\d+ missed:\d+$")
+
+
 def parse_dpif_ports(text: str) -> dict[tuple[str, str], int]:
     """``dpif/show`` output → {(bridge, interface): datapath port number}."""
     out: dict[tuple[str, str], int] = {}
     bridge = None
     for line in text.splitlines():
+        if not line.strip() or _DPIF_DP.match(line):
+            continue
         m = re.match(r"^  (\S+):$", line)
         if m:
             bridge = m.group(1)
             continue
-        m = re.match(r"^    (\S+) (\S+)/(\d+|none)", line)
-        if m and bridge is not None and m.group(3) != "none":
-            out[(bridge, m.group(1))] = int(m.group(3))
+        m = re.match(r"^    (\S+) (\d+|LOCAL|\S+)/(\d+|none)(?:: .*)?$", line)
+        if m and bridge is not None:
+            if m.group(3) != "none":
+                out[(bridge, m.group(1))] = int(m.group(3))
+            continue
+        raise ParseError("dpif/show", line, "neither a datapath, a bridge nor a port")
     return out

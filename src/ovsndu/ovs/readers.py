@@ -9,11 +9,11 @@ with the OpenFlow version chosen per bridge from its ``protocols`` column.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ovsndu.errors import VswitchdError
 from ovsndu.model import CATEGORIES, Entry, Port, Snapshot, VswitchdInfo
@@ -119,8 +119,7 @@ class StateReader:
                     cats["fdb"].extend(parsers.parse_fdb(bridge.name,
                                                          appctl("fdb/show", bridge.name)))
                 for dp in appctl("dpctl/dump-dps").split():
-                    cats["conntrack"].extend(parsers.parse_conntrack(
-                        appctl("dpctl/dump-conntrack", "-m", "-s", dp)))
+                    cats["conntrack"].extend(_read_conntrack(appctl, dp))
                 for future in futures:
                     category, entries = future.result()
                     cats[category].extend(entries)
@@ -132,8 +131,12 @@ class StateReader:
         jobs: list[Callable[[], tuple[str, list[Entry]]]] = []
         for b in bridges:
             def flows(b: BridgeInfo = b) -> tuple[str, list[Entry]]:
-                text = ofctl(rundir, b.name, b.of_version, "dump-flows", extra=("--no-names",))
-                return "flows", list(parsers.parse_flows(b.name, text))
+                return "flows", list(_counted(
+                    lambda: parsers.parse_flows(b.name, ofctl(
+                        rundir, b.name, b.of_version, "dump-flows", extra=("--no-names",))),
+                    lambda: parsers.parse_aggregate_count(ofctl(
+                        rundir, b.name, b.of_version, "dump-aggregate")),
+                    f"flows of {b.name}", "dump-aggregate"))
 
             def groups(b: BridgeInfo = b) -> tuple[str, list[Entry]]:
                 if b.of_version == "OpenFlow10":
@@ -145,7 +148,11 @@ class StateReader:
                 if b.meter_version is None:
                     return "meters", []
                 text = ofctl(rundir, b.name, "OpenFlow13", "dump-meters")
-                return "meters", list(parsers.parse_meters(b.name, text))
+                found = parsers.parse_meters(b.name, text)
+                if found:
+                    parsers.check_meters(b.name, found, parsers.parse_meter_features(
+                        ofctl(rundir, b.name, "OpenFlow13", "meter-features")))
+                return "meters", list(found)
 
             def tlv(b: BridgeInfo = b) -> tuple[str, list[Entry]]:
                 text = ofctl(rundir, b.name, b.of_version, "dump-tlv-map")
@@ -153,6 +160,40 @@ class StateReader:
 
             jobs += [flows, groups, meters, tlv]
         return jobs
+
+
+T = TypeVar("T")
+
+
+def _read_conntrack(appctl: Unixctl, dp: str) -> Sequence[Entry]:
+    def read() -> Sequence[Entry]:
+        return parsers.parse_conntrack(appctl("dpctl/dump-conntrack", "-m", "-s", dp))
+
+    def count() -> int:
+        return parsers.parse_ct_stats_total(appctl("dpctl/ct-stats-show", dp))
+
+    return _counted(read, count, f"conntrack of {dp}", "dpctl/ct-stats-show")
+
+
+def _counted(read: Callable[[], Sequence[T]], count: Callable[[], int], what: str,
+             source: str) -> Sequence[T]:
+    """*read* entries and check their number against OVS's own *count* of them.
+
+    The reads are not atomic, so the count is taken before and after: the number read
+    must lie between the two.  Churn (a flow expiring, a connection closing) can still
+    defeat that; it is read again, three times at most, before it is an error.
+    """
+    entries, total = read(), count()
+    for _ in range(3):
+        if len(entries) == total:
+            return entries
+        before = count()
+        entries = read()
+        total = count()
+        if min(before, total) <= len(entries) <= max(before, total):
+            return entries
+    parsers.check_count(what, len(entries), total, source)
+    return entries
 
 
 def read_snapshot(rundir: str | Path | None = None, db: str | None = None,

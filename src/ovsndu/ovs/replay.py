@@ -4,9 +4,15 @@ Upstream has no command to insert a userspace conntrack entry or a dynamic MAC
 learning entry.  Both are recreated the way traffic created them: synthesized
 frames sent as packet-outs whose actions never output anything.
 
-* conntrack: the first packet runs ``ct(commit,zone=Z[,nat(..)][,exec(mark,label)])``,
-  the rest ``ct(zone=Z)``; TCP follows the handshake (and closing sequence) that
-  leads to the recorded state pair, with consistent sequence numbers.
+* conntrack: the first packet runs
+  ``ct(commit,zone=Z[,nat(..)][,alg=A][,exec(mark,label)])``, the rest ``ct(zone=Z)``;
+  TCP follows the handshake (and closing sequence) that leads to the recorded state
+  pair, with consistent sequence numbers; UDP, ICMP, ICMPv6, SCTP and every other IP
+  protocol get their first packet and, when the entry had seen one, a reply.  A related
+  entry (one with a ``parent``) is replayed after its parent, whose ALG has by then
+  created the expectation it matches (TFTP); an FTP data connection's expectation
+  comes from a ``PORT``/``227`` command on the control connection, which is replayed
+  as such.
 * FDB: a frame from the MAC, in on its port and VLAN, addressed to a temporary
   static *decoy* MAC on that same port, through ``NORMAL``: the bridge learns the
   source and, the destination being the input port, transmits nothing.
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 from ovsndu.errors import RestoreError
 from ovsndu.model import Conntrack, FdbEntry
 from ovsndu.ovs.packets import ethernet, frame
+from ovsndu.ovs.parsers import CT_PROTOCOLS
 
 
 class CannotReplay(RestoreError):
@@ -67,8 +74,16 @@ def _tuple(text: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in text.split(",") if "=" in part)
 
 
+ALGS = ("ftp", "tftp")
+
+
 def _commit_actions(entry: Conntrack) -> str:
     parts = ["commit", f"zone={entry.zone}"]
+    if entry.helper:
+        if entry.helper not in ALGS:
+            raise CannotReplay("conntrack", f"helper {entry.helper} has no ALG in OVS's "
+                               f"ct(alg=...): {entry.protocol} {entry.orig}")
+        parts.append(f"alg={entry.helper}")
     if entry.nat:
         if entry.nat.count("=") > 1:
             raise CannotReplay(
@@ -99,13 +114,14 @@ def conntrack_packets(entry: Conntrack) -> list[PacketOut]:
                 "conntrack", f"TCP state {key[0]}/{key[1]} cannot be replayed: {entry.orig}"
             )
         frames = _tcp_frames(o, r, steps)
-    elif proto in ("udp", "icmp", "icmpv6"):
-        replied = entry.timeout is not None and entry.timeout <= REPLIED_TIMEOUT
-        frames = [_datagram(proto, o, reply=False)]
-        if replied:
-            frames.append(_datagram(proto, r, reply=True))
     else:
-        raise CannotReplay("conntrack", f"protocol {proto} cannot be replayed: {entry.orig}")
+        number = CT_PROTOCOLS.get(proto) if not proto.isdigit() else int(proto)
+        if number is None or number > 255:
+            raise RestoreError("conntrack", f"unknown protocol {proto!r}: {entry.orig}")
+        replied = entry.timeout is not None and entry.timeout <= REPLIED_TIMEOUT
+        frames = [_datagram(number, o)]
+        if replied:
+            frames.append(_datagram(number, r))
     return [PacketOut("controller", f, commit if i == 0 else follow) for i, f in enumerate(frames)]
 
 
@@ -135,28 +151,22 @@ def _tcp_frames(
     return out
 
 
-def _datagram(proto: str, t: dict[str, str], *, reply: bool) -> bytes:
-    if proto == "udp":
-        return frame(
-            src_ip=t["src"],
-            dst_ip=t["dst"],
-            proto="udp",
-            sport=int(t["sport"]),
-            dport=int(t["dport"]),
-        )
-    return frame(
-        src_ip=t["src"],
-        dst_ip=t["dst"],
-        proto=proto,
-        icmp_type=int(t["type"]),
-        icmp_code=int(t["code"]),
-        icmp_id=int(t["id"]),
-    )
+def _datagram(number: int, t: dict[str, str]) -> bytes:
+    if number in (1, 58):  # ICMP, ICMPv6
+        return frame(src_ip=t["src"], dst_ip=t["dst"], proto=number, icmp_type=int(t["type"]),
+                     icmp_code=int(t["code"]), icmp_id=int(t["id"]))
+    return frame(src_ip=t["src"], dst_ip=t["dst"], proto=number, sport=int(t.get("sport", 0)),
+                 dport=int(t.get("dport", 0)))
+
+
+def replay_order(entries: list[Conntrack]) -> list[Conntrack]:
+    """Parents before the related entries that name them (their expectations come first)."""
+    return sorted(entries, key=lambda e: bool(e.parent))
 
 
 def conntrack_plan(entries: tuple[Conntrack, ...] | list[Conntrack]) -> Iterator[str]:
     """Bundle-file lines for all *entries* (raises before yielding for unreplayable ones)."""
-    plans = [conntrack_packets(e) for e in entries]
+    plans = [conntrack_packets(e) for e in replay_order(list(entries))]
     for plan in plans:
         for packet_out in plan:
             yield packet_out.line()

@@ -44,7 +44,7 @@ from ovsndu.ovs.ofbundle import CapturedBundle
 from ovsndu.ovs.ofctl import ofctl
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import BridgeInfo, StateReader, default_rundir, read_bridges, read_ports
-from ovsndu.ovs.replay import FdbPlan, conntrack_packets, fdb_plan
+from ovsndu.ovs.replay import FdbPlan, conntrack_packets, fdb_plan, replay_order
 from ovsndu.ovs.uncarried import Uncarried, carried_only, find_uncarried, refuse_if_any
 from ovsndu.ovs.unixctl import Unixctl
 
@@ -147,8 +147,10 @@ class Restorer:
         uncarried = find_uncarried(snap, replay_conntrack=bool(userspace))
         refuse_if_any(uncarried, self.uncarried)
         skip = {u.entry.canonical() for u in uncarried if u.category == "conntrack"}
-        ct_lines = [p.line() for e in snap.categories["conntrack"] if isinstance(e, Conntrack)
-                    and e.canonical() not in skip for p in conntrack_packets(e)]
+        ct_lines = [p.line() for e in replay_order(
+                        [e for e in snap.categories["conntrack"] if isinstance(e, Conntrack)
+                         and e.canonical() not in skip])
+                    for p in conntrack_packets(e)]
         ct_bridge = userspace[0].name if userspace and ct_lines else None
         bundles: dict[str, list[str]] = {}
         for bridge in bridges:

@@ -1,0 +1,153 @@
+"""A corpus of non-flow state for fidelity tests, made by real OVS commands and frames.
+
+Conntrack of every protocol the userspace conntrack tracks (TCP in several states,
+UDP, ICMP, ICMPv6, SCTP, and "other" IP protocols such as GRE, ESP, DCCP, UDP-Lite,
+IGMP), IPv4 and IPv6, many zones, mark, labels, SNAT, DNAT, ALG helpers (FTP,
+TFTP) and a related TFTP data connection; FDB entries on access, trunk and
+native-VLAN ports; TLV mappings with class or type 0 and lengths up to 124; numbered
+and named meters.  Everything is put in by ``ovs-ofctl``/``ovs-appctl`` and by
+frames injected with ``netdev-dummy/receive`` through ``ct(commit)`` and ``NORMAL``.
+
+``raw_*`` return OVS's own tool output in a comparable form (sorted lines, ages and
+timeouts left out): what the tests compare before and after a restore.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ovsndu.ovs.sandbox import Sandbox
+
+BRIDGE = "brc"
+MAC = "50:54:00:00:01:{:02x}"
+
+# in_port=1 commits (zone/nat/alg chosen by the match), in_port=2 sees replies.
+CT_FLOWS = (
+    "table=0,priority=100,in_port=1,tcp,tp_dst=21,actions=ct(commit,zone=11,alg=ftp),output:2",
+    "table=0,priority=100,in_port=1,udp,tp_dst=69,actions=ct(commit,zone=12,alg=tftp),output:2",
+    "table=0,priority=100,in_port=2,udp,nw_src=10.1.0.2,actions=ct(commit,zone=12),output:1",
+    "table=0,priority=90,in_port=1,udp,nw_dst=10.1.0.9,"
+    "actions=ct(commit,zone=9,nat(src=10.9.9.9:4000)),output:2",
+    "table=0,priority=90,in_port=1,tcp,nw_dst=10.1.0.8,"
+    "actions=ct(commit,zone=10,nat(dst=10.8.8.8:8080)),output:2",
+    "table=0,priority=90,in_port=1,ip,nw_dst=10.1.0.13,"
+    "actions=ct(commit,zone=13,exec(set_field:7->ct_mark,"
+    "set_field:0xf000000000000000000000000000000e->ct_label)),output:2",
+    "table=0,priority=90,in_port=1,ipv6,ipv6_dst=fd00::9,"
+    "actions=ct(commit,zone=6,nat(src=fd00::99)),output:2",
+    "table=0,priority=80,in_port=1,ip,nw_dst=10.1.0.20,actions=ct(commit),output:2",
+    "table=0,priority=10,in_port=1,ip,actions=ct(commit,zone=1),output:2",
+    "table=0,priority=10,in_port=1,ipv6,actions=ct(commit,zone=2,"
+    "exec(set_field:3->ct_mark)),output:2",
+    "table=0,priority=10,in_port=2,ip,actions=ct(zone=1),output:1",
+    "table=0,priority=10,in_port=2,ipv6,actions=ct(zone=2),output:1",
+    "table=0,priority=0,actions=drop",
+)
+
+
+def _eth(src: int, dst: int) -> str:
+    return f"eth(src={MAC.format(src)},dst={MAC.format(dst)})"
+
+
+def _v4(src: str, dst: str, proto: int) -> str:
+    return f"eth_type(0x0800),ipv4(src={src},dst={dst},proto={proto},tos=0,ttl=64,frag=no)"
+
+
+def _v6(src: str, dst: str, proto: int) -> str:
+    return (f"eth_type(0x86dd),ipv6(src={src},dst={dst},label=0,proto={proto},tclass=0,"
+            f"hlimit=64,frag=no)")
+
+
+def _tcp(src: str, dst: str, sport: int, dport: int, flags: str, *, back: bool = False) -> str:
+    ip = _v6 if ":" in src else _v4
+    eth = _eth(2, 1) if back else _eth(1, 2)
+    return f"{eth},{ip(src, dst, 6)},tcp(src={sport},dst={dport}),tcp_flags({flags})"
+
+
+def conntrack_frames() -> list[tuple[str, str]]:
+    """(port, odp flow) pairs that create the corpus's conntrack entries."""
+    a, b = "10.1.0.1", "10.1.0.2"
+    a6, b6 = "fd00::1", "fd00::2"
+    out: list[tuple[str, str]] = []
+    # TCP: established, SYN_SENT, closing states (zone 1); IPv6 established (zone 2)
+    for sport, steps in (
+        (40000, (("p1", "syn"), ("p2", "syn|ack"), ("p1", "ack"))),
+        (40001, (("p1", "syn"),)),
+        (40002, (("p1", "syn"), ("p2", "syn|ack"))),
+        (40003, (("p1", "syn"), ("p2", "syn|ack"), ("p1", "ack"), ("p1", "fin|ack"))),
+        (40004, (("p1", "syn"), ("p2", "syn|ack"), ("p1", "ack"), ("p1", "rst|ack"))),
+    ):
+        for port, flags in steps:
+            back = port == "p2"
+            out.append((port, _tcp(b, a, 80, sport, flags, back=True) if back
+                        else _tcp(a, b, sport, 80, flags)))
+    for port, flags in (("p1", "syn"), ("p2", "syn|ack"), ("p1", "ack")):
+        back = port == "p2"
+        out.append((port, _tcp(b6, a6, 443, 50000, flags, back=True) if back
+                    else _tcp(a6, b6, 50000, 443, flags)))
+    out += [
+        # UDP unreplied and replied; ICMP echo replied, timestamp unreplied; ICMPv6 echo
+        ("p1", f"{_eth(1, 2)},{_v4(a, b, 17)},udp(src=5000,dst=53)"),
+        ("p1", f"{_eth(1, 2)},{_v4(a, b, 17)},udp(src=5001,dst=53)"),
+        ("p2", f"{_eth(2, 1)},{_v4(b, a, 17)},udp(src=53,dst=5001)"),
+        ("p1", f"{_eth(1, 2)},{_v4(a, b, 1)},icmp(type=8,code=0)"),
+        ("p2", f"{_eth(2, 1)},{_v4(b, a, 1)},icmp(type=0,code=0)"),
+        ("p1", f"{_eth(1, 2)},{_v4(a, b, 1)},icmp(type=13,code=0)"),
+        ("p1", f"{_eth(1, 2)},{_v6(a6, b6, 58)},icmpv6(type=128,code=0)"),
+        ("p1", f"{_eth(1, 2)},{_v6(a6, b6, 17)},udp(src=7,dst=7)"),
+        # SCTP and other IP protocols, IPv4 and IPv6
+        ("p1", f"{_eth(1, 2)},{_v4(a, b, 132)},sctp(src=3868,dst=3868)"),
+        ("p1", f"{_eth(1, 2)},{_v6(a6, b6, 132)},sctp(src=9,dst=9)"),
+        ("p1", f"{_eth(1, 2)},{_v4(a, b, 47)}"),
+        ("p2", f"{_eth(2, 1)},{_v4(b, a, 47)}"),
+        ("p1", f"{_eth(1, 2)},{_v4(a, b, 50)}"),
+        ("p1", f"{_eth(1, 2)},{_v4(a, b, 33)}"),
+        ("p1", f"{_eth(1, 2)},{_v4(a, b, 136)}"),
+        ("p1", f"{_eth(1, 2)},{_v6(a6, b6, 47)}"),
+        # zone 0, NAT (SNAT UDP, DNAT TCP, SNAT IPv6), mark and labels
+        ("p1", f"{_eth(1, 2)},{_v4(a, '10.1.0.20', 17)},udp(src=1,dst=2)"),
+        ("p1", f"{_eth(1, 2)},{_v4(a, '10.1.0.9', 17)},udp(src=5555,dst=53)"),
+        ("p1", _tcp(a, "10.1.0.8", 41000, 80, "syn")),
+        ("p1", f"{_eth(1, 2)},{_v6(a6, 'fd00::9', 17)},udp(src=6,dst=6)"),
+        ("p1", f"{_eth(1, 2)},{_v4(a, '10.1.0.13', 17)},udp(src=8,dst=8)"),
+        # ALGs: an FTP control connection; a TFTP request and its related data connection
+        ("p1", _tcp(a, b, 42000, 21, "syn")),
+        ("p1", f"{_eth(1, 2)},{_v4(a, b, 17)},udp(src=42001,dst=69)"),
+        ("p2", f"{_eth(2, 1)},{_v4(b, a, 17)},udp(src=3333,dst=42001)"),
+    ]
+    return out
+
+
+def populate_conntrack(sb: Sandbox, bridge: str = BRIDGE) -> None:
+    """A netdev bridge with ports p1, p2 and the conntrack corpus in its datapath."""
+    sb.vsctl("--may-exist", "add-br", bridge, "--", "set", "bridge", bridge,
+             "datapath_type=netdev",
+             "--", "add-port", bridge, "p1", "--", "set", "interface", "p1", "type=dummy",
+             "ofport_request=1",
+             "--", "add-port", bridge, "p2", "--", "set", "interface", "p2", "type=dummy",
+             "ofport_request=2")
+    sb.ofctl(bridge, "del-flows")
+    sb.ofctl(bridge, "add-flows", "-", input_text="\n".join(CT_FLOWS) + "\n")
+    for port, flow in conntrack_frames():
+        sb.appctl("netdev-dummy/receive", port, flow)
+
+
+def raw_conntrack(sb: Sandbox) -> list[str]:
+    """``dpctl/dump-conntrack`` (no timeouts, no ids), sorted."""
+    return sorted(line for line in sb.appctl("dpctl/dump-conntrack").splitlines()
+                  if line.strip())
+
+
+def raw_fdb(sb: Sandbox, bridge: str) -> list[str]:
+    """``fdb/show`` rows without the Age column (``static`` kept), sorted."""
+    rows = []
+    for line in sb.appctl("fdb/show", bridge).splitlines()[1:]:
+        words = line.split()
+        if words:
+            rows.append(" ".join(words[:3] + (["static"] if words[3] == "static" else [])))
+    return sorted(rows)
+
+
+def raw_ofctl(sb: Sandbox, bridge: str, command: str, version: str = "OpenFlow15") -> str:
+    """An ovs-ofctl dump without its xid (which counts requests)."""
+    return re.sub(r" \(xid=0x[0-9a-f]+\)", "", sb.ofctl(bridge, command, version=version))
