@@ -105,14 +105,18 @@ def processes(box: Container) -> list[str]:
 def test_unit_starts_with_the_supervisor_as_main_process(box: Container) -> None:
     props = box.show(UNIT, "Type", "ActiveState", "SubState", "MainPID", "NotifyAccess",
                      "DropInPaths", "WatchdogUSec", "StatusText", "ExecReload", "Requires",
-                     "After")
+                     "Wants", "After", "PartOf", "ReloadPropagatedFrom", "FragmentPath")
     assert props["Type"] == "notify"
     assert props["NotifyAccess"] == "main"
     assert (props["ActiveState"], props["SubState"]) == ("active", "running")
     assert props["DropInPaths"].endswith("ovs-vswitchd.service.d/ovsndu.conf")
     assert props["WatchdogUSec"] == "30s"
     assert "reload" in props["ExecReload"] and OVSNDU in props["ExecReload"]
-    assert "ovsdb-server.service" in props["Requires"].split()
+    # ovsndu's full unit: ovsdb-server's restart/reload does not reach vswitchd
+    assert props["FragmentPath"] == "/etc/systemd/system/ovs-vswitchd.service"
+    assert "ovsdb-server.service" not in props["Requires"].split()
+    assert "ovsdb-server.service" in props["Wants"].split()
+    assert props["PartOf"] == "" and props["ReloadPropagatedFrom"] == ""
     assert "ovsdb-server.service" in props["After"].split()
     assert props["StatusText"].startswith("idle; vswitchd pid")
     main = int(props["MainPID"])
@@ -125,7 +129,7 @@ def test_unit_starts_with_the_supervisor_as_main_process(box: Container) -> None
                              "main_pid": main}
     # install-systemd again: nothing to change, daemon-reload done, still the same process
     out = box.ovsndu("install-systemd").stdout
-    assert out.count("unchanged:") == 2 and "daemon-reload: done" in out, out
+    assert out.count("unchanged:") == 4 and "daemon-reload: done" in out, out
     assert box.show(UNIT, "MainPID")["MainPID"] == str(main)
 
 
@@ -251,11 +255,11 @@ def test_systemctl_stop_leaves_no_process_behind(box: Container) -> None:
 
 def test_uninstall_and_install_systemd(box: Container) -> None:
     out = box.ovsndu("uninstall-systemd").stdout
-    assert out.count("changed:") == 2 and "daemon-reload: done" in out, out
+    assert out.count("changed:") == 4 and "daemon-reload: done" in out, out
     assert box.show(UNIT, "Type", "DropInPaths") == {"Type": "forking", "DropInPaths": ""}
-    assert box.ovsndu("uninstall-systemd").stdout.count("unchanged:") == 2
+    assert box.ovsndu("uninstall-systemd").stdout.count("unchanged:") == 4
     out = box.ovsndu("install-systemd").stdout
-    assert out.count("changed:") == 2, out
+    assert out.count("changed:") == 4, out
     assert box.show(UNIT, "Type")["Type"] == "notify"
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from ovsndu.cli import main
+from ovsndu.errors import OvsnduError
 from ovsndu.systemd import unit as systemd_unit
+from ovsndu.systemd import units
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,19 +36,55 @@ def test_dropin_names_this_ovsndu() -> None:
 def test_install_and_uninstall_are_idempotent(tmp_path: Path) -> None:
     dropin = tmp_path / systemd_unit.DROPIN
     policy = tmp_path / systemd_unit.POLICY
+    ovsdb = tmp_path / units.OVSDB_DROPIN
     first = systemd_unit.install(tmp_path)
-    assert first.changed == [str(dropin), str(policy)] and not first.unchanged
+    assert first.changed == [str(dropin), str(policy), str(ovsdb)] and not first.unchanged
     assert first.daemon_reload.startswith("skipped")
     assert systemd_unit.ovsndu_command() in dropin.read_text()
     assert policy.stat().st_mode & 0o777 == 0o644
     again = systemd_unit.install(tmp_path)
-    assert not again.changed and len(again.unchanged) == 2
+    assert not again.changed and len(again.unchanged) == 3
     dropin.write_text("edited\n")
     assert systemd_unit.install(tmp_path).changed == [str(dropin)]
     gone = systemd_unit.uninstall(tmp_path)
-    assert len(gone.changed) == 2
+    assert len(gone.changed) == 3
     assert not dropin.exists() and not dropin.parent.exists() and not policy.exists()
-    assert len(systemd_unit.uninstall(tmp_path).unchanged) == 2
+    assert not ovsdb.parent.exists()
+    assert len(systemd_unit.uninstall(tmp_path).unchanged) == 4
+
+
+STOCK = """[Unit]
+Description=Open vSwitch Forwarding Unit
+After=ovsdb-server.service network-pre.target systemd-udev-settle.service
+Requires=ovsdb-server.service
+ReloadPropagatedFrom=ovsdb-server.service
+PartOf=openvswitch-switch.service
+
+[Service]
+Type=forking
+ExecStart=/usr/share/openvswitch/scripts/ovs-ctl start
+"""
+
+
+def test_override_drops_the_propagating_dependencies(tmp_path: Path) -> None:
+    """ovsdb-server's restart/reload must not reach vswitchd: a full unit without them."""
+    (tmp_path / units.STOCK[0]).parent.mkdir(parents=True)
+    (tmp_path / units.STOCK[0]).write_text(STOCK)
+    systemd_unit.install(tmp_path)
+    lines = (tmp_path / units.OVERRIDE).read_text().splitlines()
+    for dropped in units.DROPPED:
+        assert dropped not in lines
+    assert "Wants=ovsdb-server.service" in lines
+    assert "After=ovsdb-server.service network-pre.target systemd-udev-settle.service" in lines
+    assert "ExecStart=/usr/share/openvswitch/scripts/ovs-ctl start" in lines
+    systemd_unit.uninstall(tmp_path)
+    assert not (tmp_path / units.OVERRIDE).exists()
+    # An administrator's own unit is never overwritten nor removed.
+    (tmp_path / units.OVERRIDE).write_text("[Unit]\nDescription=mine\n")
+    with pytest.raises(OvsnduError, match="not ovsndu's"):
+        systemd_unit.install(tmp_path)
+    systemd_unit.uninstall(tmp_path)
+    assert (tmp_path / units.OVERRIDE).read_text() == "[Unit]\nDescription=mine\n"
 
 
 def test_cli(tmp_path: Path, capsys: object) -> None:

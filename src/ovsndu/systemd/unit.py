@@ -29,6 +29,7 @@ from importlib import resources
 from pathlib import Path
 
 from ovsndu.errors import OvsnduError
+from ovsndu.systemd import units
 
 UNIT = "ovs-vswitchd.service"
 DROPIN = Path("etc/systemd/system/ovs-vswitchd.service.d/ovsndu.conf")
@@ -106,7 +107,15 @@ def install(root: str | os.PathLike[str] = "/", *, command: str | None = None,
     """Put the drop-in and the policy in place under *root*."""
     base = Path(root)
     report = Report()
-    contents = {DROPIN: render_dropin(command), POLICY: shipped("org.ovsndu.Supervisor1.conf")}
+    contents = {DROPIN: render_dropin(command), POLICY: shipped("org.ovsndu.Supervisor1.conf"),
+                units.OVSDB_DROPIN: units.OVSDB_DROPIN_TEXT}
+    stock = units.stock_unit(base)
+    override = base / units.OVERRIDE
+    if stock is not None and (not override.exists() or units.is_ours(override)):
+        contents[units.OVERRIDE] = units.render_override(stock)
+    elif stock is not None:
+        raise OvsnduError(f"{override} exists and is not ovsndu's: merge the dependency "
+                          f"changes by hand (see docs/upgrade.md) or move it away")
     for rel, text in contents.items():
         path = base / rel
         try:
@@ -128,8 +137,11 @@ def uninstall(root: str | os.PathLike[str] = "/", *, daemon_reload: bool = True)
     """Take the drop-in and the policy away from under *root*."""
     base = Path(root)
     report = Report()
-    for rel in (DROPIN, POLICY):
+    for rel in (DROPIN, POLICY, units.OVSDB_DROPIN, units.OVERRIDE):
         path = base / rel
+        if rel == units.OVERRIDE and path.exists() and not units.is_ours(path):
+            report.unchanged.append(f"{path} (not ovsndu's, left alone)")
+            continue
         try:
             path.unlink()
         except FileNotFoundError:
@@ -138,6 +150,7 @@ def uninstall(root: str | os.PathLike[str] = "/", *, daemon_reload: bool = True)
         except OSError as exc:
             raise OvsnduError(f"cannot remove {path}: {exc.strerror or exc}") from None
         report.changed.append(str(path))
-    with contextlib.suppress(OSError):  # the drop-in directory, if nothing else is in it
-        (base / DROPIN).parent.rmdir()
+    for rel in (DROPIN, units.OVSDB_DROPIN):  # drop-in directories, if nothing else is in them
+        with contextlib.suppress(OSError):
+            (base / rel).parent.rmdir()
     return _finish(report, base, daemon_reload)
