@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,10 +42,14 @@ def load_snapshot(path: str) -> Snapshot:
         raise OvsnduError(f"{path}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise OvsnduError(f"{path}: not JSON: {exc.msg} at line {exc.lineno}") from None
+    except RecursionError:
+        raise OvsnduError(f"{path}: not a snapshot: JSON nested too deeply") from None
     try:
         return Snapshot.from_dict(data)
     except OvsnduError as exc:
         raise OvsnduError(f"{path}: {exc}") from None
+    except (RecursionError, TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise OvsnduError(f"{path}: not a snapshot: {type(exc).__name__}") from None
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
@@ -91,6 +97,8 @@ def _phase_line(event: dict[str, Any]) -> str | None:
 def _cmd_reload(args: argparse.Namespace) -> int:
     from ovsndu.control import SupervisorUnreachable, request
 
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise OvsnduError(f"--timeout must be a number of seconds above 0, not {args.timeout}")
     cfg = _config(args)
     # The binary is re-read from the config file at every reload (systemctl reload).
     payload: dict[str, Any] = {"op": "reload", "vswitchd": args.vswitchd or cfg.ovs.vswitchd,
@@ -106,6 +114,10 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     except SupervisorUnreachable as exc:
         print(f"ovsndu reload: refused: {exc}", file=sys.stderr)
         return 2
+    except OvsnduError as exc:  # connected, then no answer: the outcome is unknown here
+        print(f"ovsndu reload: outcome unknown: {exc}; see `ovsndu status` and the journal",
+              file=sys.stderr)
+        return 3
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -116,6 +128,47 @@ def _cmd_reload(args: argparse.Namespace) -> int:
               f"{extra}")
     code = result.get("exit_code")
     return code if isinstance(code, int) else 3
+
+
+def _cmd_reexec(args: argparse.Namespace) -> int:
+    import time
+
+    from ovsndu.control import SupervisorUnreachable, request
+
+    cfg = _config(args)
+    try:
+        answer = request(cfg.ovsndu.control_socket, {"op": "reexec"}, timeout=30)
+    except SupervisorUnreachable as exc:
+        print(f"ovsndu reexec: refused: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if answer.get("outcome") != "reexec":
+        print(f"ovsndu reexec: {answer.get('outcome')}: {answer.get('reason')}", file=sys.stderr)
+        code = answer.get("exit_code")
+        return code if isinstance(code, int) else 3
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            status = request(cfg.ovsndu.control_socket, {"op": "status"}, timeout=10)
+        except OvsnduError:
+            continue
+        if status.get("phase") == "idle":
+            vs = status.get("vswitchd") or {}
+            print(f"supervisor pid {status.get('supervisor_pid')} now runs ovsndu "
+                  f"{status.get('ovsndu_version', '?')}; vswitchd pid {vs.get('pid')} "
+                  f"(was {answer.get('vswitchd_pid')}) kept serving")
+            return EXIT_OK if vs.get("pid") == answer.get("vswitchd_pid") else 3
+    print("ovsndu reexec: the supervisor did not come back within 60 s", file=sys.stderr)
+    return 3
+
+
+def _cmd_stop_post(args: argparse.Namespace) -> int:
+    from ovsndu.systemd import lifecycle
+    from ovsndu.upgrade.serving import spec_of
+
+    code, line = lifecycle.stop_post(spec_of(_config(args)), os.environ)
+    print(f"ovsndu stop-post: {line}")
+    return code
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -230,6 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_reload)
 
+    p = sub.add_parser("reexec", help="replace the running supervisor by the installed ovsndu "
+                       "(same process; ovs-vswitchd keeps forwarding)")
+    with_config(p)
+    p.set_defaults(func=_cmd_reexec)
+
+    p = sub.add_parser("stop-post", help="ExecStopPost of the unit: stop what a requested "
+                       "stop left, keep ovs-vswitchd forwarding after a supervisor crash")
+    with_config(p)
+    p.set_defaults(func=_cmd_stop_post)
+
     p = sub.add_parser("status", help="phase, serving vswitchd, last upgrade")
     with_config(p)
     p.add_argument("--json", action="store_true")
@@ -262,6 +325,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except OvsnduError as exc:
         print(f"ovsndu {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except PermissionError as exc:
+        who = "" if os.geteuid() == 0 else " (run it as root)"
+        print(f"ovsndu {args.command}: error: {exc.strerror}: {exc.filename}{who}",
+              file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"ovsndu {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"ovsndu {args.command}: interrupted", file=sys.stderr)

@@ -1,9 +1,12 @@
 """The supervisor: the long-running daemon that owns the serving vswitchd.
 
-It starts (or adopts) ovs-vswitchd, restarts it if it dies outside an upgrade,
-serves the control socket (``reload``, ``status``), runs at most one upgrade at a
-time, and on start finishes or rolls back an upgrade a previous instance left in
-flight.  It is the one place that runs the event loop.
+It starts (or adopts) ovs-vswitchd, keeps its last known state current
+(:mod:`ovsndu.upgrade.keeper`) and restarts it with that state if it dies outside an
+upgrade, serves the control socket (``reload``, ``status``, ``reexec``), runs at most
+one upgrade at a time, and on start finishes or rolls back an upgrade a previous
+instance left in flight and sweeps its leftovers.  It can die or be replaced at any
+time without touching the serving vswitchd (``reexec`` execs the installed ovsndu in
+the same process).  It is the one place that runs the event loop.
 """
 
 from __future__ import annotations
@@ -11,24 +14,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from ovsndu import __version__
 from ovsndu.config import Config, reread
-from ovsndu.errors import ConfigError, OvsnduError, VswitchdError
+from ovsndu.errors import ConfigError, HistoryError, OvsnduError, VswitchdError
 from ovsndu.model import Snapshot
 from ovsndu.ovs import daemon
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.restore import Restorer
 from ovsndu.ovs.unixctl import pid_alive
+from ovsndu.systemd import lifecycle
 from ovsndu.systemd import notify as sdnotify
 from ovsndu.systemd.dbus import DbusService
-from ovsndu.upgrade import machine
-from ovsndu.upgrade.history import HistoryStore, UpgradeRecord
+from ovsndu.upgrade import leftovers, machine
+from ovsndu.upgrade.history import HistoryStore, UpgradeRecord, ensure_private_dir
+from ovsndu.upgrade.keeper import StateKeeper
 from ovsndu.upgrade.machine import EXIT_REFUSED, Phase
 from ovsndu.upgrade.runner import UpgradeRunner
 from ovsndu.upgrade.serving import (
@@ -44,6 +53,8 @@ from ovsndu.upgrade.serving import (
 
 log = structlog.get_logger("ovsndu.supervisor")
 MONITOR_INTERVAL = 0.5
+MAX_TIMEOUT = 86400.0
+"""The longest ``timeout`` a reload may ask for (seconds)."""
 
 
 class Supervisor:
@@ -57,6 +68,8 @@ class Supervisor:
         self.serving: Serving | None = None
         self.runner: UpgradeRunner | None = None
         self.phase = "starting"
+        self.keeper = StateKeeper(self.spec)
+        self.reexec = False
         self._stop = asyncio.Event()
 
     # --- life cycle --------------------------------------------------------------------------
@@ -64,10 +77,12 @@ class Supervisor:
         """Serve until SIGTERM/SIGINT; stop vswitchd on the way out."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
-        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            loop.add_signal_handler(sig, self._request_stop)
+        lifecycle.clear_stopping(self.spec.rundir)
+        ensure_private_dir(self.state_dir)
         await asyncio.to_thread(self.recover)
         await asyncio.to_thread(self.ensure_serving)
+        await asyncio.to_thread(self.sweep)
         path = Path(self.cfg.ovsndu.control_socket)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -86,21 +101,32 @@ class Supervisor:
         self.bus = await DbusService.start(self)
         sdnotify.notify(READY=1, MAINPID=os.getpid(), STATUS=self._status_line())
         monitor = asyncio.create_task(self._monitor())
+        keeping = asyncio.create_task(self._keep_state())
         try:
             await self._stop.wait()
         finally:
-            sdnotify.notify(STOPPING=1, STATUS="stopping")
             monitor.cancel()
+            keeping.cancel()
             server.close()
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-            if self.runner_task is not None:
-                await asyncio.wait([self.runner_task], timeout=self.cfg.upgrade.timeout)
-            await asyncio.to_thread(self.stop_vswitchd)
+            if self.reexec:
+                sdnotify.notify(STATUS=f"re-executing ovsndu; {self._status_line()}")
+            else:
+                sdnotify.notify(STOPPING=1, STATUS="stopping")
+                if self.runner_task is not None:
+                    await asyncio.wait([self.runner_task], timeout=self.cfg.upgrade.timeout)
+                await asyncio.to_thread(self.stop_vswitchd)
             if self.bus is not None:
                 await self.bus.stop()
-        log.info("supervisor.stopped", event_kind="stopped")
+        log.info("supervisor.stopped", event_kind="reexec" if self.reexec else "stopped",
+                 vswitchd_pid=self.serving.pid if self.serving else None)
         return 0
+
+    def _request_stop(self) -> None:
+        """SIGTERM/SIGINT: a requested stop (ExecStopPost then stops what is left)."""
+        lifecycle.mark_stopping(self.spec.rundir)
+        self._stop.set()
 
     runner_task: asyncio.Task[UpgradeRecord] | None = None
     bus: DbusService | None = None
@@ -109,6 +135,12 @@ class Supervisor:
         s = self.serving
         who = f"vswitchd pid {s.pid} ({s.version})" if s else "no vswitchd"
         return f"{self.phase}; {who}"
+
+    def _announce(self) -> None:
+        """Tell systemd and D-Bus who serves now."""
+        sdnotify.notify(STATUS=self._status_line())
+        if self.bus is not None:
+            self.bus.changed()
 
     def stop_vswitchd(self) -> None:
         """Stop the serving vswitchd the way ovs-ctl does (``exit``), SIGKILL if it hangs."""
@@ -142,9 +174,7 @@ class Supervisor:
 
         def ready() -> bool:
             if proc.poll() is not None:
-                raise VswitchdError(
-                    f"{binary} exited at start with status {proc.returncode}"
-                )
+                raise VswitchdError(f"{binary} exited at start with status {proc.returncode}")
             return daemon.answers(self.spec, proc.pid)
 
         daemon.wait_until(ready, 30, "ovs-vswitchd to answer")
@@ -183,6 +213,9 @@ class Supervisor:
                 continue
             dead = s.proc.poll() is not None if s.proc is not None else not pid_alive(s.pid)
             if dead:
+                if s.proc is None:  # adopted, maybe our child since a reexec: reap it
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(s.pid, os.WNOHANG)
                 log.warning(
                     "supervisor.vswitchd_died",
                     event_kind="anomaly",
@@ -193,23 +226,77 @@ class Supervisor:
                 try:
                     # Another vswitchd may hold the datapath (and the pidfile): adopt it
                     # rather than start one that would wait on its OVSDB lock forever.
-                    # Else what served is what restarts: after `reload --vswitchd X`, X.
+                    # Else what served is what restarts (after `reload --vswitchd X`, X),
+                    # with its last known state.
                     found = await asyncio.to_thread(who_serves, self.spec, [])
-                    self.serving = found or await asyncio.to_thread(self._start_configured,
-                                                                    s.binary)
+                    self.serving = found or await asyncio.to_thread(self._restart_with_state, s)
                 except OvsnduError as exc:
                     log.error("supervisor.restart_failed", event_kind="anomaly", reason=str(exc))
-                    continue
-                if self.bus is not None:
-                    self.bus.changed()
-                sdnotify.notify(STATUS=self._status_line())
+                self.keeper.forget()
+                self._announce()
+
+    async def _keep_state(self) -> None:
+        """Keep the serving vswitchd's last known state current (see keeper.py)."""
+        while True:
+            await asyncio.sleep(self.keeper.poll)
+            s = self.serving
+            if self.runner is not None or s is None or not pid_alive(s.pid):
+                continue
+            await asyncio.to_thread(self.keeper.tick, s.pid)
+
+    def _restart_with_state(self, dead: Serving) -> Serving:
+        """Start the binary that was serving again, with the last known state restored
+        before it forwards (flow-restore-wait); without it if there is none or it fails."""
+        binary = dead.binary or self.cfg.ovs.vswitchd
+        snap, started = self.keeper.snapshot, time.monotonic()
+        if snap is not None:
+            age = round(started - self.keeper.taken_at, 1)
+            try:
+                restored = restore_original(self.spec, binary, snap,
+                                            tcp_seq_check=self.cfg.upgrade.tcp_seq_check)
+            except OvsnduError as exc:
+                log.error("supervisor.restore_failed", event_kind="anomaly", binary=binary,
+                          reason=str(exc), snapshot_age_s=age)
+                self._kill_pidfile_owner()
+            else:
+                log.warning("supervisor.vswitchd_restored", event_kind="vswitchd_restored",
+                            vswitchd_pid=restored.pid, binary=binary, snapshot_age_s=age,
+                            seconds=round(time.monotonic() - started, 3),
+                            entries=sum(snap.counts().values()))
+                return restored
+        with Ovsdb(self.spec.db) as db:
+            db.set_flow_restore_wait(False)
+        return self._start_configured(binary)
+
+    def _kill_pidfile_owner(self) -> None:
+        pid = daemon.read_pid(self.spec.pidfile)
+        if pid is not None:
+            daemon.kill(pid)
+            daemon.remove_stale_files(self.spec, pid)
 
     # --- crash recovery -----------------------------------------------------------------------
+    def sweep(self) -> None:
+        """Remove what interrupted upgrades left (no upgrade runs at start)."""
+        removed = leftovers.sweep(self.state_dir)
+        if removed:
+            log.warning("supervisor.swept_leftovers", event_kind="recovery", removed=removed)
+
     def recover(self) -> None:
         """Finish or roll back an upgrade a killed supervisor left in flight."""
-        rec = self.store.inflight()
+        try:
+            rec = self.store.inflight()
+        except HistoryError as exc:
+            aside = self.store.inflight_path.with_name(f"inflight.corrupt.{int(time.time())}")
+            with contextlib.suppress(OSError):
+                self.store.inflight_path.rename(aside)
+            log.error("supervisor.inflight_unreadable", event_kind="anomaly", reason=str(exc),
+                      moved_to=str(aside))
+            return
         if rec is None:
             return
+        if leftovers.kill_client(rec.client_pid):
+            log.warning("supervisor.killed_orphan_client", event_kind="recovery",
+                        upgrade_id=rec.id, pid=rec.client_pid)
         phase = Phase(rec.phase) if rec.phase else Phase.PREFLIGHT
         action = machine.recovery_action(phase, rec.rollback_mode)  # type: ignore[arg-type]
         log.warning(
@@ -230,7 +317,12 @@ class Supervisor:
         except OvsnduError as exc:
             rec.outcome, rec.exit_code, rec.reason = "failed", 3, f"recovery failed: {exc}"
         rec.anomalies.append(f"supervisor killed during {phase.value}, recovered: {rec.outcome}")
-        self.store.finish(rec)
+        try:
+            self.store.finish(rec)
+        except OSError as exc:
+            rec.anomalies.append(f"history record not written: {exc}")
+            with contextlib.suppress(OSError):
+                self.store.inflight_path.unlink()
         with contextlib.suppress(FileNotFoundError):
             snapshot_path(self.state_dir, rec.id).unlink()
         log.warning(
@@ -303,24 +395,45 @@ class Supervisor:
             "phase": self.phase,
             "upgrade_id": self.runner.upgrade_id if self.runner else None,
             "supervisor_pid": os.getpid(),
+            "ovsndu_version": __version__,
+            "last_known_state": self._keeper_status(),
             "vswitchd": {"pid": s.pid, "version": s.version, "binary": s.binary} if s else None,
             "last_upgrade": last.to_dict() if last else None,
         }
 
+    def _keeper_status(self) -> dict[str, Any] | None:
+        k = self.keeper
+        if k.snapshot is None:
+            return None
+        return {"vswitchd_pid": k.pid, "age_s": round(time.monotonic() - k.taken_at, 1),
+                "entries": sum(k.snapshot.counts().values()), "snapshots": k.snapshots}
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), 10)
-            request = json.loads(line or b"{}")
+            try:
+                request = json.loads(line or b"{}")
+            except RecursionError:
+                raise ValueError("nested too deeply") from None
+            if not isinstance(request, dict):
+                raise ValueError(f"a request is a JSON object, not {type(request).__name__}")
             op = request.get("op")
             if op == "status":
                 await _send(writer, {"event": "status", **self.status()})
             elif op == "reload":
                 await self._reload(request, writer)
+            elif op == "reexec":
+                await self._reexec(writer)
             else:
-                await _send(writer, {"event": "error", "reason": f"unknown op {op!r}"})
+                await _send(writer, _refusal(f"unknown op {op!r}"))
         except (ValueError, TimeoutError, ConnectionError) as exc:
-            with contextlib.suppress(ConnectionError):
-                await _send(writer, {"event": "error", "reason": f"bad request: {exc}"})
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await _send(writer, _refusal(f"bad request: {str(exc)[:200]}"))
+        except Exception as exc:  # never a silent hang-up: the caller gets a line
+            log.error("supervisor.control_error", event_kind="anomaly", reason=repr(exc))
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await _send(writer, {"event": "error", "outcome": "failed", "exit_code": 3,
+                                     "reason": f"internal error: {exc!r}"})
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):
@@ -345,8 +458,10 @@ class Supervisor:
             await _send(writer, {"event": "result", "outcome": "refused",
                                  "exit_code": EXIT_REFUSED, "reason": str(exc)})
             return
-        timeout = float(request.get("timeout") or self.cfg.upgrade.timeout)
-        binary = str(request.get("vswitchd") or self.cfg.ovs.vswitchd)
+        timeout = reload_timeout(request.get("timeout"), self.cfg.upgrade.timeout)
+        binary = request.get("vswitchd") or self.cfg.ovs.vswitchd
+        if not isinstance(binary, str):
+            raise ValueError(f"vswitchd must be a path, not {type(binary).__name__}")
 
         def progress(event: dict[str, Any]) -> None:
             if event.get("event") == "phase":
@@ -359,8 +474,7 @@ class Supervisor:
 
         def moved(serving: Serving) -> None:
             self.serving = serving
-            if self.bus is not None:
-                self.bus.changed()
+            self._announce()
 
         runner = UpgradeRunner(
             self.cfg,
@@ -376,8 +490,14 @@ class Supervisor:
         sdnotify.notify(RELOADING=1, STATUS=f"upgrading to {binary}")
         task = self.runner_task = asyncio.create_task(runner.run())
         task.add_done_callback(self._upgrade_done)
-        record = await asyncio.shield(task)
-        with contextlib.suppress(ConnectionError):
+        try:
+            record = await asyncio.shield(task)
+        except Exception as exc:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await _send(writer, {"event": "result", "outcome": "failed", "exit_code": 3,
+                                     "reason": f"internal error: {exc!r} (see the journal)"})
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
             await _send(
                 writer,
                 {
@@ -388,6 +508,22 @@ class Supervisor:
                     "record": record.to_dict(),
                 },
             )
+
+    async def _reexec(self, writer: asyncio.StreamWriter) -> None:
+        """Replace this process's image by the installed ovsndu; vswitchd is not touched."""
+        if self.runner is not None:
+            await _send(writer, _refusal(f"busy: upgrade {self.runner.upgrade_id} is in "
+                                         f"phase {self.phase}"))
+            return
+        s = self.serving
+        await _send(writer, {"event": "result", "outcome": "reexec", "exit_code": 0,
+                             "supervisor_pid": os.getpid(),
+            "ovsndu_version": __version__,
+            "last_known_state": self._keeper_status(),
+                             "vswitchd_pid": s.pid if s else None,
+                             "reason": "re-executing the installed ovsndu"})
+        self.reexec = True
+        self._stop.set()
 
     def _upgrade_done(self, task: asyncio.Task[UpgradeRecord]) -> None:
         if self.runner is not None:
@@ -412,6 +548,31 @@ async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
     await writer.drain()
 
 
+def _refusal(reason: str) -> dict[str, Any]:
+    """The answer to a request refused before anything changed."""
+    return {"event": "error", "outcome": "refused", "exit_code": EXIT_REFUSED,
+            "reason": reason}
+
+
+def reload_timeout(raw: object, default: float) -> float:
+    """A reload's ``timeout``: absent means *default*; else a finite number of seconds in
+    (0, MAX_TIMEOUT].  ValueError (one line) otherwise."""
+    if raw is None:
+        return default
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise ValueError(f"timeout must be a number of seconds, not {type(raw).__name__}")
+    if not math.isfinite(raw) or not 0 < raw <= MAX_TIMEOUT:
+        raise ValueError(f"timeout must be more than 0 and at most {MAX_TIMEOUT:g} s, "
+                         f"not {raw!r}")
+    return float(raw)
+
+
 def supervise(cfg: Config) -> int:
-    """Run the supervisor until it is told to stop."""
-    return asyncio.run(Supervisor(cfg).run())
+    """Run the supervisor until it is told to stop; exec the installed ovsndu on reexec."""
+    sup = Supervisor(cfg)
+    code = asyncio.run(sup.run())
+    if sup.reexec:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "ovsndu", *sys.argv[1:]])
+    return code

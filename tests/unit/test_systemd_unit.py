@@ -26,8 +26,10 @@ def test_dropin_names_this_ovsndu() -> None:
     assert "ExecStart=/opt/x/bin/ovsndu supervise" in text
     assert "ExecReload=/opt/x/bin/ovsndu reload" in text
     assert systemd_unit.SHIPPED_COMMAND not in text
-    for line in ("Type=notify", "NotifyAccess=main", "ExecStop=", "KillMode=mixed",
-                 "WatchdogSec=30"):
+    assert "ExecStopPost=/opt/x/bin/ovsndu stop-post" in text
+    # only the supervisor is killed when it dies: vswitchd keeps forwarding (issue 13)
+    for line in ("Type=notify", "NotifyAccess=main", "ExecStop=", "KillMode=process",
+                 "WatchdogSec=30", "Restart=no"):
         assert line in text.splitlines()
     # the stock [Unit] (ovsdb-server ordering and dependencies) is left alone
     assert "[Unit]" not in text.splitlines()

@@ -18,6 +18,7 @@ import pytest
 from ovsndu.model import Snapshot
 from ovsndu.ovs import daemon
 from ovsndu.ovs.readers import read_snapshot
+from ovsndu.upgrade.leftovers import clients_of
 from tests.upgrade.conftest import Rig, fake_binary, make_rig
 
 # Sleep before starting, but only outside the live database (i.e. in the rehearsal).
@@ -60,15 +61,10 @@ def _wait(predicate: Callable[[], bool], timeout: float = 30) -> None:
         time.sleep(0.005)
 
 
-def _client_pid() -> int | None:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if b"ovsndu.upgrade.client" in (entry / "cmdline").read_bytes():
-                    return int(entry.name)
-            except OSError:
-                continue
-    return None
+def _client_pid(rig: Rig) -> int | None:
+    """This rig's client process (other tests on the machine may run their own)."""
+    pids = clients_of(Path(rig.cfg.ovsndu.state_dir))
+    return pids[0] if pids else None
 
 
 def test_new_binary_missing(rig: Rig, tmp_path: Path) -> None:
@@ -150,9 +146,9 @@ def test_client_killed_mid_sync(tmp_path: Path) -> None:
         slow = fake_binary(tmp_path, "slow", SLOW_REHEARSAL)
         before = read_snapshot(rig.sb.rundir, rig.sb.db)
         proc = _reload_in_background(rig, "--vswitchd", str(slow))
-        _wait(lambda: _client_pid() is not None)
+        _wait(lambda: _client_pid(rig) is not None)
         time.sleep(0.5)
-        os.kill(_client_pid() or 0, signal.SIGKILL)
+        os.kill(_client_pid(rig) or 0, signal.SIGKILL)
         code, result = _finish(proc)
         _intact(rig, before, code, result, expect=1, reason="client failed")
         assert rig.vswitchd_pids() == [before.vswitchd.pid]
@@ -164,7 +160,7 @@ def test_server_vswitchd_killed_mid_sync(tmp_path: Path) -> None:
         slow = fake_binary(tmp_path, "slow", SLOW_REHEARSAL)
         before = read_snapshot(rig.sb.rundir, rig.sb.db)
         proc = _reload_in_background(rig, "--vswitchd", str(slow))
-        _wait(lambda: _client_pid() is not None)
+        _wait(lambda: _client_pid(rig) is not None)
         os.kill(before.vswitchd.pid or 0, signal.SIGKILL)
         code, result = _finish(proc)
         _intact(rig, before, code, result, expect=1, reason="serving vswitchd")

@@ -16,6 +16,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from ovsndu.errors import OvsnduError, VswitchdError
 from ovsndu.ovs.ovsdb import Ovsdb
@@ -62,7 +63,10 @@ class VswitchdSpec:
     def argv(self, binary: str, *, standby: bool = False) -> list[str]:
         """The command line: ovs-ctl's options, the configured extras, our pidfile."""
         pidfile = self.standby_pidfile if standby else self.pidfile
-        argv = [binary, self.db, "-vconsole:emer", "-vsyslog:err", "-vfile:info", "--no-chdir",
+        # A standby waits on the OVSDB lock and says so at ERR ("another ovs-vswitchd
+        # process is running"): its own log file only, syslog (the journal) once it serves.
+        syslog = "-vsyslog:off" if standby else "-vsyslog:err"
+        argv = [binary, self.db, "-vconsole:emer", syslog, "-vfile:info", "--no-chdir",
                 f"--log-file={self.log_file}", f"--pidfile={pidfile}", *self.args]
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
@@ -88,16 +92,33 @@ def as_ovs_vswitchd(rundir: Path, binary: str) -> str:
     return str(link)
 
 
-def spawn(spec: VswitchdSpec, binary: str, *, standby: bool = False
-          ) -> subprocess.Popen[bytes]:
-    """Start vswitchd in the foreground, in its own session, output discarded."""
+def spawn(spec: VswitchdSpec, binary: str, *, standby: bool = False,
+          stderr: int | IO[bytes] = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    """Start vswitchd in the foreground, in its own session, stdout discarded."""
     argv = spec.argv(as_ovs_vswitchd(spec.rundir, binary), standby=standby)
     try:
         return subprocess.Popen(argv, env=spec.env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+                                stderr=stderr, start_new_session=True)
     except OSError as exc:
         raise VswitchdError(f"cannot start {binary}: {exc.strerror}") from None
+
+
+def enable_syslog(spec: VswitchdSpec, pid: int) -> None:
+    """A promoted standby logs to syslog at ERR from now on, as a serving vswitchd does."""
+    with unixctl_for(spec, pid, timeout=5) as appctl:
+        appctl("vlog/set", "syslog:err")
+
+
+def exit_description(returncode: int | None) -> str:
+    """``exit status 1`` or ``killed by SIGSEGV`` for a Popen return code."""
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-returncode).name}"
+        return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
 
 
 def binary_version(binary: str, timeout: float = 10.0) -> str:

@@ -188,6 +188,7 @@ class Sandbox:
                 f"--pidfile={self.rundir / 'ovsdb-server.pid'}",
                 f"--log-file={self.rundir / 'ovsdb-server.log'}",
                 "-vconsole:off",
+                "-vsyslog:off",  # its log file only: never the journal of a unit
             ]
         )
         wait_for(
@@ -209,6 +210,7 @@ class Sandbox:
             f"--pidfile={pidfile or self.rundir / 'ovs-vswitchd.pid'}",
             f"--log-file={log_file or self.rundir / 'ovs-vswitchd.log'}",
             "-vconsole:off",
+            "-vsyslog:off",
             *mode_args,
             *self.vswitchd_args,
         ]

@@ -29,6 +29,7 @@ from ovsndu.ovs.restore import RestorePlan, Restorer, user_routes_only
 from ovsndu.ovs.sandbox import Sandbox, backup_db
 from ovsndu.ovs.uncarried import carried_only
 from ovsndu.protocol.transport import receive_state
+from ovsndu.upgrade.leftovers import REHEARSAL_FILE, REHEARSAL_PREFIX
 
 EXIT_COMMITTED = 0
 EXIT_ABORTED = 1
@@ -96,7 +97,9 @@ async def run(args: argparse.Namespace) -> int:
         digests = snap.digests()
         if args.validate:
             # A short path: unixctl socket paths must fit in sun_path (108 bytes).
-            rehearsal = Path(tempfile.mkdtemp(prefix="ovsndu-rehearsal-"))
+            rehearsal = Path(tempfile.mkdtemp(prefix=REHEARSAL_PREFIX))
+            # Named in the work directory: a supervisor that recovers removes it.
+            (Path(args.workdir) / REHEARSAL_FILE).write_text(f"{rehearsal}\n")
             try:
                 digests = rehearse(snap, args.vswitchd, args.db, rehearsal)
             finally:

@@ -15,6 +15,7 @@ not decide anything: the phase machine (``machine.py``) does.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -84,6 +85,7 @@ class UpgradeRecord:
     to_binary: str = ""
     rollback_binary: str = ""
     standby_pid: int | None = None
+    client_pid: int | None = None
     phase: str = ""
     rollback_mode: str | None = None
     phases: list[PhaseEntry] = field(default_factory=list)
@@ -143,6 +145,7 @@ class UpgradeRecord:
             to_binary=_get(data, "to_binary", str, ""),
             rollback_binary=_get(data, "rollback_binary", str, ""),
             standby_pid=_get_int(data, "standby_pid"),
+            client_pid=_get_int(data, "client_pid"),
             phase=_get(data, "phase", str, ""),
             rollback_mode=_get(data, "rollback_mode", str, None),
             phases=[PhaseEntry.from_dict(p) for p in phases],
@@ -193,11 +196,16 @@ class HistoryStore:
         tmp = self.state_dir / f".{INFLIGHT}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.inflight_path)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.inflight_path)
+        except OSError:
+            with contextlib.suppress(OSError):  # no temporary file outlives a failed write
+                tmp.unlink()
+            raise
         self._fsync_dir()
 
     def inflight(self) -> UpgradeRecord | None:
@@ -270,8 +278,7 @@ class HistoryStore:
     def _ensure_dir(self) -> None:
         if self.state_dir.is_dir():
             return
-        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.state_dir, 0o700)  # whatever the umask
+        ensure_private_dir(self.state_dir)
 
     def _fsync_dir(self) -> None:
         fd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -279,6 +286,29 @@ class HistoryStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create *path* (and parents) and make it mode 0700, whatever existed or the umask."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if os.stat(path).st_mode & 0o777 != 0o700:
+        os.chmod(path, 0o700)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write *data* to a new file *path* created mode 0600 (no window where others read it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+                 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != 0o600:  # an existing file keeps its mode: fix it
+            os.fchmod(fd, 0o600)
+        _write_all(fd, data)
+    except OSError:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+    os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

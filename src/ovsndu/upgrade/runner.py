@@ -38,7 +38,13 @@ from ovsndu.protocol.transport import ServerSession, serve_state
 from ovsndu.render import entry_text
 from ovsndu.upgrade import machine
 from ovsndu.upgrade.conversion import SchemaStep, target_schema_file
-from ovsndu.upgrade.history import HistoryStore, PhaseEntry, UpgradeRecord, utc_now_iso
+from ovsndu.upgrade.history import (
+    HistoryStore,
+    PhaseEntry,
+    UpgradeRecord,
+    utc_now_iso,
+    write_private,
+)
 from ovsndu.upgrade.machine import Phase
 from ovsndu.upgrade.serving import (
     Serving,
@@ -53,6 +59,8 @@ from ovsndu.upgrade.serving import (
 log = structlog.get_logger("ovsndu.upgrade")
 
 SUPPORTED_DATAPATHS = ("netdev", "system", "dummy")
+UNRESPONSIVE_WAIT = 5.0
+"""Seconds a living original vswitchd may take to answer before a rollback replaces it."""
 
 
 Progress = Callable[[dict[str, Any]], None]
@@ -96,6 +104,7 @@ class UpgradeRunner:
         self.standby: subprocess.Popen[bytes] | None = None
         self.frw_set = False
         self._snapshot_read_at: float | None = None
+        self.inflight_error: str | None = None
         self._phase_started_wall = utc_now_iso()
         self.schema_file = target_schema_file(
             new_binary, configured_binary=cfg.ovs.vswitchd, configured_schema=cfg.ovs.schema,
@@ -117,6 +126,8 @@ class UpgradeRunner:
     # --- the loop ---------------------------------------------------------------------------
     async def run(self) -> UpgradeRecord:
         """Drive the machine to a terminal phase; the finished record."""
+        # Every log entry of this task (sync.*, restore, ...) carries the upgrade's id.
+        structlog.contextvars.bind_contextvars(upgrade_id=self.upgrade_id)
         loop = asyncio.get_running_loop()
         state, actions = machine.start(
             self.upgrade_id, loop.time(), self.timeout, self.cfg.upgrade.validate
@@ -142,6 +153,9 @@ class UpgradeRunner:
                 event = machine.DeadlinePassed()
             except OvsnduError as exc:
                 event = machine.PhaseFailed(state.phase, str(exc))
+            except OSError as exc:  # the state directory (disk full, read-only, ...)
+                event = machine.PhaseFailed(state.phase, f"{exc.strerror or exc}"
+                                            f"{f': {exc.filename}' if exc.filename else ''}")
             except Exception as exc:
                 log.error(
                     "upgrade.internal_error",
@@ -179,10 +193,24 @@ class UpgradeRunner:
         self.serving = found
         self.on_serving(found)
 
+    def _write_inflight(self) -> None:
+        """The in-flight record; a failure is reported (once) and kept, never raised."""
+        try:
+            self.store.write_inflight(self.record)
+        except OSError as exc:
+            if self.inflight_error is None:
+                self.inflight_error = f"in-flight record not written: {exc}"
+                self.record.anomalies.append(self.inflight_error)
+                log.error("upgrade.inflight_not_written", upgrade_id=self.upgrade_id,
+                          phase=self.record.phase, event_kind="anomaly", reason=str(exc))
+
     def _enter(self, state: machine.UpgradeState) -> None:
         self.record.phase = state.phase.value
         self.record.rollback_mode = state.rollback_mode
         self._phase_started_wall = utc_now_iso()
+        # The record first: a supervisor killed right after the phase event finds it.
+        if state.phase not in machine.TERMINAL:
+            self._write_inflight()
         if state.phase not in machine.TERMINAL:
             log.info(
                 "upgrade.phase",
@@ -194,7 +222,6 @@ class UpgradeRunner:
             self.progress(
                 {"event": "phase", "phase": state.phase.value, "upgrade_id": self.upgrade_id}
             )
-        self.store.write_inflight(self.record)
 
     def _left(self, before: machine.UpgradeState, after: machine.UpgradeState) -> None:
         rec = after.records[-1] if len(after.records) > len(before.records) else None
@@ -237,8 +264,17 @@ class UpgradeRunner:
             self.record.counts = self.snapshot.counts()
             self.record.digests = self.snapshot.digests()
         self._keep_client_log()
-        self.store.finish(self.record)
-        with contextlib.suppress(FileNotFoundError):
+        try:
+            self.store.finish(self.record)
+        except OSError as exc:
+            # The outcome still reaches the caller and the journal; no stale in-flight
+            # file may make the next supervisor "recover" an upgrade that has ended.
+            self.record.anomalies.append(f"history record not written: {exc}")
+            log.error("upgrade.record_not_written", upgrade_id=self.upgrade_id,
+                      event_kind="anomaly", outcome=state.outcome, reason=str(exc))
+            with contextlib.suppress(OSError):
+                self.store.inflight_path.unlink()
+        with contextlib.suppress(OSError):
             snapshot_path(self.state_dir, self.upgrade_id).unlink()
         shutil.rmtree(self._workdir, ignore_errors=True)
         shutil.rmtree(self.state_dir / "rollback" / self.upgrade_id, ignore_errors=True)
@@ -280,6 +316,8 @@ class UpgradeRunner:
     # --- phases ---------------------------------------------------------------------------
     async def preflight(self) -> None:
         """New binary runs; datapaths supported; schema readable; rollback copy taken."""
+        if self.inflight_error is not None:
+            raise VswitchdError(f"cannot start an upgrade: {self.inflight_error}")
         if self.serving.proc is not None and self.serving.proc.poll() is not None:
             raise VswitchdError("the serving vswitchd is not running")
         self.record.to_version = await asyncio.to_thread(daemon.binary_version, self.new_binary)
@@ -339,8 +377,7 @@ class UpgradeRunner:
         self.record.counts, self.record.digests = snap.counts(), snap.digests()
         await asyncio.to_thread(self._note_uncarried, snap)
         path = snapshot_path(self.state_dir, self.upgrade_id)
-        await asyncio.to_thread(path.write_text, json.dumps(snap.to_dict()))
-        path.chmod(0o600)
+        await asyncio.to_thread(write_private, path, json.dumps(snap.to_dict()).encode())
 
     def _note_uncarried(self, snap: Snapshot) -> None:
         """Name and count what cannot be carried; refuse (before anything changes) when the
@@ -364,8 +401,7 @@ class UpgradeRunner:
         token = secrets.token_bytes(32)
         token_file = self._workdir / "token"
         self._workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        token_file.write_bytes(token)
-        token_file.chmod(0o600)
+        write_private(token_file, token)
         sock = sync_dir / f"{self.upgrade_id.rsplit('-', 1)[-1]}.sock"
         argv = [
             sys.executable,
@@ -392,6 +428,8 @@ class UpgradeRunner:
         with open(self._workdir / "client.log", "wb") as client_log:
             self.client = await asyncio.create_subprocess_exec(
                 *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=client_log)
+        self.record.client_pid = self.client.pid
+        self._write_inflight()
         result = await serve_state(
             sock,
             self.snapshot,
@@ -419,15 +457,21 @@ class UpgradeRunner:
         """Start the new vswitchd on the live database; it must wait on the OVSDB lock."""
         with contextlib.suppress(FileNotFoundError):
             self.spec.standby_pidfile.unlink()
-        self.standby = proc = daemon.spawn(self.spec, self.new_binary, standby=True)
+        self._workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        stderr_path = self._workdir / "standby.stderr"
+        with open(stderr_path, "wb") as stderr:
+            self.standby = proc = daemon.spawn(self.spec, self.new_binary, standby=True,
+                                               stderr=stderr)
         self.record.standby_pid = proc.pid
-        self.store.write_inflight(self.record)
+        self._write_inflight()
 
         def ready() -> bool:
             if proc.poll() is not None:
+                said = _last_lines(stderr_path)
                 raise VswitchdError(
-                    f"the new vswitchd exited at start with status {proc.returncode}"
-                )
+                    f"the new vswitchd exited at start with "
+                    f"{daemon.exit_description(proc.returncode)}"
+                    + (f"; its last words: {said}" if said else ""))
             return daemon.answers(self.spec, proc.pid)
 
         await asyncio.to_thread(daemon.wait_until, ready, 20, "the standby vswitchd to answer")
@@ -457,6 +501,7 @@ class UpgradeRunner:
         await asyncio.to_thread(daemon.wait_bridges, spec, standby, names, 30)
         mark("bridges_ready")
         await asyncio.to_thread(daemon.promote_standby_pidfile, spec, standby.pid)
+        await asyncio.to_thread(daemon.enable_syslog, spec, standby.pid)
         await self.session.handover()
         mark("handover_sent")
         await self.session.wait_ready()
@@ -548,6 +593,17 @@ class UpgradeRunner:
         if self.standby is not None:
             await asyncio.to_thread(daemon.kill, self.standby.pid, self.standby)
             await asyncio.to_thread(daemon.remove_stale_files, self.spec, self.standby.pid)
+        if original_alive and self.snapshot is not None and not await asyncio.to_thread(
+                self._answers_within, self.serving.pid, UNRESPONSIVE_WAIT):
+            # Frozen (SIGSTOP, a hang): it cannot serve; replace it from the snapshot.
+            why = (f"the original vswitchd {self.serving.pid} did not answer within "
+                   f"{UNRESPONSIVE_WAIT:g} s; replaced from the snapshot")
+            self.record.anomalies.append(why)
+            log.warning("upgrade.original_unresponsive", upgrade_id=self.upgrade_id,
+                        phase="rollback", event_kind="anomaly", reason=why)
+            await asyncio.to_thread(daemon.kill, self.serving.pid, self.serving.proc)
+            await asyncio.to_thread(daemon.remove_stale_files, self.spec, self.serving.pid)
+            original_alive = False
         await asyncio.to_thread(self.schema.revert,
                                 self.serving.pid if original_alive else None)
         if original_alive:
@@ -561,15 +617,20 @@ class UpgradeRunner:
             self.serving = serving
             self.on_serving(serving)
 
-        restored = await asyncio.to_thread(
-            restore_original,
-            self.spec,
-            binary,
-            self.snapshot,
-            tcp_seq_check=self.cfg.upgrade.tcp_seq_check,
-            read_at=self._snapshot_read_at,
-            on_started=started,
-        )
+        try:
+            restored = await asyncio.to_thread(
+                restore_original,
+                self.spec,
+                binary,
+                self.snapshot,
+                tcp_seq_check=self.cfg.upgrade.tcp_seq_check,
+                read_at=self._snapshot_read_at,
+                on_started=started,
+            )
+        except OvsnduError as exc:
+            await asyncio.to_thread(self._serve_empty, binary)
+            raise VswitchdError(f"restoring the snapshot failed ({exc}); {binary} serves "
+                                f"without the state") from None
         self.frw_set = False
         restored.binary = self.record.from_binary or binary
         self.serving = restored
@@ -582,6 +643,29 @@ class UpgradeRunner:
             event_kind="rollback_restored",
             pid=restored.pid,
         )
+
+    def _answers_within(self, pid: int, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while not daemon.answers(self.spec, pid):
+            if time.monotonic() > deadline or not pid_alive(pid):
+                return False
+            time.sleep(0.1)
+        return True
+
+    def _serve_empty(self, binary: str) -> None:
+        """Last resort after a failed restore: someone serves, without the state."""
+        pid = daemon.read_pid(self.spec.pidfile)
+        if pid is not None:
+            daemon.kill(pid)
+            daemon.remove_stale_files(self.spec, pid)
+        with Ovsdb(self.spec.db) as db:
+            db.set_flow_restore_wait(False)
+        proc = daemon.spawn(self.spec, binary)
+        daemon.wait_until(lambda: proc.poll() is None and daemon.answers(self.spec, proc.pid),
+                          30, f"{binary} to answer")
+        self.serving = Serving(proc.pid, proc, self.record.from_binary or binary,
+                               vswitchd_version(self.spec, proc.pid))
+        self.on_serving(self.serving)
 
     def _discard_verify(self) -> None:
         """The original never stopped: it answers and still holds the datapath.
@@ -605,3 +689,13 @@ class UpgradeRunner:
             self.record.anomalies.append(
                 f"{lost.category} of the original vswitchd changed during the upgrade "
                 f"(not by ovsndu): {lost.describe(entry_text)}")
+
+
+def _last_lines(path: Path, count: int = 5) -> str:
+    """The last *count* non-empty lines of a process's stderr file, joined by " | "."""
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()
+                 if ln.strip()]
+    except OSError:
+        return ""
+    return " | ".join(lines[-count:])[:500]
