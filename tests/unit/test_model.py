@@ -21,6 +21,7 @@ from ovsndu.model import (
     VswitchdInfo,
     diff_snapshots,
 )
+from ovsndu.model.validate import check_entry
 
 INFO = VswitchdInfo(pid=1, version="3.1.0")
 text = st.text(alphabet="abcdefgh0123456789=,:./", min_size=1, max_size=12)
@@ -118,11 +119,23 @@ class TestJsonShape:
     @given(snapshots)
     @settings(max_examples=100)
     def test_round_trip(self, snap: Snapshot) -> None:
-        """to_dict → JSON → from_dict gives the same snapshot."""
+        """to_dict → JSON → from_dict gives the same snapshot, or refuses a value OVS could
+        not have printed (the generated text is arbitrary; see test_validate.py)."""
         data = json.loads(json.dumps(snap.to_dict()))
         assert data["format"] == 1
         assert list(data["categories"]) == list(CATEGORIES)
-        assert Snapshot.from_dict(data) == snap
+        invalid = []
+        for entries in snap.categories.values():
+            for e in entries:
+                try:
+                    check_entry(e)
+                except ModelError as exc:
+                    invalid.append(str(exc))
+        if invalid:
+            with pytest.raises(ModelError):
+                Snapshot.from_dict(data)
+        else:
+            assert Snapshot.from_dict(data) == snap
 
     def test_tampered_digest_is_refused(self) -> None:
         """A stored digest that does not match the entries is an error naming the category."""

@@ -327,7 +327,8 @@ assert tuple(ENTRY_TYPES) == CATEGORIES
 
 
 def entry_from_dict(category: str, data: Mapping[str, Any]) -> Entry:
-    """Rebuild one entry from :meth:`Entry.to_dict` output; unknown or missing keys are errors."""
+    """Rebuild one entry from :meth:`Entry.to_dict` output; unknown or missing keys, and
+    values OVS could not have printed (:mod:`ovsndu.model.validate`), are errors."""
     try:
         cls = ENTRY_TYPES[category]
     except KeyError:
@@ -341,9 +342,13 @@ def entry_from_dict(category: str, data: Mapping[str, Any]) -> Entry:
         if not _type_ok(kwargs[key], hints[key]):
             raise ModelError(f"{category}: field {key!r} has wrong type {type(value).__name__}")
     try:
-        return cls(**kwargs)
+        entry = cls(**kwargs)
     except TypeError as exc:
         raise ModelError(f"{category}: {exc}") from None
+    from ovsndu.model.validate import check_entry  # validate imports this module
+
+    check_entry(entry)
+    return entry
 
 
 _HINT_CACHE: dict[type[Entry], dict[str, Any]] = {}
