@@ -103,16 +103,51 @@ class Restorer:
 
     def restore(self, snap: Snapshot, *, verify: bool = True, fresh: bool = False
                 ) -> RestoreReport:
-        """Plan, apply and (by default) verify; RestoreError names what failed."""
+        """Plan, apply and (by default) verify; RestoreError names what failed.
+
+        Atomic for the OpenFlow state: everything is planned (every bundle parsed) before
+        the first change; when applying or the read-back fails, the target's TLV maps,
+        meters, groups and flows are put back as they were found (unless *fresh*).
+        """
         started = time.monotonic()
-        plan = self.plan(snap)
-        report = self.apply(plan, fresh=fresh)
-        report.durations["plan"] = report.durations.get("plan", 0.0) + plan_seconds(started,
-                                                                                   report)
-        if verify:
-            with self._step(report, "verify"):
-                report.after = self.verify(snap, report.anomalies)
+        plan = self.plan(snap, encode=True)
+        before = None if fresh else self._openflow_state()
+        try:
+            report = self.apply(plan, fresh=fresh)
+            report.durations["plan"] = report.durations.get("plan", 0.0) + plan_seconds(
+                started, report)
+            if verify:
+                with self._step(report, "verify"):
+                    report.after = self.verify(snap, report.anomalies)
+        except (RestoreError, VswitchdError) as exc:
+            if before is None:
+                raise
+            if isinstance(exc, VswitchdError):
+                exc = RestoreError("openflow", str(exc))
+            try:
+                self._put_back(before)
+            except OvsnduError as undo:
+                raise RestoreError(exc.category, f"{exc.reason}; putting the target back as "
+                                   f"found FAILED: {undo}") from None
+            raise RestoreError(exc.category, f"{exc.reason} (the target's OpenFlow state was "
+                               "put back as found)") from None
         return report
+
+    def _openflow_state(self) -> Snapshot:
+        """The target's ports and OpenFlow state (TLV maps, meters, groups, flows) as found."""
+        now = StateReader(self.rundir, self.db, pid=self.pid).snapshot()
+        for name in ("tunnel_neighbors", "conntrack", "fdb", "routes"):
+            now = now.replace(name, [])
+        return now
+
+    def _put_back(self, before: Snapshot) -> None:
+        """Install *before* (from :meth:`_openflow_state`) again and check it by read-back."""
+        Restorer(self.rundir, self.db, pid=self.pid).apply(self.plan(before, encode=True))
+        after = StateReader(self.rundir, self.db, pid=self.pid).snapshot()
+        for name in ("flows", "groups", "meters", "tlv_mappings"):
+            if after.digest(name) != before.digest(name):
+                raise RestoreError(name, "read-back differs from the state found: "
+                                   + describe_difference(name, before, after))
 
     def lift_flow_restore_wait(self) -> None:
         """Let the target forward: remove ``other_config:flow-restore-wait`` (ovsndu set it)."""
@@ -297,10 +332,14 @@ class Restorer:
         if meters and bridge.meter_version is None:
             raise RestoreError("meters", f"bridge {name} allows no OpenFlow 1.3+ for meters")
         if not fresh:
-            current = parsers.parse_tlv_map(name, self._ofctl(name, version, "dump-tlv-map"))
-            if {t.canonical() for t in current} == {t.canonical() for t in tlvs}:
-                tlvs = []
-            elif current:
+            current = {t.canonical() for t in parsers.parse_tlv_map(
+                name, self._ofctl(name, version, "dump-tlv-map"))}
+            if current <= {t.canonical() for t in tlvs}:
+                tlvs = [t for t in tlvs if t.canonical() not in current]  # add what is missing
+            else:
+                # OVS refuses to delete a mapping a flow uses: the flows go first (the
+                # bundle installs the snapshot's; a failure puts the target back as found).
+                self._ofctl(name, version, "del-flows")
                 self._ofctl(name, version, "del-tlv-map")
             if bridge.meter_version is not None:
                 self._ofctl(name, "OpenFlow13", "del-meters")

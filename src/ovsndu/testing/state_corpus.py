@@ -148,6 +148,8 @@ def raw_fdb(sb: Sandbox, bridge: str) -> list[str]:
     return sorted(rows)
 
 
-def raw_ofctl(sb: Sandbox, bridge: str, command: str, version: str = "OpenFlow15") -> str:
+def raw_ofctl(sb: Sandbox, bridge: str, command: str, version: str = "OpenFlow15",
+              options: tuple[str, ...] = ()) -> str:
     """An ovs-ofctl dump without its xid (which counts requests)."""
-    return re.sub(r" \(xid=0x[0-9a-f]+\)", "", sb.ofctl(bridge, command, version=version))
+    return re.sub(r" \(xid=0x[0-9a-f]+\)", "", sb.ofctl(bridge, command, version=version,
+                                                         options=options))
