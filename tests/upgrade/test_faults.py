@@ -130,8 +130,10 @@ def test_new_vswitchd_crashes_right_after_takeover(tmp_path: Path) -> None:
     """It takes over, then dies: the original binary is restarted with the whole state."""
     with make_rig(tmp_path, db_env="CRASH_DB") as rig:
         bad = fake_binary(tmp_path, "crash-after", (
+            # The standby's OVS_RUNDIR is private: find the rundir by its pidfile.
+            'for a in "$@"; do case $a in --pidfile=*) D=$(dirname "${a#*=}");; esac; done\n'
             'if [ "$1" = "$CRASH_DB" ] && [[ "$*" == *standby.pid* ]]; then\n'
-            '  ( until [ "$(cat "$OVS_RUNDIR/ovs-vswitchd.pid" 2>/dev/null)" = "$$" ]; do\n'
+            '  ( until [ "$(cat "$D/ovs-vswitchd.pid" 2>/dev/null)" = "$$" ]; do\n'
             '      sleep 0.002; done; sleep 0.02; kill -KILL $$ ) &\n'
             'fi\nexec "$REAL" "$@"'))
         before = read_snapshot(rig.sb.rundir, rig.sb.db)

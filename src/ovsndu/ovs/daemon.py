@@ -93,11 +93,16 @@ def as_ovs_vswitchd(rundir: Path, binary: str) -> str:
 
 
 def spawn(spec: VswitchdSpec, binary: str, *, standby: bool = False,
-          stderr: int | IO[bytes] = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
-    """Start vswitchd in the foreground, in its own session, stdout discarded."""
+          stderr: int | IO[bytes] = subprocess.DEVNULL, ovs_rundir: Path | None = None
+          ) -> subprocess.Popen[bytes]:
+    """Start vswitchd in the foreground, in its own session, stdout discarded.
+
+    *ovs_rundir*: its ``OVS_RUNDIR`` if not the spec's (a private one, see
+    :mod:`ovsndu.ovs.ofdir`); the pidfile and log file stay where the spec says."""
     argv = spec.argv(as_ovs_vswitchd(spec.rundir, binary), standby=standby)
+    env = spec.env if ovs_rundir is None else {**spec.env, "OVS_RUNDIR": str(ovs_rundir)}
     try:
-        return subprocess.Popen(argv, env=spec.env,
+        return subprocess.Popen(argv, env=env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=stderr, start_new_session=True)
     except OSError as exc:
@@ -157,8 +162,9 @@ def answers(spec: VswitchdSpec, pid: int) -> bool:
     return True
 
 
-def bridges_built(rundir: Path, db: str, pid: int) -> bool:
-    """Whether vswitchd *pid* (of *rundir*) has built every bridge in *db*."""
+def bridges_built(rundir: Path, db: str, pid: int, *, of_dir: Path | None = None) -> bool:
+    """Whether vswitchd *pid* (of *rundir*; OpenFlow sockets in *of_dir*, by default the
+    rundir) has built every bridge in *db*."""
     try:
         with Ovsdb(db, timeout=5) as conn:
             names = [b.name for b in read_bridges(conn)]
@@ -166,17 +172,20 @@ def bridges_built(rundir: Path, db: str, pid: int) -> bool:
             shown = appctl("ofproto/list").split()
     except OvsnduError:
         return False
-    return all(name in shown and (rundir / f"{name}.mgmt").exists() for name in names)
+    return all(name in shown and ((of_dir or rundir) / f"{name}.mgmt").exists()
+               for name in names)
 
 
 def wait_bridges(spec: VswitchdSpec, proc: subprocess.Popen[bytes], names: list[str],
-                 timeout: float) -> None:
-    """Poll (every 2 ms) until *proc* answers OpenFlow on every bridge in *names*."""
+                 timeout: float, *, of_dir: Path | None = None) -> None:
+    """Poll (every 2 ms) until *proc* answers OpenFlow on every bridge in *names* (its
+    sockets in *of_dir*, by default the rundir)."""
     deadline = time.monotonic() + timeout
+    of_dir = of_dir or spec.rundir
     while True:
         if proc.poll() is not None:
             raise VswitchdError(f"the new vswitchd exited with status {proc.returncode}")
-        if all((spec.rundir / f"{n}.mgmt").exists() for n in names):
+        if all((of_dir / f"{n}.mgmt").exists() for n in names):
             try:
                 with unixctl_for(spec, proc.pid, timeout=2) as appctl:
                     shown = appctl("ofproto/list").split()

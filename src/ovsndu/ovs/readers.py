@@ -96,10 +96,11 @@ class StateReader:
     """Reads one vswitchd (found through ``<rundir>/ovs-vswitchd.pid``) and its database."""
 
     def __init__(self, rundir: str | Path | None = None, db: str | None = None,
-                 *, pid: int | None = None):
+                 *, pid: int | None = None, of_dir: str | Path | None = None):
         self.rundir = Path(rundir or default_rundir())
         self.db = db or f"unix:{self.rundir / 'db.sock'}"
         self.pid = pid
+        self.of_dir = Path(of_dir) if of_dir is not None else self.rundir  # OpenFlow sockets
 
     def snapshot(self) -> Snapshot:
         """Read all nine categories."""
@@ -127,7 +128,7 @@ class StateReader:
 
     def _openflow_jobs(self, bridges: list[BridgeInfo]
                        ) -> list[Callable[[], tuple[str, list[Entry]]]]:
-        rundir = self.rundir
+        rundir = self.of_dir
         jobs: list[Callable[[], tuple[str, list[Entry]]]] = []
         for b in bridges:
             def flows(b: BridgeInfo = b) -> tuple[str, list[Entry]]:

@@ -71,12 +71,13 @@ def rehearse(snap: Snapshot, binary: str, live_db: str, workdir: Path) -> dict[s
     return snap.digests()
 
 
-def install_live(plan: RestorePlan, rundir: Path, db: str, *, tcp_seq_check: bool) -> float:
+def install_live(plan: RestorePlan, rundir: Path, db: str, *, tcp_seq_check: bool,
+                 of_dir: Path | None = None) -> float:
     """Send the prepared plan to the new serving vswitchd (just started: *fresh*) and lift
     flow-restore-wait; returns the seconds it took.  The supervisor then verifies by
     read-back before it commits."""
     started = time.monotonic()
-    restorer = Restorer(rundir, db, tcp_seq_check=tcp_seq_check)
+    restorer = Restorer(rundir, db, tcp_seq_check=tcp_seq_check, of_dir=of_dir)
     report = restorer.apply(plan, fresh=True)
     restorer.lift_flow_restore_wait()
     lifted = time.monotonic() - started
@@ -118,7 +119,8 @@ async def run(args: argparse.Namespace) -> int:
         async with session:
             await session.wait_handover(timeout=args.timeout)
             lifted = await asyncio.to_thread(install_live, plans[0], Path(args.rundir), args.db,
-                                             tcp_seq_check=args.tcp_seq_check)
+                                             tcp_seq_check=args.tcp_seq_check,
+                                             of_dir=Path(args.of_dir) if args.of_dir else None)
             print(f"installed; flow-restore-wait lifted after {lifted * 1000:.0f} ms",
                   file=sys.stderr)
             await session.ready()
@@ -140,6 +142,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rundir", required=True)
     p.add_argument("--db", required=True)
     p.add_argument("--vswitchd", required=True, help="the new binary")
+    p.add_argument("--of-dir", help="where the new vswitchd's OpenFlow sockets are until "
+                   "the supervisor publishes them (default: the rundir)")
     p.add_argument("--workdir", required=True)
     p.add_argument("--validate", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--tcp-seq-check", action="store_true")

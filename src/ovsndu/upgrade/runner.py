@@ -29,7 +29,8 @@ from ovsndu.config import Config
 from ovsndu.errors import OvsnduError, VswitchdError
 from ovsndu.model import CATEGORIES, Snapshot
 from ovsndu.model.carried import CONTROL_PLANE, check_carried
-from ovsndu.ovs import daemon, uncarried
+from ovsndu.ovs import daemon, ofdir, uncarried
+from ovsndu.ovs.ofdir import PREFIX, PrivateRundir
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import read_snapshot
 from ovsndu.ovs.restore import USERSPACE_DATAPATHS, Restorer, user_routes_only
@@ -105,6 +106,8 @@ class UpgradeRunner:
         self.frw_set = False
         self._snapshot_read_at: float | None = None
         self.inflight_error: str | None = None
+        # The standby's private OVS_RUNDIR: controllers reach it only once it is restored.
+        self.of_dir = PrivateRundir(self.spec.rundir, PREFIX + self.upgrade_id.rsplit("-")[-1])
         self._phase_started_wall = utc_now_iso()
         self.schema_file = target_schema_file(
             new_binary, configured_binary=cfg.ovs.vswitchd, configured_schema=cfg.ovs.schema,
@@ -419,6 +422,8 @@ class UpgradeRunner:
             self.new_binary,
             "--workdir",
             str(self._workdir),
+            "--of-dir",
+            str(self.of_dir.private),
             "--timeout",
             str(self.timeout),
             "--validate" if self.cfg.upgrade.validate else "--no-validate",
@@ -458,10 +463,12 @@ class UpgradeRunner:
         with contextlib.suppress(FileNotFoundError):
             self.spec.standby_pidfile.unlink()
         self._workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        of_dir = await asyncio.to_thread(PrivateRundir.create, self.spec.rundir,
+                                         self.of_dir.name.removeprefix(PREFIX))
         stderr_path = self._workdir / "standby.stderr"
         with open(stderr_path, "wb") as stderr:
             self.standby = proc = daemon.spawn(self.spec, self.new_binary, standby=True,
-                                               stderr=stderr)
+                                               stderr=stderr, ovs_rundir=of_dir.link)
         self.record.standby_pid = proc.pid
         self._write_inflight()
 
@@ -472,7 +479,7 @@ class UpgradeRunner:
                     f"the new vswitchd exited at start with "
                     f"{daemon.exit_description(proc.returncode)}"
                     + (f"; its last words: {said}" if said else ""))
-            return daemon.answers(self.spec, proc.pid)
+            return of_dir.share_ctl(proc.pid) and daemon.answers(self.spec, proc.pid)
 
         await asyncio.to_thread(daemon.wait_until, ready, 20, "the standby vswitchd to answer")
         if not daemon.answers(self.spec, self.serving.pid):
@@ -498,7 +505,8 @@ class UpgradeRunner:
         old = self.serving
         self.serving = Serving(standby.pid, standby, self.new_binary, self.record.to_version)
         self.on_serving(self.serving)
-        await asyncio.to_thread(daemon.wait_bridges, spec, standby, names, 30)
+        await asyncio.to_thread(daemon.wait_bridges, spec, standby, names, 30,
+                                of_dir=self.of_dir.private)
         mark("bridges_ready")
         await asyncio.to_thread(daemon.promote_standby_pidfile, spec, standby.pid)
         await asyncio.to_thread(daemon.enable_syslog, spec, standby.pid)
@@ -514,6 +522,12 @@ class UpgradeRunner:
         self.record.to_pid = standby.pid
         await asyncio.to_thread(record_version, self.spec, self.record.to_version)
         await asyncio.to_thread(self._prove_serving, standby.pid)
+        # Restored and verified: only now may controllers reach it (docs/upgrade.md).
+        published = await asyncio.to_thread(self.of_dir.publish)
+        mark("openflow_published")
+        log.info("upgrade.openflow_published", upgrade_id=self.upgrade_id, phase="handover",
+                 event_kind="openflow_published", sockets=published)
+        await asyncio.to_thread(ofdir.remove_unused, spec.rundir)
 
     def _set_frw(self, on: bool) -> None:
         with Ovsdb(self.spec.db) as db:
@@ -548,7 +562,7 @@ class UpgradeRunner:
                 f"the database shows ovs_version {row['ovs_version']!r}, not {number!r}"
             )
         elapsed = time.monotonic() - (self._snapshot_read_at or time.monotonic())
-        Restorer(self.spec.rundir, self.spec.db, pid=pid).verify(
+        Restorer(self.spec.rundir, self.spec.db, pid=pid, of_dir=self.of_dir.private).verify(
             self.snapshot, self.record.anomalies, elapsed=elapsed)
 
     async def commit(self) -> None:
@@ -604,6 +618,7 @@ class UpgradeRunner:
             await asyncio.to_thread(daemon.kill, self.serving.pid, self.serving.proc)
             await asyncio.to_thread(daemon.remove_stale_files, self.spec, self.serving.pid)
             original_alive = False
+        await asyncio.to_thread(ofdir.remove_unused, self.spec.rundir)
         await asyncio.to_thread(self.schema.revert,
                                 self.serving.pid if original_alive else None)
         if original_alive:
@@ -612,6 +627,7 @@ class UpgradeRunner:
         if self.snapshot is None:
             raise VswitchdError("the original vswitchd is gone and no snapshot was taken")
         binary = self.record.rollback_binary or self.serving.binary
+
         def started(serving: Serving) -> None:
             serving.binary = self.record.from_binary or binary
             self.serving = serving

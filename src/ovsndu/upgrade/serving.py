@@ -15,6 +15,7 @@ from ovsndu.config import Config
 from ovsndu.model import Snapshot
 from ovsndu.ovs import daemon
 from ovsndu.ovs.daemon import VswitchdSpec
+from ovsndu.ovs.ofdir import PrivateRundir
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.restore import Restorer
 
@@ -60,19 +61,29 @@ def restore_original(
     """Start *binary* as the serving vswitchd (flow-restore-wait on), restore *snap*, verify.
 
     *on_started* learns of the new process as soon as it exists, so that whoever tracks
-    the serving vswitchd names it even if the restore then fails."""
+    the serving vswitchd names it even if the restore then fails.  Its OpenFlow sockets
+    stay private (:mod:`ovsndu.ovs.ofdir`) until the restore is verified — or has failed:
+    then controllers are let in to repair what they can."""
     with Ovsdb(spec.db) as db:
         db.set_flow_restore_wait(True)
-    proc = daemon.spawn(spec, binary)
+    of_dir = PrivateRundir.create(spec.rundir)
+    proc = daemon.spawn(spec, binary, ovs_rundir=of_dir.link)
     if on_started is not None:  # it holds the datapath from now on, whatever happens next
         on_started(Serving(proc.pid, proc, binary))
-    daemon.wait_until(
-        lambda: proc.poll() is None and daemon.bridges_built(spec.rundir, spec.db, proc.pid),
-        30,
-        f"{binary} to build its bridges",
-    )
-    Restorer(spec.rundir, spec.db, pid=proc.pid, tcp_seq_check=tcp_seq_check
-             ).restore_and_release(snap, fresh=True, read_at=read_at)
+    try:
+        daemon.wait_until(
+            lambda: proc.poll() is None and of_dir.share_ctl(proc.pid) and daemon.bridges_built(
+                spec.rundir, spec.db, proc.pid, of_dir=of_dir.private),
+            30,
+            f"{binary} to build its bridges",
+        )
+        Restorer(spec.rundir, spec.db, pid=proc.pid, tcp_seq_check=tcp_seq_check,
+                 of_dir=of_dir.private).restore_and_release(snap, fresh=True, read_at=read_at)
+    finally:
+        if proc.poll() is None:
+            of_dir.publish()
+        else:
+            of_dir.discard()
     version = vswitchd_version(spec, proc.pid)
     record_version(spec, version)
     return Serving(proc.pid, proc, binary, version)

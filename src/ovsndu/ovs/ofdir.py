@@ -1,0 +1,125 @@
+"""Keep controllers away from a vswitchd until its restored OpenFlow table is complete.
+
+vswitchd listens for OpenFlow on ``punix:$OVS_RUNDIR/<bridge>.mgmt`` (and
+``<bridge>.snoop``) as soon as it builds a bridge, even while ``flow-restore-wait``
+is set; a management-socket client such as ovn-controller could write to it before
+ovsndu's install, which starts by deleting every flow.  Controllers of the
+``Controller`` table are not connected while ``flow-restore-wait`` is set.
+
+So a vswitchd started for a restore (the standby of an upgrade, the original of a
+restore-mode rollback) gets a private ``OVS_RUNDIR``: ``<rundir>/.of-<id>``, a
+symlink to the private directory ``<rundir>/.of-<id>.d`` (mode 0700).  Its sockets
+are created there, where no controller looks:
+
+- its unixctl socket is hard-linked into the rundir at once (the tools find it
+  through the pidfile; unixctl cannot write flows);
+- ovsndu installs and verifies through the private OpenFlow sockets;
+- :meth:`PrivateRundir.publish` then renames each listening socket into the rundir
+  (a listening Unix socket keeps listening under its new name) and points the
+  symlink at the rundir itself, so that sockets of bridges added later are created
+  where the tools look.
+
+Nothing ovsndu does after ``publish`` writes OpenFlow state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+PREFIX = ".of-"
+OPENFLOW_SUFFIXES = (".mgmt", ".snoop")
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateRundir:
+    """The private ``OVS_RUNDIR`` of one vswitchd under restore."""
+
+    rundir: Path
+    name: str
+
+    @classmethod
+    def create(cls, rundir: Path, tag: str | None = None) -> PrivateRundir:
+        """Make the private directory and the symlink the vswitchd is given."""
+        self = cls(Path(rundir), PREFIX + (tag or secrets.token_hex(3)))
+        self.discard()
+        self.private.mkdir(mode=0o700)
+        self.link.symlink_to(self.private.name)
+        return self
+
+    @property
+    def link(self) -> Path:
+        """What the vswitchd gets as ``OVS_RUNDIR``."""
+        return self.rundir / self.name
+
+    @property
+    def private(self) -> Path:
+        """Where its sockets are until published: ovsndu's OpenFlow directory for it."""
+        return self.rundir / (self.name + ".d")
+
+    def share_ctl(self, pid: int) -> bool:
+        """Hard-link *pid*'s unixctl socket into the rundir; False while it has none."""
+        name = f"ovs-vswitchd.{pid}.ctl"
+        if (self.rundir / name).exists():
+            return True
+        try:
+            os.link(self.private / name, self.rundir / name)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def publish(self) -> list[str]:
+        """Move the OpenFlow sockets into the rundir and point the link at the rundir;
+        the names moved.  Controllers can connect from now on."""
+        moved = []
+        for sock in sorted(self.private.iterdir()):
+            if sock.suffix in OPENFLOW_SUFFIXES:
+                os.replace(sock, self.rundir / sock.name)
+                moved.append(sock.name)
+        tmp = self.rundir / (self.name + ".new")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        tmp.symlink_to(".")
+        os.replace(tmp, self.link)
+        shutil.rmtree(self.private, ignore_errors=True)  # left: the ctl's second name
+        return moved
+
+    def discard(self) -> None:
+        """Remove the link and the private directory (the vswitchd is gone)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.link.unlink()
+        shutil.rmtree(self.private, ignore_errors=True)
+
+
+def in_use(rundir: Path) -> set[str]:
+    """Names of private rundirs that a live process has as its ``OVS_RUNDIR``."""
+    prefix = f"OVS_RUNDIR={Path(rundir) / PREFIX}".encode()
+    names = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        for var in environ.split(b"\0"):
+            if var.startswith(prefix):
+                names.add(Path(os.fsdecode(var.split(b"=", 1)[1])).name)
+    return names
+
+
+def remove_unused(rundir: Path) -> None:
+    """Remove private rundirs (links and directories) no live process uses any more."""
+    used = in_use(rundir)
+    for entry in Path(rundir).glob(PREFIX + "*"):
+        if entry.name in used or entry.name.removesuffix(".d") in used:
+            continue
+        if entry.is_symlink() or entry.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+        elif entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
