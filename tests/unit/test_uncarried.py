@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ovsndu.errors import RestoreError
-from ovsndu.model import CATEGORIES, Conntrack, Snapshot, VswitchdInfo
+from ovsndu.model import CATEGORIES, Conntrack, FdbEntry, Port, Snapshot, VswitchdInfo
 from ovsndu.ovs.parsers import derive_nat
 from ovsndu.ovs.uncarried import carried_only, counts, find_uncarried, refuse_if_any
 
@@ -60,3 +60,22 @@ def test_refuse_mode() -> None:
         refuse_if_any(found, "refuse")
     with pytest.raises(ValueError, match="ignore"):
         refuse_if_any(found, "ignore")
+
+
+def test_dynamic_fdb_on_a_mirror_output_port() -> None:
+    """Defect 8: a dynamic MAC on a mirror's output port cannot be learned again; a static
+    one there, and a dynamic one elsewhere, are carried."""
+    ports = [Port(bridge="br0", port="p2", interface="p2", type="dummy", ofport=2,
+                  mirror_output=True),
+             Port(bridge="br0", port="p1", interface="p1", type="dummy", ofport=1)]
+    mac = "50:54:00:00:00:{:02x}"
+    fdb = [FdbEntry(bridge="br0", port="2", vlan=0, mac=mac.format(1), age=3),
+           FdbEntry(bridge="br0", port="2", vlan=0, mac=mac.format(2), static=True),
+           FdbEntry(bridge="br0", port="1", vlan=0, mac=mac.format(3), age=3)]
+    cats: dict[str, list[object]] = {name: [] for name in CATEGORIES}
+    cats["ports"], cats["fdb"] = ports, fdb  # type: ignore[assignment]
+    snap = Snapshot.build(VswitchdInfo(pid=1, version="3.1"), cats)  # type: ignore[arg-type]
+    found = find_uncarried(snap)
+    assert [u.entry for u in found] == [fdb[0]]
+    assert "mirror's output port" in found[0].reason
+    assert set(carried_only(snap).categories["fdb"]) == {fdb[1], fdb[2]}

@@ -105,7 +105,11 @@ def _plain(value: Any) -> Any:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Port(Entry):
-    """One interface of a bridge port, with its OpenFlow and datapath numbers."""
+    """One interface of a bridge port, with its OpenFlow and datapath numbers.
+
+    ``mirror_output``: the port is a mirror's output port (OVSDB ``Mirror.output_port``);
+    the bridge drops frames arriving there before MAC learning.
+    """
 
     CATEGORY: ClassVar[str] = "ports"
     IDENTITY: ClassVar[tuple[str, ...]] = ("bridge", "port", "interface")
@@ -118,6 +122,7 @@ class Port(Entry):
     ofport: int
     dp_port: int | None = None
     mac: str | None = None
+    mirror_output: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -68,6 +68,8 @@ def read_ports(db: Ovsdb, dp_ports: dict[tuple[str, str], int]) -> list[Port]:
     ports = {r["_uuid"]: r for r in db.select("Port", ["name", "interfaces"])}
     ifaces = {r["_uuid"]: r for r in db.select("Interface", ["name", "type", "ofport",
                                                              "mac_in_use"])}
+    mirror_outputs = {uuid for m in db.select("Mirror", ["output_port"])
+                      for uuid in _as_list(m["output_port"])}
     out = []
     for bridge in bridges:
         for port_uuid in _as_list(bridge["ports"]):
@@ -81,6 +83,7 @@ def read_ports(db: Ovsdb, dp_ports: dict[tuple[str, str], int]) -> list[Port]:
                     ofport=ofport if isinstance(ofport, int) else -1,
                     dp_port=dp_ports.get((bridge["name"], iface["name"])),
                     mac=iface["mac_in_use"] if isinstance(iface["mac_in_use"], str) else None,
+                    mirror_output=port_uuid in mirror_outputs,
                 ))
     return out
 

@@ -178,12 +178,13 @@ class Restorer:
             bridges = self._check_bridges(snap, read_bridges(db))
             self._check_ofports(snap, db)
             port_names, access = self._port_names(snap, db)
-        fdb_entries = [e for e in snap.categories["fdb"] if isinstance(e, FdbEntry)]
-        fdb = fdb_plan(fdb_entries, port_names, access)
         userspace = [b for b in bridges if b.datapath_type in USERSPACE_DATAPATHS]
         uncarried = find_uncarried(snap, replay_conntrack=bool(userspace))
         refuse_if_any(uncarried, self.uncarried)
-        skip = {u.entry.canonical() for u in uncarried if u.category == "conntrack"}
+        skip = {u.entry.canonical() for u in uncarried}
+        fdb_entries = [e for e in snap.categories["fdb"] if isinstance(e, FdbEntry)
+                       and e.canonical() not in skip]
+        fdb = fdb_plan(fdb_entries, port_names, access)
         ct_lines = [p.line() for e in replay_order(
                         [e for e in snap.categories["conntrack"] if isinstance(e, Conntrack)
                          and e.canonical() not in skip])

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ovsndu.errors import RestoreError
-from ovsndu.model import Conntrack, Entry, Snapshot
+from ovsndu.model import Conntrack, Entry, FdbEntry, Port, Snapshot
 from ovsndu.ovs.replay import CannotReplay, conntrack_packets
 
 MODES = ("report", "refuse")
@@ -45,9 +45,28 @@ def _conntrack(entry: Entry) -> str | None:
     return None
 
 
-# category -> a check returning the reason an entry cannot be carried, or None.
+def _fdb(snap: Snapshot) -> Callable[[Entry], str | None]:
+    mirror_outputs = {(p.bridge, str(p.ofport)): p.port for p in snap.categories["ports"]
+                      if isinstance(p, Port) and p.mirror_output}
+
+    def check(entry: Entry) -> str | None:
+        assert isinstance(entry, FdbEntry)
+        port = mirror_outputs.get((entry.bridge, entry.port))
+        if entry.static or port is None:
+            return None
+        return (f"dynamic MAC {entry.mac} vlan {entry.vlan} on {entry.bridge} port {port}, "
+                f"a mirror's output port: the bridge drops frames arriving there before "
+                f"learning, so nothing can learn it again")
+
+    return check
+
+
+# category -> (snapshot -> a check returning the reason an entry cannot be carried, or None).
 # Helpers owning other categories add theirs here.
-CHECKS: dict[str, Callable[[Entry], str | None]] = {"conntrack": _conntrack}
+CHECKS: dict[str, Callable[[Snapshot], Callable[[Entry], str | None]]] = {
+    "conntrack": lambda _snap: _conntrack,
+    "fdb": _fdb,
+}
 
 
 def find_uncarried(snap: Snapshot, *, replay_conntrack: bool = True) -> tuple[Uncarried, ...]:
@@ -57,9 +76,10 @@ def find_uncarried(snap: Snapshot, *, replay_conntrack: bool = True) -> tuple[Un
     is not replayed, so nothing of it is uncarried).
     """
     out = []
-    for category, check in CHECKS.items():
+    for category, make_check in CHECKS.items():
         if category == "conntrack" and not replay_conntrack:
             continue
+        check = make_check(snap)
         for entry in snap.categories[category]:
             reason = check(entry)
             if reason is not None:
