@@ -227,6 +227,14 @@ def _cmd_systemd_unit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_package_hook(args: argparse.Namespace) -> int:
+    from ovsndu.systemd.journal import configure_logging
+    from ovsndu.systemd.packaging import run_hook
+
+    configure_logging(console=False)
+    return run_hook(_config(args), args.unit, args.action).exit_code
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ovsndu.demo import run_demo
 
@@ -292,6 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "stop left, keep ovs-vswitchd forwarding after a supervisor crash")
     with_config(p)
     p.set_defaults(func=_cmd_stop_post)
+
+    p = sub.add_parser("package-hook", help="asked by ovsndu's policy-rc.d when a package "
+                       "script starts or stops an OVS unit: exit 101 = not run (see "
+                       "docs/upgrade.md)")
+    with_config(p)
+    p.add_argument("unit")
+    p.add_argument("action")
+    p.set_defaults(func=_cmd_package_hook)
 
     p = sub.add_parser("status", help="phase, serving vswitchd, last upgrade")
     with_config(p)

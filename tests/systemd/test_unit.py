@@ -129,7 +129,7 @@ def test_unit_starts_with_the_supervisor_as_main_process(box: Container) -> None
                              "main_pid": main}
     # install-systemd again: nothing to change, daemon-reload done, still the same process
     out = box.ovsndu("install-systemd").stdout
-    assert out.count("unchanged:") == 4 and "daemon-reload: done" in out, out
+    assert out.count("unchanged:") == 5 and "daemon-reload: done" in out, out
     assert box.show(UNIT, "MainPID")["MainPID"] == str(main)
 
 
@@ -255,11 +255,11 @@ def test_systemctl_stop_leaves_no_process_behind(box: Container) -> None:
 
 def test_uninstall_and_install_systemd(box: Container) -> None:
     out = box.ovsndu("uninstall-systemd").stdout
-    assert out.count("changed:") == 4 and "daemon-reload: done" in out, out
+    assert out.count("changed:") == 5 and "daemon-reload: done" in out, out
     assert box.show(UNIT, "Type", "DropInPaths") == {"Type": "forking", "DropInPaths": ""}
-    assert box.ovsndu("uninstall-systemd").stdout.count("unchanged:") == 4
+    assert box.ovsndu("uninstall-systemd").stdout.count("unchanged:") == 5
     out = box.ovsndu("install-systemd").stdout
-    assert out.count("changed:") == 4, out
+    assert out.count("changed:") == 5, out
     assert box.show(UNIT, "Type")["Type"] == "notify"
 
 

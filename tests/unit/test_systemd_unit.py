@@ -8,8 +8,8 @@ import pytest
 
 from ovsndu.cli import main
 from ovsndu.errors import OvsnduError
+from ovsndu.systemd import packaging, units
 from ovsndu.systemd import unit as systemd_unit
-from ovsndu.systemd import units
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,19 +40,21 @@ def test_install_and_uninstall_are_idempotent(tmp_path: Path) -> None:
     policy = tmp_path / systemd_unit.POLICY
     ovsdb = tmp_path / units.OVSDB_DROPIN
     first = systemd_unit.install(tmp_path)
-    assert first.changed == [str(dropin), str(policy), str(ovsdb)] and not first.unchanged
+    rc_d = tmp_path / packaging.POLICY
+    assert first.changed == [str(dropin), str(policy), str(ovsdb), str(rc_d)]
+    assert not first.unchanged
     assert first.daemon_reload.startswith("skipped")
     assert systemd_unit.ovsndu_command() in dropin.read_text()
     assert policy.stat().st_mode & 0o777 == 0o644
     again = systemd_unit.install(tmp_path)
-    assert not again.changed and len(again.unchanged) == 3
+    assert not again.changed and len(again.unchanged) == 4
     dropin.write_text("edited\n")
     assert systemd_unit.install(tmp_path).changed == [str(dropin)]
     gone = systemd_unit.uninstall(tmp_path)
-    assert len(gone.changed) == 3
+    assert len(gone.changed) == 4
     assert not dropin.exists() and not dropin.parent.exists() and not policy.exists()
-    assert not ovsdb.parent.exists()
-    assert len(systemd_unit.uninstall(tmp_path).unchanged) == 4
+    assert not ovsdb.parent.exists() and not rc_d.exists()
+    assert len(systemd_unit.uninstall(tmp_path).unchanged) == 5
 
 
 STOCK = """[Unit]

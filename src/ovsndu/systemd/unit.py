@@ -29,7 +29,7 @@ from importlib import resources
 from pathlib import Path
 
 from ovsndu.errors import OvsnduError
-from ovsndu.systemd import units
+from ovsndu.systemd import packaging, units
 
 UNIT = "ovs-vswitchd.service"
 DROPIN = Path("etc/systemd/system/ovs-vswitchd.service.d/ovsndu.conf")
@@ -102,6 +102,13 @@ def _finish(report: Report, root: Path, daemon_reload: bool) -> Report:
     return report
 
 
+def _note(report: Report, changed: list[str], path: Path) -> None:
+    if changed:
+        report.changed.extend(changed)
+    else:
+        report.unchanged.append(str(path))
+
+
 def install(root: str | os.PathLike[str] = "/", *, command: str | None = None,
             daemon_reload: bool = True) -> Report:
     """Put the drop-in and the policy in place under *root*."""
@@ -130,6 +137,8 @@ def install(root: str | os.PathLike[str] = "/", *, command: str | None = None,
         except OSError as exc:
             raise OvsnduError(f"cannot write {path}: {exc.strerror or exc}") from None
         report.changed.append(str(path))
+    policy = packaging.install_policy(base, command or ovsndu_command())
+    _note(report, policy, base / packaging.POLICY)
     return _finish(report, base, daemon_reload)
 
 
@@ -153,4 +162,6 @@ def uninstall(root: str | os.PathLike[str] = "/", *, daemon_reload: bool = True)
     for rel in (DROPIN, units.OVSDB_DROPIN):  # drop-in directories, if nothing else is in them
         with contextlib.suppress(OSError):
             (base / rel).parent.rmdir()
+    policy = packaging.uninstall_policy(base)
+    _note(report, policy, base / packaging.POLICY)
     return _finish(report, base, daemon_reload)
