@@ -47,7 +47,7 @@ _PATTERNS: Mapping[tuple[str, str], str] = {
     ("groups", "type"): r"all|select|indirect|ff|fast_failover",
     ("groups", "properties"): _NO_SPACE, ("groups", "selection_method"): r"[a-z_]+",
     ("tlv_mappings", "tlv_class"): r"0x[0-9a-f]{1,4}",
-    ("conntrack", "protocol"): r"[a-z]+|\d{1,3}",
+    ("conntrack", "protocol"): r"[a-z][a-z0-9]*|\d{1,3}",
     ("conntrack", "orig"): r"[a-z_]+=[0-9a-fA-F.:]+(?:,[a-z_]+=[0-9a-fA-F.:]+)*",
     ("conntrack", "reply"): r"[a-z_]+=[0-9a-fA-F.:]+(?:,[a-z_]+=[0-9a-fA-F.:]+)*",
     ("conntrack", "parent"): r"(?:[a-z_]+=[0-9a-fA-F.:]+(?:,[a-z_]+=[0-9a-fA-F.:]+)*)?",

@@ -186,12 +186,14 @@ class FdbPlan:
 def fdb_plan(
     entries: list[FdbEntry],
     port_names: dict[tuple[str, str], str],
-    access_ports: set[tuple[str, str]],
+    untagged_vlan: dict[tuple[str, str], int],
 ) -> FdbPlan:
     """Plan the dynamic entries of *entries* (static ones go through ``fdb/add`` directly).
 
-    *port_names* maps (bridge, OpenFlow port) to the port's name; *access_ports* holds the
-    (bridge, OpenFlow port) pairs whose frames arrive untagged (their VLAN is the port's tag).
+    *port_names* maps (bridge, OpenFlow port) to the port's name; *untagged_vlan* maps
+    (bridge, OpenFlow port) to the VLAN its untagged frames belong to (an access port's
+    tag, a native VLAN): an entry in that VLAN is learned from an untagged frame, any
+    other from a frame tagged with its VLAN.
     """
     taken = {e.mac for e in entries}
     decoy_macs = (m for m in (DECOY_MAC.format(i) for i in range(256)) if m not in taken)
@@ -205,7 +207,7 @@ def fdb_plan(
             decoys[key] = next(decoy_macs)
         if (e.bridge, e.port) not in port_names:
             raise RestoreError("fdb", f"port {e.port} of {e.bridge} does not exist: {e.mac}")
-        tagged = e.vlan and (e.bridge, e.port) not in access_ports
+        tagged = e.vlan and untagged_vlan.get((e.bridge, e.port)) != e.vlan
         pkt = ethernet(src_mac=e.mac, dst_mac=decoys[key], vlan=e.vlan if tagged else None)
         in_port = "LOCAL" if e.port == "LOCAL" else e.port
         lines.setdefault(e.bridge, []).append(PacketOut(in_port, pkt, "NORMAL").line())

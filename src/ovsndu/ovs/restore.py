@@ -253,15 +253,19 @@ class Restorer:
                                    f"datapath port {got}, the snapshot {want.dp_port}")
 
     def _port_names(self, snap: Snapshot, db: Ovsdb
-                    ) -> tuple[dict[tuple[str, str], str], set[tuple[str, str]]]:
+                    ) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], int]]:
+        """(bridge, OpenFlow port) → port name, and → the VLAN its untagged frames are in
+        (access ports, the native VLAN of native-tagged/-untagged ports, dot1q-tunnel)."""
         names: dict[tuple[str, str], str] = {}
         for p in snap.categories["ports"]:
             assert isinstance(p, Port)
             key = "LOCAL" if p.ofport == 65534 else str(p.ofport)
             names[(p.bridge, key)] = p.port
-        tagged = {r["name"] for r in db.select("Port", ["name", "tag", "vlan_mode"])
-                  if isinstance(r["tag"], int) and r["vlan_mode"] in ("access", [], None)}
-        return names, {k for k, name in names.items() if name in tagged}
+        modes: tuple[object, ...] = ("access", [], None, "native-tagged", "native-untagged",
+                                     "dot1q-tunnel")
+        untagged = {r["name"]: r["tag"] for r in db.select("Port", ["name", "tag", "vlan_mode"])
+                    if isinstance(r["tag"], int) and r["vlan_mode"] in modes}
+        return names, {k: untagged[name] for k, name in names.items() if name in untagged}
 
     # --- applying -------------------------------------------------------------------------
     def apply(self, plan: RestorePlan, *, fresh: bool = False) -> RestoreReport:

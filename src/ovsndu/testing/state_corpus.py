@@ -132,6 +132,62 @@ def populate_conntrack(sb: Sandbox, bridge: str = BRIDGE) -> None:
         sb.appctl("netdev-dummy/receive", port, flow)
 
 
+VLAN_BRIDGE = "brv"
+# port -> (ovs-vsctl port settings, frames as (vlan or None, source MAC index))
+VLAN_PORTS: dict[str, tuple[tuple[str, ...], tuple[tuple[int | None, int], ...]]] = {
+    "v1": (("tag=10",), ((None, 0x10),)),                                  # access
+    "v2": (("trunks=20,30",), ((20, 0x20), (30, 0x21))),                   # trunk
+    "v3": (("tag=40", "vlan_mode=native-untagged", "trunks=40,50"),
+           ((None, 0x30), (50, 0x31))),                                    # native, untagged
+    "v4": (("tag=60", "vlan_mode=native-tagged", "trunks=60,70"),
+           ((None, 0x40), (70, 0x41))),                                    # native, tagged
+    "v5": ((), ((None, 0x50), (80, 0x51))),                                # all VLANs
+}
+
+
+def populate_fdb(sb: Sandbox, bridge: str = VLAN_BRIDGE) -> None:
+    """A NORMAL bridge whose ports are access, trunk and native-VLAN ports; each learns
+    MACs from frames in the VLANs it carries; one static entry."""
+    args = ["--may-exist", "add-br", bridge, "--", "set", "bridge", bridge,
+            "datapath_type=netdev"]
+    for i, (port, (settings, _)) in enumerate(sorted(VLAN_PORTS.items()), start=1):
+        args += ["--", "add-port", bridge, port, *settings, "--", "set", "interface", port,
+                 "type=dummy", f"ofport_request={i}"]
+    sb.vsctl(*args)
+    for port, (_, frames) in sorted(VLAN_PORTS.items()):
+        for vlan, mac in frames:
+            tag = f"eth_type(0x8100),vlan(vid={vlan},pcp=0),encap(" if vlan else ""
+            flow = f"eth(src={MAC.format(mac)},dst={MAC.format(0xEE)}),{tag}eth_type(0x88b5)"
+            sb.appctl("netdev-dummy/receive", port, flow + (")" if vlan else ""))
+    sb.appctl("fdb/add", bridge, "v2", "20", MAC.format(0x99))
+
+
+# TLV edge cases: class 0, type 0, the longest option (124 bytes), the last field.
+TLV_MAP = ("{class=0xffff,type=0,len=4}->tun_metadata0,{class=0,type=0x80,len=124}->"
+           "tun_metadata5,{class=0,type=0,len=8}->tun_metadata63,"
+           "{class=0x102,type=0xff,len=4}->tun_metadata7")
+METERS = (
+    "meter=1,kbps,bands=type=drop,rate=1000",
+    "meter=2,pktps,burst,stats,bands=type=drop,rate=100,burst_size=10",
+    "meter=65535,kbps,burst,bands=type=drop,rate=5,burst_size=1,type=drop,rate=50,"
+    "burst_size=7",
+    "meter=slowpath,pktps,bands=type=drop,rate=100",
+    "meter=controller,pktps,burst,stats,bands=type=drop,rate=200,burst_size=20",
+)
+
+
+def populate_openflow_extras(sb: Sandbox, bridge: str = BRIDGE) -> None:
+    """TLV edge cases, numbered and named meters, and flows that use them."""
+    sb.ofctl(bridge, "add-tlv-map", TLV_MAP)
+    for meter in METERS:
+        sb.ofctl(bridge, "add-meter", meter, version="OpenFlow13")
+    sb.ofctl(bridge, "add-flows", "-", input_text=(
+        "table=5,priority=10,tun_metadata0=0x1,actions=meter:1,output:2\n"
+        "table=5,priority=11,tun_metadata5=0x1/0xff,actions=meter:65535,output:2\n"
+        "table=5,priority=12,tun_metadata63=0x0102030405060708,actions=drop\n"
+        "table=5,actions=drop\n"))
+
+
 def raw_conntrack(sb: Sandbox) -> list[str]:
     """``dpctl/dump-conntrack`` (no timeouts, no ids), sorted."""
     return sorted(line for line in sb.appctl("dpctl/dump-conntrack").splitlines()
