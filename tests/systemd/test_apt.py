@@ -12,7 +12,6 @@ snapshot digests, systemd's view of the unit, apt's output and ``ovsndu status``
 from __future__ import annotations
 
 import glob
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -32,24 +31,29 @@ kill -SEGV $$
 pytestmark = pytest.mark.systemd
 
 
-def _cached_deb() -> Path:
-    found = sorted(glob.glob("/var/cache/apt/archives/openvswitch-switch_*.deb")
-                   + glob.glob(str(ROOT / ".cache" / "debs" / "openvswitch-switch_*.deb")))
+def _cached_deb(package: str) -> Path:
+    found = sorted(glob.glob(f"/var/cache/apt/archives/{package}_*.deb")
+                   + glob.glob(str(ROOT / ".cache" / "debs" / f"{package}_*.deb")))
     if not found:
-        pytest.fail("no openvswitch-switch .deb (scripts/setup downloads one into .cache/debs)")
+        pytest.fail(f"no {package} .deb (scripts/setup downloads one into .cache/debs)")
     return Path(found[-1])
 
 
-def _repack(deb: Path, dest: Path, suffix: str, vswitchd: str | None = None) -> Path:
-    """*deb* with its version + *suffix* (and, if given, another ovs-vswitchd) as a .deb."""
+def _repack(deb: Path, dest: Path, suffix: str, vswitchd: str | None = None,
+            common_suffix: str = "") -> Path:
+    """*deb* with its version + *suffix* (and, if given, another ovs-vswitchd) as a .deb;
+    its dependency on openvswitch-common (= V) becomes V + *common_suffix*."""
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "tree"
         subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True)
         control = tree / "DEBIAN" / "control"
         lines = control.read_text().splitlines()
         version = next(ln.split(": ", 1)[1] for ln in lines if ln.startswith("Version: "))
-        control.write_text("\n".join(f"Version: {version}{suffix}" if ln.startswith(
-            "Version: ") else ln for ln in lines) + "\n")
+        control.write_text("\n".join(
+            f"Version: {version}{suffix}" if ln.startswith("Version: ") else
+            ln.replace(f"openvswitch-common (= {version})",
+                       f"openvswitch-common (= {version}{common_suffix})")
+            for ln in lines) + "\n")
         if vswitchd is not None:
             binary = tree / "usr/lib/openvswitch-switch/ovs-vswitchd"
             binary.write_text(vswitchd)
@@ -57,7 +61,7 @@ def _repack(deb: Path, dest: Path, suffix: str, vswitchd: str | None = None) -> 
             md5 = tree / "DEBIAN" / "md5sums"  # dpkg does not check it; keep it honest
             md5.write_text("".join(ln + "\n" for ln in md5.read_text().splitlines()
                                    if "usr/lib/openvswitch-switch/ovs-vswitchd" not in ln))
-        out = dest / f"openvswitch-switch_{version}{suffix}_amd64.deb"
+        out = dest / f"{deb.name.split('_')[0]}_{version}{suffix}_amd64.deb"
         subprocess.run(["dpkg-deb", "-b", "-Zgzip", str(tree), str(out)], check=True,
                        capture_output=True)
     return out
@@ -67,10 +71,11 @@ def _repack(deb: Path, dest: Path, suffix: str, vswitchd: str | None = None) -> 
 def _debs(box: Container) -> dict[str, str]:
     dest = box.merged / "root" / "debs"
     dest.mkdir(parents=True)
-    deb = _cached_deb()
-    shutil.copy2(deb, dest / deb.name)
-    return {"bumped": "/root/debs/" + _repack(deb, dest, "+ovsndu1").name,
-            "broken": "/root/debs/" + _repack(deb, dest, "+ovsndu2", BROKEN_VSWITCHD).name}
+    switch, common = _cached_deb("openvswitch-switch"), _cached_deb("openvswitch-common")
+    return {"common": "/root/debs/" + _repack(common, dest, "+ovsndu1").name,
+            "bumped": "/root/debs/" + _repack(switch, dest, "+ovsndu1", None, "+ovsndu1").name,
+            "broken": "/root/debs/" + _repack(switch, dest, "+ovsndu2", BROKEN_VSWITCHD,
+                                              "+ovsndu1").name}
 
 
 @pytest.fixture(name="switch", scope="module")
@@ -104,12 +109,14 @@ def _installed(box: Container) -> str:
     return box.run("dpkg-query", "-W", "-f=${Version}", "openvswitch-switch").stdout
 
 
-def _upgrade_through_apt(box: Container, name: str, *args: str) -> dict[str, object]:
+def _upgrade_through_apt(box: Container, name: str, *args: str) -> str:
     before_main = box.show(UNIT, "MainPID")["MainPID"]
     old_pid = status(box)["vswitchd"]["pid"]
     raw = _raw(box)
     snapshot(box, f"{name}-before")
     r = _apt(box, *args)
+    print("\n" + "\n".join(ln for ln in (r.stdout + r.stderr).splitlines()
+                            if "ovsndu" in ln or "policy-rc.d" in ln or "Setting up" in ln))
     assert "ovsndu: live upgrade committed" in r.stderr + r.stdout, r.stdout + r.stderr
     props = box.show(UNIT, "ActiveState", "SubState", "MainPID")
     assert (props["ActiveState"], props["SubState"]) == ("active", "running")
@@ -120,23 +127,34 @@ def _upgrade_through_apt(box: Container, name: str, *args: str) -> dict[str, obj
     assert _raw(box) == raw
     snapshot(box, f"{name}-after")
     same_state(box, f"{name}-before", f"{name}-after")
-    record: dict[str, object] = st["last_upgrade"]
-    print(f"\n{name}: handover gap {record.get('handover_gap_ms')} ms")
-    return record
+    print(f"\n{name}: handover gap {st['last_upgrade'].get('handover_gap_ms')} ms")
+    return r.stdout + r.stderr
+
+
+def _ovsdb_pid(box: Container) -> str:
+    return box.show("ovsdb-server.service", "MainPID")["MainPID"]
 
 
 def test_apt_upgrade_is_a_live_upgrade(switch: Container, debs: dict[str, str]) -> None:
+    """openvswitch-common and -switch upgraded together: ovsdb-server restarts alone."""
     box = switch
     box.run("systemctl", "reload", UNIT, timeout=300)  # a plain reload, for comparison
     print(f"\nsystemctl reload: handover gap "
           f"{status(box)['last_upgrade'].get('handover_gap_ms')} ms")
-    _upgrade_through_apt(box, "upgrade", debs["bumped"])
+    db_pid = _ovsdb_pid(box)
+    said = _upgrade_through_apt(box, "upgrade", debs["common"], debs["bumped"])
+    assert "restarting ovsdb-server alone" in said
     assert _installed(box).endswith("+ovsndu1")
     assert box.show("ovsdb-server.service", "ActiveState")["ActiveState"] == "active"
+    assert _ovsdb_pid(box) != db_pid
 
 
 def test_apt_reinstall_is_a_live_upgrade(switch: Container, debs: dict[str, str]) -> None:
-    _upgrade_through_apt(switch, "reinstall", "--reinstall", debs["bumped"])
+    """openvswitch-switch alone: ovsdb-server's binary is unchanged and keeps running."""
+    db_pid = _ovsdb_pid(switch)
+    said = _upgrade_through_apt(switch, "reinstall", "--reinstall", debs["bumped"])
+    assert "not restarted" in said
+    assert _ovsdb_pid(switch) == db_pid
 
 
 def test_broken_package_installs_and_the_old_vswitchd_keeps_serving(
@@ -146,6 +164,7 @@ def test_broken_package_installs_and_the_old_vswitchd_keeps_serving(
     raw = _raw(box)
     r = _apt(box, debs["broken"])  # the package installs: apt succeeds
     said = r.stdout + r.stderr
+    print("\n" + "\n".join(ln for ln in said.splitlines() if "ovsndu" in ln))
     assert "live upgrade ROLLED_BACK" in said and "keeps serving" in said, said
     assert _installed(box).endswith("+ovsndu2")
     assert box.show(UNIT, "ActiveState")["ActiveState"] == "active"

@@ -182,20 +182,32 @@ def run_hook(cfg: Any, unit: str, action: str, env: dict[str, str] | None = None
     return _upgrade(cfg, request, say)
 
 
+def ovsdb_server_replaced(rundir: str) -> bool:
+    """Whether the running ovsdb-server's binary was replaced on disk (or cannot be told)."""
+    try:
+        pid = int((Path(rundir) / "ovsdb-server.pid").read_text().strip())
+        return os.readlink(f"/proc/{pid}/exe").endswith(" (deleted)")
+    except (OSError, ValueError):
+        return True
+
+
 def _upgrade(cfg: Any, request: Any, say: Any) -> HookResult:
     from ovsndu.ovs import dbschema
 
-    say("package upgrade: restarting ovsdb-server alone (new binary, database converted "
-        "by ovs-ctl); ovs-vswitchd keeps running")
-    proc = subprocess.run(["systemctl", "restart", "ovsdb-server.service"], capture_output=True,
-                          text=True, timeout=300, check=False)
-    if proc.returncode != 0:
-        say(f"FAILED to restart ovsdb-server: {proc.stderr.strip()[:300]}; "
-            f"ovs-vswitchd keeps serving (see systemctl status ovsdb-server)")
-        return HookResult("upgrade", DENY, "ovsdb-server restart failed")
-    with contextlib.suppress(OvsnduError):
-        took = dbschema.wait_vswitchd_caught_up(cfg.ovs.db, 30)
-        say(f"ovs-vswitchd reconnected to the new ovsdb-server after {took:.2f} s")
+    if not ovsdb_server_replaced(cfg.ovs.rundir):
+        say("package upgrade: ovsdb-server's binary is unchanged: not restarted")
+    else:
+        say("package upgrade: restarting ovsdb-server alone (new binary, database converted "
+            "by ovs-ctl); ovs-vswitchd keeps running")
+        proc = subprocess.run(["systemctl", "restart", "ovsdb-server.service"],
+                              capture_output=True, text=True, timeout=300, check=False)
+        if proc.returncode != 0:
+            say(f"FAILED to restart ovsdb-server: {proc.stderr.strip()[:300]}; "
+                f"ovs-vswitchd keeps serving (see systemctl status ovsdb-server)")
+            return HookResult("upgrade", DENY, "ovsdb-server restart failed")
+        with contextlib.suppress(OvsnduError):
+            took = dbschema.wait_vswitchd_caught_up(cfg.ovs.db, 30)
+            say(f"ovs-vswitchd reconnected to the new ovsdb-server after {took:.2f} s")
     say(f"package upgrade: live upgrade of ovs-vswitchd to {cfg.ovs.vswitchd}")
 
     def show(event: dict[str, Any]) -> None:
