@@ -201,6 +201,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if last:
         print(f"last upgrade: {last['id']} {last['outcome']} ({last['from_version']} -> "
               f"{last['to_version']}) {last.get('reason') or ''}")
+        schema = last.get("schema") or {}
+        if schema.get("target"):
+            done = ("converted back" if schema.get("reverted") else "converted"
+                    if schema.get("converted") else schema.get("action", ""))
+            print(f"database schema: {schema.get('database')} -> {schema['target']} ({done})")
     return code
 
 

@@ -36,6 +36,7 @@ from ovsndu.systemd import lifecycle
 from ovsndu.systemd import notify as sdnotify
 from ovsndu.systemd.dbus import DbusService
 from ovsndu.upgrade import leftovers, machine
+from ovsndu.upgrade.conversion import revert_recorded
 from ovsndu.upgrade.history import HistoryStore, UpgradeRecord, ensure_private_dir
 from ovsndu.upgrade.keeper import StateKeeper
 from ovsndu.upgrade.machine import EXIT_REFUSED, Phase
@@ -309,6 +310,10 @@ class Supervisor:
         snap = self._load_snapshot(rec)
         try:
             outcome = self._recover(rec, action, snap)
+            if outcome != "committed":  # a schema conversion goes back with the binary
+                rec.anomalies += revert_recorded(
+                    rec.schema, self.spec.rundir, self.spec.db, self.state_dir / "work" / rec.id,
+                    daemon.read_pid(self.spec.pidfile))
             rec.outcome, rec.exit_code = outcome, (0 if outcome == "committed" else 1)
             rec.reason = (
                 f"supervisor restarted during {phase.value}; "

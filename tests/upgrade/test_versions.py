@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,3 +169,52 @@ def test_crash_after_upgrade_restarts_the_new_binary(rig35: Rig) -> None:
     assert "3.5.0" in now["version"]
     assert rig.status()["last_upgrade"]["to_version"] == now["version"]
     assert _lacks(rig) == []
+
+
+def test_supervisor_crash_after_conversion_converts_back(rig35: Rig, tmp_path: Path) -> None:
+    """Killed while the client rehearses on the converted database: the restarted
+    supervisor rolls back and converts the database back to 8.3.1."""
+    rig = rig35
+    slow = tmp_path / "ovs-vswitchd-slow"
+    slow.write_text(f'#!/bin/sh\n[ "$1" = --version ] && exec {V35} --version\nexec sleep 60\n')
+    slow.chmod(0o755)
+    pid = rig.status()["vswitchd"]["pid"]
+    reload = subprocess.Popen(
+        [sys.executable, "-m", "ovsndu", "reload", "--config", str(rig.cfg_path),
+         "--vswitchd", str(slow), "--schema", str(OVS35 / "vswitch.ovsschema")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while rig.status().get("phase") != "client" or _versions(rig)[0] != "8.8.0":
+            assert time.monotonic() < deadline, rig.status()
+            time.sleep(0.05)
+        rig.supervisor.kill()
+        rig.supervisor.wait()
+        rig.start_supervisor()
+    finally:
+        reload.wait(timeout=30)
+    assert _versions(rig) == ("8.3.1", "8.3.1")
+    st = rig.status()
+    assert st["vswitchd"]["pid"] == pid
+    last = st["last_upgrade"]
+    assert last["outcome"] == "rolled_back" and last["schema"]["reverted"] is True
+    assert any("converted back to 8.3.1" in a for a in last["anomalies"]), last["anomalies"]
+
+
+def test_forced_lossy_downgrade_records_the_loss(rig35: Rig) -> None:
+    """[upgrade] allow_schema_loss = true: the downgrade commits, the loss is an anomaly."""
+    rig = rig35
+    code, result = rig.reload("--vswitchd", str(V35))
+    assert code == 0, result
+    rig.sb.run([str(VSCTL35), f"--db={rig.sb.db}", "--timeout=30", "--",
+                "--id=@p1", "get", "Port", "p1", "--", "--id=@p3", "get", "Port", "p3", "--",
+                "--id=@m", "create", "Mirror", "name=m1", "select_src_port=@p1",
+                "output_port=@p3", "filter=tcp", "--", "add", "Bridge", "br0", "mirrors", "@m"])
+    rig.cfg_path.write_text(rig.cfg.replace(allow_schema_loss=True).to_toml())
+    code, result = rig.reload("--vswitchd", VSWITCHD)
+    assert code == 0, result
+    record = result["record"]
+    assert record["schema"]["lost"] == ["Mirror.filter (1 row)"]
+    assert any("Mirror.filter" in a and "allow_schema_loss" in a for a in record["anomalies"])
+    assert _versions(rig) == ("8.3.1", "8.3.1")
+    assert Path(record["schema"]["backup"]).stat().st_size > 0

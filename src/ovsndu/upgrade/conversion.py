@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from ovsndu.errors import OvsdbError, VswitchdError
+from ovsndu.errors import OvsdbError, OvsnduError, VswitchdError
 from ovsndu.ovs import dbschema
 from ovsndu.ovs.schema import Schema, direction, lost_values
 
@@ -147,3 +147,26 @@ class SchemaStep:
         self.record["reverted"] = True
         log.warning("upgrade.schema_reverted", upgrade_id=self.upgrade_id, phase="rollback",
                     event_kind="schema", database=self.record.get("database"))
+
+
+def revert_recorded(schema: dict[str, Any], rundir: Path, db: str, work: Path,
+                    serving_pid: int | None) -> list[str]:
+    """After a supervisor crash: convert back what an in-flight upgrade converted.
+
+    *schema* is the in-flight record's ``schema`` field, *work* its work directory (the
+    original schema was saved there before converting).  Returns anomalies to record.
+    """
+    if not schema.get("converted") or schema.get("reverted"):
+        return []
+    original = work / "original.ovsschema"
+    try:
+        dbschema.convert(db, original)
+        pause = (serving_pid,) if serving_pid else ()
+        dbschema.OvsdbServer.find(rundir).refresh(pause)
+        if serving_pid:
+            dbschema.wait_vswitchd_caught_up(db, RECONNECT_TIMEOUT)
+    except OvsnduError as exc:
+        return [f"the database stays converted to {schema.get('target')}: converting back "
+                f"to {schema.get('database')} failed: {exc} (backup: {schema.get('backup')})"]
+    schema["reverted"] = True
+    return [f"database converted back to {schema.get('database')} after the supervisor crash"]
