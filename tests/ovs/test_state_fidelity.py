@@ -53,6 +53,7 @@ def _meters(sb: Sandbox) -> list[str]:
 def _raw(sb: Sandbox) -> dict[str, object]:
     return {
         "conntrack": raw_conntrack(sb),
+        "conntrack -m": raw_conntrack(sb, verbose=True),
         "fdb": raw_fdb(sb, VLAN_BRIDGE),
         "tlv": raw_ofctl(sb, BRIDGE, "dump-tlv-map"),
         "meters": _meters(sb),
@@ -82,7 +83,9 @@ def test_corpus_covers_the_surface(corpus: Sandbox) -> None:
                    "labels=0xf000000000000000000000000000000e", "dst=10.9.9.9",
                    "src=10.8.8.8", "zone=12"):
         assert needle in ct, needle
-    assert "parent=(" in corpus.appctl("dpctl/dump-conntrack", "-m")
+    related = [line for line in corpus.appctl("dpctl/dump-conntrack", "-m").splitlines()
+               if "parent=(" in line]
+    assert len(related) == 4, related  # TFTP data; FTP active, passive, IPv6 active
     fdb = "\n".join(raw_fdb(corpus, VLAN_BRIDGE))
     for vlan in (10, 20, 30, 40, 50, 60, 70, 80):
         assert f" {vlan} " in fdb, vlan

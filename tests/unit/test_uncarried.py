@@ -79,3 +79,24 @@ def test_dynamic_fdb_on_a_mirror_output_port() -> None:
     assert [u.entry for u in found] == [fdb[0]]
     assert "mirror's output port" in found[0].reason
     assert set(carried_only(snap).categories["fdb"]) == {fdb[1], fdb[2]}
+
+
+def test_related_entries_need_their_parent() -> None:
+    """A related entry is replayed after its helper parent (whose FTP command announces it);
+    without the parent it is uncarried, named as such."""
+    from ovsndu.ovs.replay import conntrack_lines
+
+    parent = Conntrack(protocol="tcp", orig="src=10.0.0.1,dst=10.0.0.2,sport=4000,dport=21",
+                       reply="src=10.0.0.2,dst=10.0.0.1,sport=21,dport=4000",
+                       state_orig="ESTABLISHED", state_reply="ESTABLISHED", helper="ftp", zone=5)
+    child = Conntrack(protocol="tcp", orig="src=10.0.0.2,dst=10.0.0.1,sport=20,dport=4001",
+                      reply="src=10.0.0.1,dst=10.0.0.2,sport=4001,dport=20",
+                      state_orig="SYN_SENT", state_reply="CLOSED", zone=5, parent=parent.orig)
+    lines = conntrack_lines([child, parent])
+    port_cmd = b"PORT 10,0,0,1,15,161\r\n".hex()  # 10.0.0.1 port 4001
+    assert len(lines) == 5  # handshake, the PORT command, the last ack; the child's SYN
+    assert port_cmd in lines[3]
+    assert all("alg=ftp" in line for line in lines[:4]) and "alg=" not in lines[4]
+    assert find_uncarried(_snap(parent, child)) == ()
+    (orphan,) = find_uncarried(_snap(child))
+    assert "related connection" in orphan.reason

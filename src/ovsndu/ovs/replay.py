@@ -101,10 +101,18 @@ def _commit_actions(entry: Conntrack) -> str:
     return f"ct({','.join(parts)})"
 
 
-def conntrack_packets(entry: Conntrack) -> list[PacketOut]:
-    """The packet-outs that recreate *entry*; RestoreError for a state we cannot reach."""
+def conntrack_packets(entry: Conntrack, children: tuple[Conntrack, ...] = ()
+                      ) -> list[PacketOut]:
+    """The packet-outs that recreate *entry*; CannotReplay for a state we cannot reach.
+
+    *children*: the related entries that name *entry* as their parent; for an FTP
+    control connection, the commands that announced their data connections are sent
+    on it (``PORT``/``EPRT`` from the client, ``227``/``229`` from the server).
+    """
     o, r = _tuple(entry.orig), _tuple(entry.reply)
     commit, follow = _commit_actions(entry), f"ct(zone={entry.zone})"
+    if entry.helper:  # the ALG sees the later packets too
+        follow = f"ct(commit,zone={entry.zone},alg={entry.helper})"
     proto = entry.protocol
     if proto == "tcp":
         key = (entry.state_orig or "", entry.state_reply or "")
@@ -113,7 +121,11 @@ def conntrack_packets(entry: Conntrack) -> list[PacketOut]:
             raise CannotReplay(
                 "conntrack", f"TCP state {key[0]}/{key[1]} cannot be replayed: {entry.orig}"
             )
-        frames = _tcp_frames(o, r, steps)
+        data = [_ftp_command(entry, child) for child in children] if entry.helper == "ftp" else []
+        if data and steps[:3] != _HS:
+            raise CannotReplay("conntrack", f"FTP control connection in state {key[0]}/"
+                               f"{key[1]} cannot announce its data connections: {entry.orig}")
+        frames = _tcp_frames(o, r, steps, data)
     else:
         number = CT_PROTOCOLS.get(proto) if not proto.isdigit() else int(proto)
         if number is None or number > 255:
@@ -125,15 +137,37 @@ def conntrack_packets(entry: Conntrack) -> list[PacketOut]:
     return [PacketOut("controller", f, commit if i == 0 else follow) for i, f in enumerate(frames)]
 
 
+def _ftp_command(parent: Conntrack, child: Conntrack) -> tuple[str, bytes]:
+    """(side, payload) announcing *child*'s data connection on FTP control *parent*."""
+    po, co = _tuple(parent.orig), _tuple(child.orig)
+    active = co["src"] == po["dst"]  # the server opens the data connection
+    ip, port = co["dst"], int(co["dport"])
+    if ":" in ip:
+        if active:
+            return "o", f"EPRT |2|{ip}|{port}|\r\n".encode()
+        return "r", f"229 Entering Extended Passive Mode (|||{port}|)\r\n".encode()
+    numbers = ",".join([*ip.split("."), str(port >> 8), str(port & 0xFF)])
+    if active:
+        return "o", f"PORT {numbers}\r\n".encode()
+    return "r", f"227 Entering Passive Mode ({numbers})\r\n".encode()
+
+
 def _tcp_frames(
-    o: dict[str, str], r: dict[str, str], steps: tuple[tuple[str, str], ...]
+    o: dict[str, str], r: dict[str, str], steps: tuple[tuple[str, str], ...],
+    data: list[tuple[str, bytes]] | None = None,
 ) -> list[bytes]:
+    """The frames of *steps*; *data* (side, payload) is sent right after the handshake."""
     nxt = {"o": _X, "r": _Y}
     out = []
-    for side, flags in steps:
+    planned = list(steps)
+    if data:
+        planned[3:3] = [(side, "psh|ack") for side, _ in data]
+    payloads = iter(payload for _, payload in data or ())
+    for i, (side, flags) in enumerate(planned):
         peer = "r" if side == "o" else "o"
         t = o if side == "o" else r
         ack = 0 if flags == "syn" else nxt[peer]
+        payload = next(payloads) if flags == "psh|ack" and i >= 3 else b""
         out.append(
             frame(
                 src_ip=t["src"],
@@ -144,8 +178,10 @@ def _tcp_frames(
                 flags=flags,
                 seq=nxt[side],
                 ack=ack,
+                payload=payload,
             )
         )
+        nxt[side] += len(payload)
         if "syn" in flags or "fin" in flags:
             nxt[side] += 1
     return out
@@ -164,9 +200,38 @@ def replay_order(entries: list[Conntrack]) -> list[Conntrack]:
     return sorted(entries, key=lambda e: bool(e.parent))
 
 
+def children_of(entries: list[Conntrack]) -> dict[tuple[int, str], tuple[Conntrack, ...]]:
+    """(zone, parent's original tuple) → the related entries naming it."""
+    out: dict[tuple[int, str], list[Conntrack]] = {}
+    for e in entries:
+        if e.parent:
+            out.setdefault((e.zone, e.parent), []).append(e)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def orphan_reason(entry: Conntrack, entries: list[Conntrack]) -> str | None:
+    """Why a related *entry* cannot be recreated (its parent is not among *entries*)."""
+    if not entry.parent:
+        return None
+    if any(p.zone == entry.zone and p.orig == entry.parent and p.helper for p in entries):
+        return None
+    return (f"related connection whose parent ({entry.parent}) is gone or has no helper: "
+            f"nothing can recreate the expectation it matched: {entry.protocol} {entry.orig}")
+
+
+def conntrack_lines(entries: list[Conntrack]) -> list[str]:
+    """Bundle-file lines that recreate *entries*, parents (with the commands announcing
+    their children) before children; CannotReplay before anything for one that cannot."""
+    kids = children_of(entries)
+    return [p.line() for e in replay_order(entries)
+            for p in conntrack_packets(e, kids.get((e.zone, e.orig), ()))]
+
+
 def conntrack_plan(entries: tuple[Conntrack, ...] | list[Conntrack]) -> Iterator[str]:
     """Bundle-file lines for all *entries* (raises before yielding for unreplayable ones)."""
-    plans = [conntrack_packets(e) for e in replay_order(list(entries))]
+    kids = children_of(list(entries))
+    plans = [conntrack_packets(e, kids.get((e.zone, e.orig), ()))
+             for e in replay_order(list(entries))]
     for plan in plans:
         for packet_out in plan:
             yield packet_out.line()

@@ -44,7 +44,7 @@ from ovsndu.ovs.ofbundle import CapturedBundle
 from ovsndu.ovs.ofctl import ofctl
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import BridgeInfo, StateReader, default_rundir, read_bridges, read_ports
-from ovsndu.ovs.replay import FdbPlan, conntrack_packets, fdb_plan, replay_order
+from ovsndu.ovs.replay import FdbPlan, conntrack_lines, fdb_plan
 from ovsndu.ovs.uncarried import Uncarried, carried_only, find_uncarried, refuse_if_any
 from ovsndu.ovs.unixctl import Unixctl
 
@@ -185,10 +185,8 @@ class Restorer:
         fdb_entries = [e for e in snap.categories["fdb"] if isinstance(e, FdbEntry)
                        and e.canonical() not in skip]
         fdb = fdb_plan(fdb_entries, port_names, access)
-        ct_lines = [p.line() for e in replay_order(
-                        [e for e in snap.categories["conntrack"] if isinstance(e, Conntrack)
-                         and e.canonical() not in skip])
-                    for p in conntrack_packets(e)]
+        ct_lines = conntrack_lines([e for e in snap.categories["conntrack"]
+                                    if isinstance(e, Conntrack) and e.canonical() not in skip])
         ct_bridge = userspace[0].name if userspace and ct_lines else None
         bundles: dict[str, list[str]] = {}
         for bridge in bridges:

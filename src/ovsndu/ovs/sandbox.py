@@ -17,6 +17,7 @@ import itertools
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -192,7 +193,7 @@ class Sandbox:
             ]
         )
         wait_for(
-            lambda: self._alive(self.ovsdb_proc, "ovsdb-server") and self.db_sock.exists(),
+            lambda: self._alive(self.ovsdb_proc, "ovsdb-server") and _accepts(self.db_sock),
             10,
             "ovsdb-server's socket",
         )
@@ -344,6 +345,18 @@ class Sandbox:
             )
         except OSError as exc:
             raise SandboxError(f"cannot start {argv[0]}: {exc.strerror}") from None
+
+
+def _accepts(path: Path) -> bool:
+    """Whether a Unix socket exists and accepts connections (bound is not yet listening)."""
+    if not path.exists():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def _terminate(proc: subprocess.Popen[bytes] | None, sig: int) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ovsndu.errors import RestoreError
 from ovsndu.model import Conntrack, Entry, FdbEntry, Port, Snapshot
-from ovsndu.ovs.replay import CannotReplay, conntrack_packets
+from ovsndu.ovs.replay import CannotReplay, children_of, conntrack_packets, orphan_reason
 
 MODES = ("report", "refuse")
 
@@ -36,13 +36,22 @@ class Uncarried:
         return f"uncarried {self.category}: {self.reason}"
 
 
-def _conntrack(entry: Entry) -> str | None:
-    assert isinstance(entry, Conntrack)
-    try:
-        conntrack_packets(entry)
-    except CannotReplay as exc:
-        return exc.reason
-    return None
+def _conntrack(snap: Snapshot) -> Callable[[Entry], str | None]:
+    entries = [e for e in snap.categories["conntrack"] if isinstance(e, Conntrack)]
+    kids = children_of(entries)
+
+    def check(entry: Entry) -> str | None:
+        assert isinstance(entry, Conntrack)
+        orphan = orphan_reason(entry, entries)
+        if orphan is not None:
+            return orphan
+        try:
+            conntrack_packets(entry, kids.get((entry.zone, entry.orig), ()))
+        except CannotReplay as exc:
+            return exc.reason
+        return None
+
+    return check
 
 
 def _fdb(snap: Snapshot) -> Callable[[Entry], str | None]:
@@ -64,7 +73,7 @@ def _fdb(snap: Snapshot) -> Callable[[Entry], str | None]:
 # category -> (snapshot -> a check returning the reason an entry cannot be carried, or None).
 # Helpers owning other categories add theirs here.
 CHECKS: dict[str, Callable[[Snapshot], Callable[[Entry], str | None]]] = {
-    "conntrack": lambda _snap: _conntrack,
+    "conntrack": _conntrack,
     "fdb": _fdb,
 }
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 
+from ovsndu.ovs.packets import frame
 from ovsndu.ovs.sandbox import Sandbox
 
 BRIDGE = "brc"
@@ -24,6 +25,12 @@ MAC = "50:54:00:00:01:{:02x}"
 # in_port=1 commits (zone/nat/alg chosen by the match), in_port=2 sees replies.
 CT_FLOWS = (
     "table=0,priority=100,in_port=1,tcp,tp_dst=21,actions=ct(commit,zone=11,alg=ftp),output:2",
+    "table=0,priority=100,in_port=2,tcp,tp_src=21,actions=ct(commit,zone=11,alg=ftp),output:1",
+    "table=0,priority=100,in_port=2,tcp,tp_src=20,actions=ct(commit,zone=11),output:1",
+    "table=0,priority=100,in_port=1,tcp,tp_dst=30000,actions=ct(commit,zone=11),output:2",
+    "table=0,priority=100,in_port=1,tcp6,tp_dst=21,actions=ct(commit,zone=11,alg=ftp),output:2",
+    "table=0,priority=100,in_port=2,tcp6,tp_src=21,actions=ct(commit,zone=11,alg=ftp),output:1",
+    "table=0,priority=100,in_port=2,tcp6,tp_src=20,actions=ct(commit,zone=11),output:1",
     "table=0,priority=100,in_port=1,udp,tp_dst=69,actions=ct(commit,zone=12,alg=tftp),output:2",
     "table=0,priority=100,in_port=2,udp,nw_src=10.1.0.2,actions=ct(commit,zone=12),output:1",
     "table=0,priority=90,in_port=1,udp,nw_dst=10.1.0.9,"
@@ -118,6 +125,42 @@ def conntrack_frames() -> list[tuple[str, str]]:
     return out
 
 
+def ftp_frames() -> list[tuple[str, bytes]]:
+    """FTP sessions whose commands announce data connections, and those connections:
+    active (PORT), passive (227) and IPv6 active (EPRT).  Real sequence numbers, so the
+    ALG (and TCP sequence checking) accept them."""
+    out: list[tuple[str, bytes]] = []
+    for client, server, cport, command, data in (
+        ("10.1.0.1", "10.1.0.2", 42100, b"PORT 10,1,0,1,164,117\r\n",
+         ("p2", "10.1.0.2", "10.1.0.1", 20, 42101)),
+        ("10.1.0.1", "10.1.0.2", 42200, b"227 Entering Passive Mode (10,1,0,2,117,48)\r\n",
+         ("p1", "10.1.0.1", "10.1.0.2", 42201, 30000)),
+        ("fd00::1", "fd00::2", 42300, b"EPRT |2|fd00::1|42301|\r\n",
+         ("p2", "fd00::2", "fd00::1", 20, 42301)),
+    ):
+        x, y = 1000, 5000
+        out += [
+            ("p1", frame(src_ip=client, dst_ip=server, proto="tcp", sport=cport, dport=21,
+                         flags="syn", seq=x)),
+            ("p2", frame(src_ip=server, dst_ip=client, proto="tcp", sport=21, dport=cport,
+                         flags="syn|ack", seq=y, ack=x + 1)),
+            ("p1", frame(src_ip=client, dst_ip=server, proto="tcp", sport=cport, dport=21,
+                         flags="ack", seq=x + 1, ack=y + 1)),
+        ]
+        if command.startswith(b"227"):
+            out.append(("p2", frame(src_ip=server, dst_ip=client, proto="tcp", sport=21,
+                                    dport=cport, flags="psh|ack", seq=y + 1, ack=x + 1,
+                                    payload=command)))
+        else:
+            out.append(("p1", frame(src_ip=client, dst_ip=server, proto="tcp", sport=cport,
+                                    dport=21, flags="psh|ack", seq=x + 1, ack=y + 1,
+                                    payload=command)))
+        port, src, dst, sport, dport = data
+        out.append((port, frame(src_ip=src, dst_ip=dst, proto="tcp", sport=sport,
+                                dport=dport, flags="syn", seq=9000)))
+    return out
+
+
 def populate_conntrack(sb: Sandbox, bridge: str = BRIDGE) -> None:
     """A netdev bridge with ports p1, p2 and the conntrack corpus in its datapath."""
     sb.vsctl("--may-exist", "add-br", bridge, "--", "set", "bridge", bridge,
@@ -130,6 +173,8 @@ def populate_conntrack(sb: Sandbox, bridge: str = BRIDGE) -> None:
     sb.ofctl(bridge, "add-flows", "-", input_text="\n".join(CT_FLOWS) + "\n")
     for port, flow in conntrack_frames():
         sb.appctl("netdev-dummy/receive", port, flow)
+    for port, packet in ftp_frames():
+        sb.appctl("netdev-dummy/receive", port, packet.hex())
 
 
 VLAN_BRIDGE = "brv"
@@ -188,10 +233,11 @@ def populate_openflow_extras(sb: Sandbox, bridge: str = BRIDGE) -> None:
         "table=5,actions=drop\n"))
 
 
-def raw_conntrack(sb: Sandbox) -> list[str]:
-    """``dpctl/dump-conntrack`` (no timeouts, no ids), sorted."""
-    return sorted(line for line in sb.appctl("dpctl/dump-conntrack").splitlines()
-                  if line.strip())
+def raw_conntrack(sb: Sandbox, *, verbose: bool = False) -> list[str]:
+    """``dpctl/dump-conntrack`` (no timeouts), sorted; *verbose*: with ``-m`` (TCP states of
+    both sides, the parent of related entries), without the connection ``id=``."""
+    text = sb.appctl("dpctl/dump-conntrack", *(["-m"] if verbose else []))
+    return sorted(re.sub(r",id=\d+", "", line) for line in text.splitlines() if line.strip())
 
 
 def raw_fdb(sb: Sandbox, bridge: str) -> list[str]:
