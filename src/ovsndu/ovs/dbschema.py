@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,22 +140,22 @@ class OvsdbServer:
                 return cls(pid, ctl, Path(f))
         raise OvsdbError(f"ovsdb-server {pid} serves no {DB} database file ({files})")
 
-    def refresh(self, pause: tuple[int, ...] = ()) -> float:
+    def refresh(self, pause: tuple[int, ...] = (), before: Callable[[], None] | None = None
+                ) -> float:
         """``remove-db`` + ``add-db``: ``_Server`` advertises the current schema; seconds.
 
         The processes in *pause* (the serving vswitchd) are stopped meanwhile: an IDL
         client that looks for the database between the two commands finds none and
         backs off for a second (its main thread, which polls netdev ports, does no
         bridge work then); stopped, it resumes after ``add-db`` and re-reads ``_Server``
-        in a few milliseconds without reconnecting.
+        in a few milliseconds without reconnecting.  *before* runs first, inside the
+        pause (a downgrade conversion: a client that monitors columns the converted
+        database lacks would otherwise fail and back off the same way).
         """
         t0 = time.monotonic()
-        stopped = []
-        try:
-            for pid in pause:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGSTOP)
-                    stopped.append(pid)
+        with paused(pause):
+            if before is not None:
+                before()
             with Unixctl(str(self.ctl), timeout=30) as appctl:
                 appctl("ovsdb-server/remove-db", DB)
                 try:
@@ -162,11 +163,23 @@ class OvsdbServer:
                 except VswitchdError:  # the database must come back: one more try
                     time.sleep(0.1)
                     appctl("ovsdb-server/add-db", str(self.db_file))
-        finally:
-            for pid in stopped:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)
         return time.monotonic() - t0
+
+
+@contextlib.contextmanager
+def paused(pids: tuple[int, ...]) -> Iterator[None]:
+    """SIGSTOP *pids* for the block, SIGCONT them after (whatever happens)."""
+    stopped = []
+    try:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+        yield
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 def _db_name(path: str) -> str:

@@ -15,6 +15,8 @@ Everything is written into the record's ``schema`` field.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,13 +112,23 @@ class SchemaStep:
         original = self.work / "original.ovsschema"
         original.write_text(json.dumps(self._live_raw))
         server = dbschema.OvsdbServer.find(self.rundir)
+        convert: Callable[[], None] | None = None
         if self.record["action"] == "convert":
-            assert self._target_file is not None
+            target = self._target_file
+            assert target is not None
             name = f"{self.upgrade_id}-{self._live.version}.db"
             self.record["backup"] = str(dbschema.backup(self.db, self.backup_dir / name))
-            dbschema.convert(self.db, self._target_file)
-            self._converted = True
-        self._refresh(server, serving_pid)
+
+            def convert() -> None:
+                t0 = time.monotonic()
+                dbschema.convert(self.db, target)
+                self._converted = True
+                self.record["convert_ms"] = round((time.monotonic() - t0) * 1000, 2)
+
+            if self.record.get("direction") != "downgrade":
+                convert()  # an upgrade: connected clients keep working meanwhile
+                convert = None
+        self._refresh(server, serving_pid, convert)
         self.record["converted"] = self._converted
         now = dbschema.live_schema(self.db)[0].version
         advertised = dbschema.advertised_version(self.db)
@@ -128,9 +140,10 @@ class SchemaStep:
         log.info("upgrade.schema_converted", upgrade_id=self.upgrade_id, phase="snapshot",
                  event_kind="schema", **{k: v for k, v in self.record.items() if k != "lost"})
 
-    def _refresh(self, server: dbschema.OvsdbServer, serving_pid: int | None) -> None:
+    def _refresh(self, server: dbschema.OvsdbServer, serving_pid: int | None,
+                 before: Callable[[], None] | None = None) -> None:
         pause = (serving_pid,) if serving_pid else ()
-        self.record["refresh_ms"] = round(server.refresh(pause) * 1000, 2)
+        self.record["refresh_ms"] = round(server.refresh(pause, before) * 1000, 2)
         if serving_pid:
             took = dbschema.wait_vswitchd_caught_up(self.db, RECONNECT_TIMEOUT)
             self.record["reconnect_ms"] = round(took * 1000, 2)
@@ -141,9 +154,18 @@ class SchemaStep:
         *serving_pid*: the vswitchd that serves meanwhile (None: none runs)."""
         if not self._converted:
             return  # a refresh alone changed nothing to undo
-        dbschema.convert(self.db, self.work / "original.ovsschema")
-        self._converted = False
-        self._refresh(dbschema.OvsdbServer.find(self.rundir), serving_pid)
+        original = self.work / "original.ovsschema"
+
+        def convert_back() -> None:
+            dbschema.convert(self.db, original)
+            self._converted = False
+
+        server = dbschema.OvsdbServer.find(self.rundir)
+        if self.record.get("direction") == "downgrade":
+            convert_back()  # back up to a newer schema: clients keep working meanwhile
+            self._refresh(server, serving_pid)
+        else:
+            self._refresh(server, serving_pid, convert_back)
         self.record["reverted"] = True
         log.warning("upgrade.schema_reverted", upgrade_id=self.upgrade_id, phase="rollback",
                     event_kind="schema", database=self.record.get("database"))
@@ -160,9 +182,9 @@ def revert_recorded(schema: dict[str, Any], rundir: Path, db: str, work: Path,
         return []
     original = work / "original.ovsschema"
     try:
-        dbschema.convert(db, original)
         pause = (serving_pid,) if serving_pid else ()
-        dbschema.OvsdbServer.find(rundir).refresh(pause)
+        dbschema.OvsdbServer.find(rundir).refresh(
+            pause, lambda: dbschema.convert(db, original))
         if serving_pid:
             dbschema.wait_vswitchd_caught_up(db, RECONNECT_TIMEOUT)
     except OvsnduError as exc:
