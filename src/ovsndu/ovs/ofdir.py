@@ -123,3 +123,42 @@ def remove_unused(rundir: Path) -> None:
                 entry.unlink()
         elif entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
+
+
+@dataclass(frozen=True, slots=True)
+class HiddenSockets:
+    """The serving vswitchd's OpenFlow sockets, moved out of sight for its final read.
+
+    From :func:`hide` on, no new OpenFlow connection reaches the old process (a
+    controller's connect fails and it retries — later reaching the new one); ovsndu
+    reads through :attr:`directory`.  Connections already open are not affected.
+    """
+
+    rundir: Path
+    directory: Path
+    names: tuple[str, ...]
+
+    def unhide(self) -> None:
+        """Put the sockets back (the old process keeps serving: a discard)."""
+        for name in self.names:
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.directory / name, self.rundir / name)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def remove(self) -> None:
+        """The old process is gone: drop its sockets."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def hide(rundir: Path, tag: str) -> HiddenSockets:
+    """Move every OpenFlow socket of the rundir into ``<rundir>/.of-<tag>.old``."""
+    rundir = Path(rundir)
+    directory = rundir / f"{PREFIX}{tag}.old"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(mode=0o700)
+    names = []
+    for sock in sorted(rundir.iterdir()):
+        if sock.suffix in OPENFLOW_SUFFIXES and not sock.is_dir():
+            os.replace(sock, directory / sock.name)
+            names.append(sock.name)
+    return HiddenSockets(rundir, directory, tuple(names))

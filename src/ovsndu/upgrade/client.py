@@ -24,6 +24,8 @@ from pathlib import Path
 from ovsndu.errors import OvsnduError, RestoreError, SyncAborted
 from ovsndu.model import Port, Snapshot
 from ovsndu.model.carried import check_carried
+from ovsndu.model.delta import Delta
+from ovsndu.ovs.catchup import CATCHUP_FILE, apply_catchup
 from ovsndu.ovs.readers import read_snapshot
 from ovsndu.ovs.restore import RestorePlan, Restorer, user_routes_only
 from ovsndu.ovs.sandbox import Sandbox, backup_db
@@ -72,13 +74,18 @@ def rehearse(snap: Snapshot, binary: str, live_db: str, workdir: Path) -> dict[s
 
 
 def install_live(plan: RestorePlan, rundir: Path, db: str, *, tcp_seq_check: bool,
-                 of_dir: Path | None = None) -> float:
+                 of_dir: Path | None = None, catchup: Path | None = None) -> float:
     """Send the prepared plan to the new serving vswitchd (just started: *fresh*) and lift
     flow-restore-wait; returns the seconds it took.  The supervisor then verifies by
     read-back before it commits."""
     started = time.monotonic()
     restorer = Restorer(rundir, db, tcp_seq_check=tcp_seq_check, of_dir=of_dir)
     report = restorer.apply(plan, fresh=True)
+    if catchup is not None and catchup.exists():
+        # What changed in the old process after the snapshot (written by the supervisor
+        # beside the token, after the old process stopped): applied before the lift.
+        delta = Delta.from_dict(json.loads(catchup.read_text()))
+        report.durations.update(apply_catchup(restorer, delta, plan.snapshot))
     restorer.lift_flow_restore_wait()
     lifted = time.monotonic() - started
     steps = {k: round(v * 1000, 2) for k, v in report.durations.items()}
@@ -120,7 +127,8 @@ async def run(args: argparse.Namespace) -> int:
             await session.wait_handover(timeout=args.timeout)
             lifted = await asyncio.to_thread(install_live, plans[0], Path(args.rundir), args.db,
                                              tcp_seq_check=args.tcp_seq_check,
-                                             of_dir=Path(args.of_dir) if args.of_dir else None)
+                                             of_dir=Path(args.of_dir) if args.of_dir else None,
+                                             catchup=Path(args.workdir) / CATCHUP_FILE)
             print(f"installed; flow-restore-wait lifted after {lifted * 1000:.0f} ms",
                   file=sys.stderr)
             await session.ready()

@@ -29,10 +29,12 @@ from ovsndu.config import Config
 from ovsndu.errors import OvsnduError, VswitchdError
 from ovsndu.model import CATEGORIES, Snapshot
 from ovsndu.model.carried import CONTROL_PLANE, check_carried
+from ovsndu.model.delta import delta_between
 from ovsndu.ovs import daemon, ofdir, uncarried
+from ovsndu.ovs.catchup import CATCHUP_FILE
 from ovsndu.ovs.ofdir import PREFIX, PrivateRundir
 from ovsndu.ovs.ovsdb import Ovsdb
-from ovsndu.ovs.readers import read_snapshot
+from ovsndu.ovs.readers import StateReader, read_snapshot
 from ovsndu.ovs.restore import USERSPACE_DATAPATHS, Restorer, user_routes_only
 from ovsndu.ovs.unixctl import pid_alive
 from ovsndu.protocol.transport import ServerSession, serve_state
@@ -105,6 +107,10 @@ class UpgradeRunner:
         self.standby: subprocess.Popen[bytes] | None = None
         self.frw_set = False
         self._snapshot_read_at: float | None = None
+        # The old process's last read (the final catch-up) and when it began.
+        self.final: Snapshot | None = None
+        self.hidden: ofdir.HiddenSockets | None = None  # the old one's, during its final read
+        self._final_read_at: float | None = None
         self.inflight_error: str | None = None
         # The standby's private OVS_RUNDIR: controllers reach it only once it is restored.
         self.of_dir = PrivateRundir(self.spec.rundir, PREFIX + self.upgrade_id.rsplit("-")[-1])
@@ -493,8 +499,18 @@ class UpgradeRunner:
         spec, standby = self.spec, self.standby
         names = await asyncio.to_thread(lambda: sorted(daemon.dp_types(spec.db)))
         await asyncio.to_thread(self._set_frw, True)
-        t0 = time.monotonic()
         marks = self.record.marks
+        # The final catch-up: read the old process once more, at the last moment it
+        # answers, and stop it right after; what changed since the snapshot goes to the
+        # client (docs/upgrade.md, "Sync until the handover").
+        # New OpenFlow connections stop reaching it first (ovs/ofdir.py, hide).
+        read_started = time.monotonic()
+        self.hidden = hidden = await asyncio.to_thread(
+            ofdir.hide, spec.rundir, self.of_dir.name.removeprefix(PREFIX))
+        final = await asyncio.to_thread(lambda: StateReader(
+            spec.rundir, spec.db, pid=self.serving.pid, of_dir=hidden.directory).snapshot())
+        t0 = time.monotonic()
+        marks["catchup_read_ms"] = round((t0 - read_started) * 1000, 2)
 
         def mark(name: str) -> None:
             marks[name] = round((time.monotonic() - t0) * 1000, 2)
@@ -502,6 +518,14 @@ class UpgradeRunner:
         gone = await asyncio.to_thread(daemon.ordered_takeover, spec, self.serving.pid,
                                        self.serving.proc, standby.pid)
         marks["old_gone"] = round((gone - t0) * 1000, 2)
+        hidden.remove()
+        self.hidden = None
+        self.final, self._final_read_at = final, read_started
+        delta = delta_between(self.snapshot, final)
+        marks.update({f"catchup.{k}": float(n) for k, n in delta.counts().items()})
+        if not delta.empty:
+            path = self._workdir / CATCHUP_FILE
+            await asyncio.to_thread(path.write_text, json.dumps(delta.to_dict()))
         old = self.serving
         self.serving = Serving(standby.pid, standby, self.new_binary, self.record.to_version)
         self.on_serving(self.serving)
@@ -561,9 +585,11 @@ class UpgradeRunner:
             raise VswitchdError(
                 f"the database shows ovs_version {row['ovs_version']!r}, not {number!r}"
             )
-        elapsed = time.monotonic() - (self._snapshot_read_at or time.monotonic())
+        # What the old process held when it stopped: its final read (else the snapshot).
+        held, read_at = self.final or self.snapshot, self._final_read_at or self._snapshot_read_at
+        elapsed = time.monotonic() - (read_at or time.monotonic())
         Restorer(self.spec.rundir, self.spec.db, pid=pid, of_dir=self.of_dir.private).verify(
-            self.snapshot, self.record.anomalies, elapsed=elapsed)
+            held, self.record.anomalies, elapsed=elapsed)
 
     async def commit(self) -> None:
         """Tell the client; let it exit; the record is finished by the loop."""
@@ -618,6 +644,11 @@ class UpgradeRunner:
             await asyncio.to_thread(daemon.kill, self.serving.pid, self.serving.proc)
             await asyncio.to_thread(daemon.remove_stale_files, self.spec, self.serving.pid)
             original_alive = False
+        if self.hidden is not None:
+            if original_alive:
+                await asyncio.to_thread(self.hidden.unhide)
+            else:
+                await asyncio.to_thread(self.hidden.remove)
         await asyncio.to_thread(ofdir.remove_unused, self.spec.rundir)
         await asyncio.to_thread(self.schema.revert,
                                 self.serving.pid if original_alive else None)
@@ -638,9 +669,9 @@ class UpgradeRunner:
                 restore_original,
                 self.spec,
                 binary,
-                self.snapshot,
+                self.final or self.snapshot,  # what it held when it stopped
                 tcp_seq_check=self.cfg.upgrade.tcp_seq_check,
-                read_at=self._snapshot_read_at,
+                read_at=self._final_read_at or self._snapshot_read_at,
                 on_started=started,
             )
         except OvsnduError as exc:

@@ -1,0 +1,119 @@
+"""Apply the final catch-up (:mod:`ovsndu.model.delta`) to the new vswitchd.
+
+Runs in the client right after the prepared install, while flow-restore-wait still
+holds the new process and before any controller can reach it.  Per bridge: TLV
+mappings and meters that appeared or changed first (flows may use them); then one
+bundle — flows removed, groups removed, groups added or changed, flows added or
+changed, conntrack replay and FDB learning packet-outs for the entries that appeared;
+then meters and TLV mappings that went away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from ovsndu.errors import RestoreError, VswitchdError
+from ovsndu.model import Conntrack, FdbEntry, Flow, Group, Meter, Snapshot, TlvMapping
+from ovsndu.model.delta import Delta
+from ovsndu.ovs.ovsdb import Ovsdb
+from ovsndu.ovs.readers import read_bridges
+from ovsndu.ovs.replay import conntrack_packets, fdb_plan
+from ovsndu.ovs.restore import USERSPACE_DATAPATHS, Restorer
+from ovsndu.ovs.unixctl import Unixctl
+
+#: The delta's file in the upgrade's work directory (0700, beside the token).
+CATCHUP_FILE = "catchup.json"
+
+
+def _flow_key(f: Flow) -> str:
+    return ",".join(p for p in (f"table={f.table}", f"priority={f.priority}", f.match) if p)
+
+
+def bundle_lines(delta: Delta, bridge: str, *, groups: bool = True) -> list[str]:
+    """The flow and group lines of one bridge's catch-up bundle (pure)."""
+    lines = [f"flow delete_strict {_flow_key(f)}"
+             for f in delta.of_bridge("removed", "flows", bridge) if isinstance(f, Flow)]
+    if groups:
+        lines += [f"group delete group_id={g.group_id}"
+                  for g in delta.of_bridge("removed", "groups", bridge) if isinstance(g, Group)]
+        lines += [f"group add {g.spec()}"
+                  for g in delta.of_bridge("added", "groups", bridge) if isinstance(g, Group)]
+        lines += [f"group mod {g.spec()}"
+                  for g in delta.of_bridge("changed", "groups", bridge) if isinstance(g, Group)]
+    lines += [f"flow add {f.spec()}"
+              for kind in ("added", "changed")
+              for f in delta.of_bridge(kind, "flows", bridge) if isinstance(f, Flow)]
+    return lines
+
+
+def apply_catchup(restorer: Restorer, delta: Delta, final: Snapshot) -> dict[str, float]:
+    """Send *delta* to the vswitchd of *restorer*; *final* is the read it came from (for
+    port names).  Returns seconds per step; RestoreError naming what was refused."""
+    if delta.empty:
+        return {}
+    steps: dict[str, float] = {}
+    started = time.monotonic()
+    with Ovsdb(restorer.db) as db:
+        bridges = read_bridges(db)
+        port_names, access = restorer._port_names(final, db)
+    fdb_new = [e for e in delta.added.get("fdb", ()) if isinstance(e, FdbEntry)]
+    fdb = fdb_plan(fdb_new, port_names, access)
+    ct_new = [e for e in delta.added.get("conntrack", ()) if isinstance(e, Conntrack)]
+    userspace = [b.name for b in bridges if b.datapath_type in USERSPACE_DATAPATHS]
+    ct_bridge = userspace[0] if userspace and ct_new else None
+    ct_lines = [p.line() for e in ct_new for p in conntrack_packets(e)]
+    with Unixctl.for_daemon(restorer.rundir, pid=restorer.pid) as appctl:
+        if not restorer.tcp_seq_check and any(e.protocol == "tcp" for e in ct_new):
+            appctl("dpctl/ct-disable-tcp-seq-chk")  # as the main install does
+        for e in fdb_new:
+            if e.static:
+                appctl("fdb/add", e.bridge, port_names[(e.bridge, e.port)], str(e.vlan), e.mac)
+        for br, port, vlan, mac in fdb.decoys:
+            appctl("fdb/add", br, port, str(vlan), mac)
+        try:
+            for b in bridges:
+                _tlv_and_meters(restorer, delta, b.name, b.of_version, "add")
+                lines = bundle_lines(delta, b.name, groups=b.of_version != "OpenFlow10")
+                lines += fdb.lines.get(b.name, ())
+                if b.name == ct_bridge:
+                    lines += ct_lines
+                if lines:
+                    try:
+                        restorer._bundle(b.name, b.of_version, lines)
+                    except VswitchdError as exc:
+                        raise RestoreError("flows", f"{b.name} refused the catch-up bundle "
+                                           f"({len(lines)} lines): {exc}") from None
+                _tlv_and_meters(restorer, delta, b.name, b.of_version, "remove")
+        finally:
+            for br, _port, vlan, mac in fdb.decoys:
+                with contextlib.suppress(VswitchdError):
+                    appctl("fdb/del", br, str(vlan), mac)
+    steps["catchup"] = time.monotonic() - started
+    return steps
+
+
+def _tlv_and_meters(restorer: Restorer, delta: Delta, bridge: str, version: str,
+                    phase: str) -> None:
+    try:
+        if phase == "add":
+            tlvs = [t for t in delta.of_bridge("added", "tlv_mappings", bridge)
+                    if isinstance(t, TlvMapping)]
+            if tlvs:
+                restorer._ofctl(bridge, version, "add-tlv-map", ",".join(t.spec() for t in tlvs))
+            for m in delta.of_bridge("added", "meters", bridge):
+                assert isinstance(m, Meter)
+                restorer._ofctl(bridge, "OpenFlow13", "add-meter", m.spec())
+            for m in delta.of_bridge("changed", "meters", bridge):
+                assert isinstance(m, Meter)
+                restorer._ofctl(bridge, "OpenFlow13", "mod-meter", m.spec())
+        else:
+            for m in delta.of_bridge("removed", "meters", bridge):
+                assert isinstance(m, Meter)
+                restorer._ofctl(bridge, "OpenFlow13", "del-meter", f"meter={m.meter_id}")
+            tlvs = [t for t in delta.of_bridge("removed", "tlv_mappings", bridge)
+                    if isinstance(t, TlvMapping)]
+            if tlvs:
+                restorer._ofctl(bridge, version, "del-tlv-map", ",".join(t.spec() for t in tlvs))
+    except VswitchdError as exc:
+        raise RestoreError("meters", f"{bridge} refused the catch-up: {exc}") from None
