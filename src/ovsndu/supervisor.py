@@ -28,7 +28,7 @@ from ovsndu import __version__
 from ovsndu.config import Config, reread
 from ovsndu.errors import ConfigError, HistoryError, OvsnduError, VswitchdError
 from ovsndu.model import Snapshot
-from ovsndu.ovs import daemon
+from ovsndu.ovs import daemon, ofdir
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.restore import Restorer
 from ovsndu.ovs.unixctl import pid_alive
@@ -349,6 +349,7 @@ class Supervisor:
     def _recover(self, rec: UpgradeRecord, action: str, snap: Snapshot | None) -> str:
         old = rec.from_pid if rec.from_pid and pid_alive(rec.from_pid) else None
         new = rec.standby_pid if rec.standby_pid and pid_alive(rec.standby_pid) else None
+        ofdir.settle(self.spec.rundir, old_alive=old is not None)
         finishable = action in ("commit", "handover") and old is None and new is not None
         if finishable and new is not None and self._finish_on_new(new, snap):
             return "committed"

@@ -162,3 +162,26 @@ def hide(rundir: Path, tag: str) -> HiddenSockets:
             os.replace(sock, directory / sock.name)
             names.append(sock.name)
     return HiddenSockets(rundir, directory, tuple(names))
+
+
+def settle(rundir: Path, *, old_alive: bool) -> None:
+    """After a supervisor crash mid-upgrade: put every OpenFlow socket where the tools look.
+
+    Sockets hidden for a final read go back if the old process still lives (it serves),
+    else away; a live process's private rundir is published (crash recovery then
+    restores into it with controllers able to connect — the one case where the ordering
+    of docs/upgrade.md cannot be kept); unused ones are removed.
+    """
+    rundir = Path(rundir)
+    for hidden in rundir.glob(PREFIX + "*.old"):
+        names = tuple(p.name for p in hidden.iterdir() if p.suffix in OPENFLOW_SUFFIXES)
+        moved = HiddenSockets(rundir, hidden, names)
+        if old_alive:
+            moved.unhide()
+        else:
+            moved.remove()
+    for name in in_use(rundir):
+        private = PrivateRundir(rundir, name)
+        if private.private.is_dir():
+            private.publish()
+    remove_unused(rundir)
