@@ -78,49 +78,49 @@ def conntrack_frames() -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     # TCP: established, SYN_SENT, closing states (zone 1); IPv6 established (zone 2)
     for sport, steps in (
-        (40000, (("p1", "syn"), ("p2", "syn|ack"), ("p1", "ack"))),
-        (40001, (("p1", "syn"),)),
-        (40002, (("p1", "syn"), ("p2", "syn|ack"))),
-        (40003, (("p1", "syn"), ("p2", "syn|ack"), ("p1", "ack"), ("p1", "fin|ack"))),
-        (40004, (("p1", "syn"), ("p2", "syn|ack"), ("p1", "ack"), ("p1", "rst|ack"))),
+        (40000, (("c1", "syn"), ("c2", "syn|ack"), ("c1", "ack"))),
+        (40001, (("c1", "syn"),)),
+        (40002, (("c1", "syn"), ("c2", "syn|ack"))),
+        (40003, (("c1", "syn"), ("c2", "syn|ack"), ("c1", "ack"), ("c1", "fin|ack"))),
+        (40004, (("c1", "syn"), ("c2", "syn|ack"), ("c1", "ack"), ("c1", "rst|ack"))),
     ):
         for port, flags in steps:
-            back = port == "p2"
+            back = port == "c2"
             out.append((port, _tcp(b, a, 80, sport, flags, back=True) if back
                         else _tcp(a, b, sport, 80, flags)))
-    for port, flags in (("p1", "syn"), ("p2", "syn|ack"), ("p1", "ack")):
-        back = port == "p2"
+    for port, flags in (("c1", "syn"), ("c2", "syn|ack"), ("c1", "ack")):
+        back = port == "c2"
         out.append((port, _tcp(b6, a6, 443, 50000, flags, back=True) if back
                     else _tcp(a6, b6, 50000, 443, flags)))
     out += [
         # UDP unreplied and replied; ICMP echo replied, timestamp unreplied; ICMPv6 echo
-        ("p1", f"{_eth(1, 2)},{_v4(a, b, 17)},udp(src=5000,dst=53)"),
-        ("p1", f"{_eth(1, 2)},{_v4(a, b, 17)},udp(src=5001,dst=53)"),
-        ("p2", f"{_eth(2, 1)},{_v4(b, a, 17)},udp(src=53,dst=5001)"),
-        ("p1", f"{_eth(1, 2)},{_v4(a, b, 1)},icmp(type=8,code=0)"),
-        ("p2", f"{_eth(2, 1)},{_v4(b, a, 1)},icmp(type=0,code=0)"),
-        ("p1", f"{_eth(1, 2)},{_v4(a, b, 1)},icmp(type=13,code=0)"),
-        ("p1", f"{_eth(1, 2)},{_v6(a6, b6, 58)},icmpv6(type=128,code=0)"),
-        ("p1", f"{_eth(1, 2)},{_v6(a6, b6, 17)},udp(src=7,dst=7)"),
+        ("c1", f"{_eth(1, 2)},{_v4(a, b, 17)},udp(src=5000,dst=53)"),
+        ("c1", f"{_eth(1, 2)},{_v4(a, b, 17)},udp(src=5001,dst=53)"),
+        ("c2", f"{_eth(2, 1)},{_v4(b, a, 17)},udp(src=53,dst=5001)"),
+        ("c1", f"{_eth(1, 2)},{_v4(a, b, 1)},icmp(type=8,code=0)"),
+        ("c2", f"{_eth(2, 1)},{_v4(b, a, 1)},icmp(type=0,code=0)"),
+        ("c1", f"{_eth(1, 2)},{_v4(a, b, 1)},icmp(type=13,code=0)"),
+        ("c1", f"{_eth(1, 2)},{_v6(a6, b6, 58)},icmpv6(type=128,code=0)"),
+        ("c1", f"{_eth(1, 2)},{_v6(a6, b6, 17)},udp(src=7,dst=7)"),
         # SCTP and other IP protocols, IPv4 and IPv6
-        ("p1", f"{_eth(1, 2)},{_v4(a, b, 132)},sctp(src=3868,dst=3868)"),
-        ("p1", f"{_eth(1, 2)},{_v6(a6, b6, 132)},sctp(src=9,dst=9)"),
-        ("p1", f"{_eth(1, 2)},{_v4(a, b, 47)}"),
-        ("p2", f"{_eth(2, 1)},{_v4(b, a, 47)}"),
-        ("p1", f"{_eth(1, 2)},{_v4(a, b, 50)}"),
-        ("p1", f"{_eth(1, 2)},{_v4(a, b, 33)}"),
-        ("p1", f"{_eth(1, 2)},{_v4(a, b, 136)}"),
-        ("p1", f"{_eth(1, 2)},{_v6(a6, b6, 47)}"),
+        ("c1", f"{_eth(1, 2)},{_v4(a, b, 132)},sctp(src=3868,dst=3868)"),
+        ("c1", f"{_eth(1, 2)},{_v6(a6, b6, 132)},sctp(src=9,dst=9)"),
+        ("c1", f"{_eth(1, 2)},{_v4(a, b, 47)}"),
+        ("c2", f"{_eth(2, 1)},{_v4(b, a, 47)}"),
+        ("c1", f"{_eth(1, 2)},{_v4(a, b, 50)}"),
+        ("c1", f"{_eth(1, 2)},{_v4(a, b, 33)}"),
+        ("c1", f"{_eth(1, 2)},{_v4(a, b, 136)}"),
+        ("c1", f"{_eth(1, 2)},{_v6(a6, b6, 47)}"),
         # zone 0, NAT (SNAT UDP, DNAT TCP, SNAT IPv6), mark and labels
-        ("p1", f"{_eth(1, 2)},{_v4(a, '10.1.0.20', 17)},udp(src=1,dst=2)"),
-        ("p1", f"{_eth(1, 2)},{_v4(a, '10.1.0.9', 17)},udp(src=5555,dst=53)"),
-        ("p1", _tcp(a, "10.1.0.8", 41000, 80, "syn")),
-        ("p1", f"{_eth(1, 2)},{_v6(a6, 'fd00::9', 17)},udp(src=6,dst=6)"),
-        ("p1", f"{_eth(1, 2)},{_v4(a, '10.1.0.13', 17)},udp(src=8,dst=8)"),
+        ("c1", f"{_eth(1, 2)},{_v4(a, '10.1.0.20', 17)},udp(src=1,dst=2)"),
+        ("c1", f"{_eth(1, 2)},{_v4(a, '10.1.0.9', 17)},udp(src=5555,dst=53)"),
+        ("c1", _tcp(a, "10.1.0.8", 41000, 80, "syn")),
+        ("c1", f"{_eth(1, 2)},{_v6(a6, 'fd00::9', 17)},udp(src=6,dst=6)"),
+        ("c1", f"{_eth(1, 2)},{_v4(a, '10.1.0.13', 17)},udp(src=8,dst=8)"),
         # ALGs: an FTP control connection; a TFTP request and its related data connection
-        ("p1", _tcp(a, b, 42000, 21, "syn")),
-        ("p1", f"{_eth(1, 2)},{_v4(a, b, 17)},udp(src=42001,dst=69)"),
-        ("p2", f"{_eth(2, 1)},{_v4(b, a, 17)},udp(src=3333,dst=42001)"),
+        ("c1", _tcp(a, b, 42000, 21, "syn")),
+        ("c1", f"{_eth(1, 2)},{_v4(a, b, 17)},udp(src=42001,dst=69)"),
+        ("c2", f"{_eth(2, 1)},{_v4(b, a, 17)},udp(src=3333,dst=42001)"),
     ]
     return out
 
@@ -132,27 +132,27 @@ def ftp_frames() -> list[tuple[str, bytes]]:
     out: list[tuple[str, bytes]] = []
     for client, server, cport, command, data in (
         ("10.1.0.1", "10.1.0.2", 42100, b"PORT 10,1,0,1,164,117\r\n",
-         ("p2", "10.1.0.2", "10.1.0.1", 20, 42101)),
+         ("c2", "10.1.0.2", "10.1.0.1", 20, 42101)),
         ("10.1.0.1", "10.1.0.2", 42200, b"227 Entering Passive Mode (10,1,0,2,117,48)\r\n",
-         ("p1", "10.1.0.1", "10.1.0.2", 42201, 30000)),
+         ("c1", "10.1.0.1", "10.1.0.2", 42201, 30000)),
         ("fd00::1", "fd00::2", 42300, b"EPRT |2|fd00::1|42301|\r\n",
-         ("p2", "fd00::2", "fd00::1", 20, 42301)),
+         ("c2", "fd00::2", "fd00::1", 20, 42301)),
     ):
         x, y = 1000, 5000
         out += [
-            ("p1", frame(src_ip=client, dst_ip=server, proto="tcp", sport=cport, dport=21,
+            ("c1", frame(src_ip=client, dst_ip=server, proto="tcp", sport=cport, dport=21,
                          flags="syn", seq=x)),
-            ("p2", frame(src_ip=server, dst_ip=client, proto="tcp", sport=21, dport=cport,
+            ("c2", frame(src_ip=server, dst_ip=client, proto="tcp", sport=21, dport=cport,
                          flags="syn|ack", seq=y, ack=x + 1)),
-            ("p1", frame(src_ip=client, dst_ip=server, proto="tcp", sport=cport, dport=21,
+            ("c1", frame(src_ip=client, dst_ip=server, proto="tcp", sport=cport, dport=21,
                          flags="ack", seq=x + 1, ack=y + 1)),
         ]
         if command.startswith(b"227"):
-            out.append(("p2", frame(src_ip=server, dst_ip=client, proto="tcp", sport=21,
+            out.append(("c2", frame(src_ip=server, dst_ip=client, proto="tcp", sport=21,
                                     dport=cport, flags="psh|ack", seq=y + 1, ack=x + 1,
                                     payload=command)))
         else:
-            out.append(("p1", frame(src_ip=client, dst_ip=server, proto="tcp", sport=cport,
+            out.append(("c1", frame(src_ip=client, dst_ip=server, proto="tcp", sport=cport,
                                     dport=21, flags="psh|ack", seq=x + 1, ack=y + 1,
                                     payload=command)))
         port, src, dst, sport, dport = data
@@ -162,12 +162,12 @@ def ftp_frames() -> list[tuple[str, bytes]]:
 
 
 def populate_conntrack(sb: Sandbox, bridge: str = BRIDGE) -> None:
-    """A netdev bridge with ports p1, p2 and the conntrack corpus in its datapath."""
+    """A netdev bridge with ports c1, c2 and the conntrack corpus in its datapath."""
     sb.vsctl("--may-exist", "add-br", bridge, "--", "set", "bridge", bridge,
              "datapath_type=netdev",
-             "--", "add-port", bridge, "p1", "--", "set", "interface", "p1", "type=dummy",
+             "--", "add-port", bridge, "c1", "--", "set", "interface", "c1", "type=dummy",
              "ofport_request=1",
-             "--", "add-port", bridge, "p2", "--", "set", "interface", "p2", "type=dummy",
+             "--", "add-port", bridge, "c2", "--", "set", "interface", "c2", "type=dummy",
              "ofport_request=2")
     sb.ofctl(bridge, "del-flows")
     sb.ofctl(bridge, "add-flows", "-", input_text="\n".join(CT_FLOWS) + "\n")
