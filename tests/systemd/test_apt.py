@@ -19,7 +19,15 @@ from pathlib import Path
 import pytest
 
 from tests.systemd.container import Container
-from tests.systemd.test_unit import POPULATE, UNIT, journal, same_state, snapshot, status
+from tests.systemd.test_unit import (
+    POPULATE,
+    UNIT,
+    get_property,
+    journal,
+    same_state,
+    snapshot,
+    status,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKEN_VSWITCHD = """#!/bin/sh
@@ -124,6 +132,11 @@ def _upgrade_through_apt(box: Container, name: str, *args: str) -> str:
     st = status(box)
     assert st["vswitchd"]["pid"] != old_pid  # replaced by a live upgrade
     assert st["last_upgrade"]["outcome"] == "committed"
+    # what serves, what status says, what D-Bus says and what the history says agree
+    assert st["last_upgrade"]["to_pid"] == st["vswitchd"]["pid"]
+    assert st["last_upgrade"]["to_version"] == st["vswitchd"]["version"]
+    assert get_property(box, "Version") == f's "{st["vswitchd"]["version"]}"'
+    assert get_property(box, "VswitchdPid") == f"u {st['vswitchd']['pid']}"
     assert _raw(box) == raw
     snapshot(box, f"{name}-after")
     same_state(box, f"{name}-before", f"{name}-after")

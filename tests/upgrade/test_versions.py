@@ -218,3 +218,33 @@ def test_forced_lossy_downgrade_records_the_loss(rig35: Rig) -> None:
     assert any("Mirror.filter" in a and "allow_schema_loss" in a for a in record["anomalies"])
     assert _versions(rig) == ("8.3.1", "8.3.1")
     assert Path(record["schema"]["backup"]).stat().st_size > 0
+
+
+def test_crash_after_takeover_restores_31_on_the_converted_back_database(
+        tmp_path: Path) -> None:
+    """3.5 takes over and dies (rollback "restore"): the database goes back to 8.3.1 before
+    the original 3.1 restarts with the whole state."""
+    require_ovs35()
+    with make_rig(tmp_path, db_env="CRASH_DB") as rig:
+        bad = tmp_path / "ovs-vswitchd-crash-after"
+        bad.write_text(
+            f"#!/bin/bash\nREAL={V35}\n"
+            'for a in "$@"; do case $a in --pidfile=*) D=$(dirname "${a#*=}");; esac; done\n'
+            'if [ "$1" = "$CRASH_DB" ] && [[ "$*" == *standby.pid* ]]; then\n'
+            '  ( until [ "$(cat "$D/ovs-vswitchd.pid" 2>/dev/null)" = "$$" ]; do\n'
+            '      sleep 0.002; done; sleep 0.02; kill -KILL $$ ) &\n'
+            'fi\nexec "$REAL" "$@"\n')
+        bad.chmod(0o755)
+        digests = _user_digests(rig)
+        code, result = rig.reload("--vswitchd", str(bad), "--schema",
+                                  str(OVS35 / "vswitch.ovsschema"))
+        assert code == 1, result
+        record = result["record"]
+        assert record["rollback_mode"] == "restore", record
+        assert record["schema"]["converted"] is True and record["schema"]["reverted"] is True
+        assert _versions(rig) == ("8.3.1", "8.3.1")
+        st = rig.status()
+        assert "3.1" in st["vswitchd"]["version"]
+        # (it runs from the rollback copy; a crash would restart the original binary)
+        assert Path(st["vswitchd"]["binary"]).resolve() == Path(VSWITCHD).resolve()
+        assert _user_digests(rig) == digests
