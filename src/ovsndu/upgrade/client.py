@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import sys
@@ -73,6 +74,13 @@ def rehearse(snap: Snapshot, binary: str, live_db: str, workdir: Path) -> dict[s
     return snap.digests()
 
 
+def say(text: str) -> None:
+    """One line to stderr (the client's log in the state directory): a full disk or a
+    closed file must not fail the upgrade, so a line that cannot be written is lost."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=sys.stderr, flush=True)
+
+
 def install_live(plan: RestorePlan, rundir: Path, db: str, *, tcp_seq_check: bool,
                  of_dir: Path | None = None, catchup: Path | None = None) -> float:
     """Send the prepared plan to the new serving vswitchd (just started: *fresh*) and lift
@@ -89,8 +97,7 @@ def install_live(plan: RestorePlan, rundir: Path, db: str, *, tcp_seq_check: boo
     restorer.lift_flow_restore_wait()
     lifted = time.monotonic() - started
     steps = {k: round(v * 1000, 2) for k, v in report.durations.items()}
-    print("timings " + json.dumps({**steps, "lifted": round(lifted * 1000, 2)}),
-          file=sys.stderr, flush=True)
+    say("timings " + json.dumps({**steps, "lifted": round(lifted * 1000, 2)}))
     return lifted
 
 
@@ -129,15 +136,14 @@ async def run(args: argparse.Namespace) -> int:
                                              tcp_seq_check=args.tcp_seq_check,
                                              of_dir=Path(args.of_dir) if args.of_dir else None,
                                              catchup=Path(args.workdir) / CATCHUP_FILE)
-            print(f"installed; flow-restore-wait lifted after {lifted * 1000:.0f} ms",
-                  file=sys.stderr)
+            say(f"installed; flow-restore-wait lifted after {lifted * 1000:.0f} ms")
             await session.ready()
             await session.wait_commit(timeout=args.timeout)
     except SyncAborted as exc:
-        print(f"ovsndu client: aborted: {exc}", file=sys.stderr)
+        say(f"ovsndu client: aborted: {exc}")
         return EXIT_ABORTED
     except OvsnduError as exc:
-        print(f"ovsndu client: error: {exc}", file=sys.stderr)
+        say(f"ovsndu client: error: {exc}")
         return EXIT_ERROR
     return EXIT_COMMITTED
 
