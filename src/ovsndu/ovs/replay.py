@@ -55,6 +55,57 @@ TCP_SEQUENCES: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
 }
 
 
+# Userspace conntrack's TCP states, in the order its state machine compares them.
+TCP_STATES = ("CLOSED", "LISTEN", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "CLOSE_WAIT",
+              "FIN_WAIT_1", "CLOSING", "LAST_ACK", "FIN_WAIT_2", "TIME_WAIT")
+_S = {name: i for i, name in enumerate(TCP_STATES)}
+_TCP_MOVES = tuple((side, flags) for side in "or"
+                   for flags in ("syn", "syn|ack", "ack", "fin|ack", "rst|ack"))
+
+
+def _tcp_step(state: tuple[int, int], side: str, flags: str, first: bool
+              ) -> tuple[int, int]:
+    """The (orig, reply) states after one packet, as lib/conntrack-tcp.c updates them with
+    sequence checking off: a side's first packet makes it SYN_SENT; then SYN, FIN, ACK
+    (of the peer's SYN or FIN) and RST move the states on."""
+    src, dst = state if side == "o" else state[::-1]
+    if first:
+        src = max(src, _S["SYN_SENT"])
+    if "fin" in flags and src < _S["CLOSING"]:
+        src = _S["CLOSING"]
+    if "ack" in flags:
+        if dst == _S["SYN_SENT"]:
+            dst = _S["ESTABLISHED"]
+        elif dst == _S["CLOSING"]:
+            dst = _S["FIN_WAIT_2"]
+    if "rst" in flags:
+        src = dst = _S["TIME_WAIT"]
+    return (src, dst) if side == "o" else (dst, src)
+
+
+def _search_tcp_sequences(depth: int = 7) -> dict[tuple[str, str], tuple[tuple[str, str], ...]]:
+    """The shortest packet sequence to every reachable state pair: a new connection
+    starts with the original side's SYN (orig SYN_SENT, reply CLOSED); a side's SYN only
+    as its first packet (a later one would start a new connection)."""
+    start = ((_S["SYN_SENT"], _S["CLOSED"]), frozenset({"o"}))
+    found: dict[tuple[int, int], tuple[tuple[str, str], ...]] = {start[0]: (("o", "syn"),)}
+    frontier = [(start, found[start[0]])]
+    for _ in range(depth):
+        nxt = []
+        for (state, seen), path in frontier:
+            for side, flags in _TCP_MOVES:
+                if "syn" in flags and side in seen:
+                    continue
+                if "syn" in flags and side == "o":
+                    continue
+                new = _tcp_step(state, side, flags, side not in seen)
+                if new not in found:
+                    found[new] = (*path, (side, flags))
+                    nxt.append(((new, seen | {side}), found[new]))
+        frontier = nxt
+    return {(TCP_STATES[o], TCP_STATES[r]): path for (o, r), path in found.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class PacketOut:
     """One packet-out: ``packet-out in_port=P packet=HEX actions=A``."""
@@ -116,7 +167,7 @@ def conntrack_packets(entry: Conntrack, children: tuple[Conntrack, ...] = ()
     proto = entry.protocol
     if proto == "tcp":
         key = (entry.state_orig or "", entry.state_reply or "")
-        steps = TCP_SEQUENCES.get(key)
+        steps = TCP_SEQUENCES.get(key) or SEARCHED_TCP_SEQUENCES.get(key)
         if steps is None:
             raise CannotReplay(
                 "conntrack", f"TCP state {key[0]}/{key[1]} cannot be replayed: {entry.orig}"
@@ -280,3 +331,7 @@ def fdb_plan(
         decoys=tuple((b, port_names[(b, p)], v, mac) for (b, p, v), mac in decoys.items()),
         lines={b: tuple(v) for b, v in lines.items()},
     )
+
+
+# Every state pair the state machine reaches; the hand-written TCP_SEQUENCES come first.
+SEARCHED_TCP_SEQUENCES = _search_tcp_sequences()
