@@ -40,6 +40,7 @@ from ovsndu.model import (
 )
 from ovsndu.model.carried import check_carried
 from ovsndu.ovs import ofbundle, parsers
+from ovsndu.ovs.ct_defer import flush_tuple, misjudged, split_for_gap
 from ovsndu.ovs.ofbundle import CapturedBundle
 from ovsndu.ovs.ofctl import ofctl
 from ovsndu.ovs.ovsdb import Ovsdb
@@ -85,6 +86,10 @@ class RestorePlan:
     has_tcp: bool
     encoded: dict[str, CapturedBundle] = field(default_factory=dict)
     uncarried: tuple[Uncarried, ...] = ()
+    # Deferred conntrack replay (ovsndu.ovs.ct_defer): sent after forwarding resumed.
+    ct_later: list[Conntrack] = field(default_factory=list)
+    ct_later_chunks: list[list[str]] = field(default_factory=list)
+    ct_encoded: dict[int, CapturedBundle] = field(default_factory=dict)  # id(chunk) -> bytes
 
 
 class Restorer:
@@ -168,11 +173,14 @@ class Restorer:
         return report
 
     # --- planning (reads only the database; nothing installed) ----------------------------
-    def plan(self, snap: Snapshot, *, encode: bool = False) -> RestorePlan:
+    def plan(self, snap: Snapshot, *, encode: bool = False,
+             defer_window: float | None = None) -> RestorePlan:
         """Check bridges and OpenFlow port numbers, and build every line to send.
 
         *encode*: also encode each OpenFlow 1.4+ bundle now (ovs-ofctl's parsing, ~20 µs a
-        rule), so that applying the plan only sends bytes.
+        rule), so that applying the plan only sends bytes.  *defer_window*: conntrack
+        entries idle at least this long go to ``ct_later`` (:mod:`ovsndu.ovs.ct_defer`),
+        replayed by :meth:`replay_later` once forwarding resumed.
         """
         with Ovsdb(self.db) as db:
             bridges = self._check_bridges(snap, read_bridges(db))
@@ -185,9 +193,13 @@ class Restorer:
         fdb_entries = [e for e in snap.categories["fdb"] if isinstance(e, FdbEntry)
                        and e.canonical() not in skip]
         fdb = fdb_plan(fdb_entries, port_names, access)
-        ct_lines = conntrack_lines([e for e in snap.categories["conntrack"]
-                                    if isinstance(e, Conntrack) and e.canonical() not in skip])
-        ct_bridge = userspace[0].name if userspace and ct_lines else None
+        ct_all = [e for e in snap.categories["conntrack"] if isinstance(e, Conntrack)
+                  and e.canonical() not in skip]
+        ct_first, ct_later = (split_for_gap(ct_all, defer_window) if defer_window is not None
+                              and userspace else (ct_all, []))
+        ct_lines = conntrack_lines(ct_first)
+        later_lines = conntrack_lines(ct_later)
+        ct_bridge = userspace[0].name if userspace and (ct_lines or later_lines) else None
         bundles: dict[str, list[str]] = {}
         for bridge in bridges:
             name = bridge.name
@@ -203,6 +215,7 @@ class Restorer:
                 lines += ct_lines[:CT_CHUNK]
             bundles[name] = lines
         extra = [ct_lines[i:i + CT_CHUNK] for i in range(CT_CHUNK, len(ct_lines), CT_CHUNK)]
+        later = [later_lines[i:i + CT_CHUNK] for i in range(0, len(later_lines), CT_CHUNK)]
         has_tcp = any(isinstance(e, Conntrack) and e.protocol == "tcp"
                       for e in snap.categories["conntrack"])
         encoded = {}
@@ -213,8 +226,16 @@ class Restorer:
                                                             bridge.of_version)
                 except VswitchdError as exc:
                     raise RestoreError("flows", f"{bridge.name}: {_reason(exc)}") from None
-        return RestorePlan(snap, bridges, bundles, extra, ct_bridge, fdb, port_names, has_tcp,
-                           encoded, uncarried)
+        plan = RestorePlan(snap, bridges, bundles, extra, ct_bridge, fdb, port_names, has_tcp,
+                           encoded, uncarried, ct_later, later)
+        if encode and ct_bridge is not None:
+            version = self._version(plan, ct_bridge)
+            for chunk in (extra + later) if version in ofbundle.VERSIONS else ():
+                try:
+                    plan.ct_encoded[id(chunk)] = ofbundle.capture(chunk, version)
+                except VswitchdError as exc:
+                    raise RestoreError("conntrack", _reason(exc)) from None
+        return plan
 
     def _check_bridges(self, snap: Snapshot, bridges: list[BridgeInfo]) -> list[BridgeInfo]:
         present = {b.name: b for b in bridges}
@@ -290,10 +311,7 @@ class Restorer:
                         self._bundle_or_undo(snap, bridge, plan.bundles[bridge.name],
                                              plan.encoded.get(bridge.name))
                 with self._step(report, "openflow"):
-                    for chunk in plan.ct_extra:
-                        assert plan.ct_bridge is not None
-                        self._checked_bundle(plan.ct_bridge, self._version(plan, plan.ct_bridge),
-                                             chunk, "conntrack")
+                    self._ct_chunks(plan, plan.ct_extra)
             finally:
                 for br, _port, vlan, mac in plan.fdb.decoys:
                     with contextlib.suppress(VswitchdError):
@@ -309,6 +327,36 @@ class Restorer:
                     self._kernel_conntrack(snap)
         report.counts = snap.counts()
         return report
+
+    def _ct_chunks(self, plan: RestorePlan, chunks: list[list[str]]) -> None:
+        for chunk in chunks:
+            assert plan.ct_bridge is not None
+            self._checked_bundle(plan.ct_bridge, self._version(plan, plan.ct_bridge), chunk,
+                                 "conntrack", encoded=plan.ct_encoded.get(id(chunk)))
+
+    def replay_later(self, plan: RestorePlan) -> dict[str, int]:
+        """Replay the deferred conntrack entries (forwarding has resumed), then repair the
+        ones traffic met first (:mod:`ovsndu.ovs.ct_defer`): read the table, flush and
+        replay again every deferred entry missing or with another reply tuple or NAT.
+        Returns ``{"deferred": N, "repaired": M}``; RestoreError when a repair fails."""
+        if not plan.ct_later:
+            return {"deferred": 0, "repaired": 0}
+        with Unixctl.for_daemon(self.rundir, pid=self.pid) as appctl:
+            self._appctl = appctl
+            self._ct_chunks(plan, plan.ct_later_chunks)
+            found = parsers.parse_conntrack(appctl("dpctl/dump-conntrack", "-m", "-s"))
+            wrong = misjudged(plan.ct_later, found)
+            for e in wrong:
+                for direction in ("orig", "reply"):
+                    with contextlib.suppress(VswitchdError):
+                        appctl("dpctl/flush-conntrack", f"zone={e.zone}",
+                               flush_tuple(e, direction))
+            if wrong:
+                assert plan.ct_bridge is not None
+                lines = conntrack_lines(wrong)
+                self._checked_bundle(plan.ct_bridge, self._version(plan, plan.ct_bridge),
+                                     lines, "conntrack", what="the repair replay")
+        return {"deferred": len(plan.ct_later), "repaired": len(wrong)}
 
     @staticmethod
     def _kernel_conntrack(snap: Snapshot) -> None:

@@ -27,6 +27,7 @@ from ovsndu.model import Port, Snapshot
 from ovsndu.model.carried import check_carried
 from ovsndu.model.delta import Delta
 from ovsndu.ovs.catchup import CATCHUP_FILE, apply_catchup
+from ovsndu.ovs.ct_defer import HOT_WINDOW_S
 from ovsndu.ovs.readers import read_snapshot
 from ovsndu.ovs.restore import RestorePlan, Restorer, user_routes_only
 from ovsndu.ovs.sandbox import Sandbox, backup_db
@@ -96,8 +97,13 @@ def install_live(plan: RestorePlan, rundir: Path, db: str, *, tcp_seq_check: boo
         report.durations.update(apply_catchup(restorer, delta, plan.snapshot))
     restorer.lift_flow_restore_wait()
     lifted = time.monotonic() - started
+    # Forwarding runs again: the idle connections' entries now (ovsndu.ovs.ct_defer).
+    later = restorer.replay_later(plan)
     steps = {k: round(v * 1000, 2) for k, v in report.durations.items()}
-    say("timings " + json.dumps({**steps, "lifted": round(lifted * 1000, 2)}))
+    say("timings " + json.dumps({**steps, "lifted": round(lifted * 1000, 2),
+                                 "ct_later_done": round((time.monotonic() - started) * 1000, 2),
+                                 "ct_deferred": later["deferred"],
+                                 "ct_repaired": later["repaired"]}))
     return lifted
 
 
@@ -119,7 +125,8 @@ async def run(args: argparse.Namespace) -> int:
                 digests = rehearse(snap, args.vswitchd, args.db, rehearsal)
             finally:
                 shutil.rmtree(rehearsal, ignore_errors=True)
-        plans.append(Restorer(args.rundir, args.db).plan(snap, encode=True))
+        plans.append(Restorer(args.rundir, args.db).plan(
+            snap, encode=True, defer_window=args.ct_defer_window))
         return digests
 
     try:
@@ -161,6 +168,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--workdir", required=True)
     p.add_argument("--validate", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--tcp-seq-check", action="store_true")
+    p.add_argument("--ct-defer-window", type=float, default=HOT_WINDOW_S,
+                   help="conntrack entries idle this long (s) are replayed after forwarding "
+                   "resumed (ovsndu.ovs.ct_defer)")
     p.add_argument("--root-server", action="store_true", help="the server must run as root")
     p.add_argument("--timeout", type=float, default=120.0)
     return p.parse_args(argv)

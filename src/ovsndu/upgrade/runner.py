@@ -303,10 +303,12 @@ class UpgradeRunner:
 
     def _client_timings(self) -> dict[str, float]:
         """The client's install step durations (ms), as it logged them."""
+        counts = ("ct_deferred", "ct_repaired")
         with contextlib.suppress(OSError, ValueError):
             for line in (self._workdir / "client.log").read_text().splitlines():
                 if line.startswith("timings "):
-                    return {f"install_{k}_ms": float(v)
+                    # Durations in ms, and the deferred conntrack replay's counts as such.
+                    return {k if k in counts else f"install_{k}_ms": float(v)
                             for k, v in json.loads(line[8:]).items()}
         return {}
 
@@ -537,9 +539,13 @@ class UpgradeRunner:
         await self.session.handover()
         mark("handover_sent")
         await self.session.wait_ready()
-        mark("flow_restore_wait_lifted")
-        self.record.handover_gap_ms = marks["flow_restore_wait_lifted"]
+        mark("client_ready")
         marks.update(self._client_timings())
+        # The client lifts flow-restore-wait before its deferred conntrack replay.
+        lifted = marks.get("install_lifted_ms")
+        marks["flow_restore_wait_lifted"] = (round(marks["handover_sent"] + lifted, 2)
+                                             if lifted is not None else marks["client_ready"])
+        self.record.handover_gap_ms = marks["flow_restore_wait_lifted"]
         log.info("upgrade.takeover", upgrade_id=self.upgrade_id, phase="handover",
                  event_kind="taken_over", old_pid=old.pid, new_pid=standby.pid, **marks)
         self.frw_set = False
