@@ -1,7 +1,7 @@
 """Traffic disruption of ovsndu's live upgrade against upstream's restart, on real traffic.
 
-    .venv/bin/python -m benchmarks.disruption [--flows N[,N...]] [--runs K] [--json OUT]
-                                              [--plot OUT.png]
+    .venv/bin/python -m benchmarks.disruption [--flows N[,N...]] [--conntrack M] [--runs K]
+                                              [--datapath netdev] [--json OUT] [--plot OUT.png]
 
 Per run, in namespaces it creates and removes: a private OVS (netdev datapath) in its
 own namespace, two endpoints A and B on veths, a pipeline of N filler rules plus a
@@ -12,12 +12,20 @@ everything else dropped), and traffic:
 * an established TCP download B→A through the ACL: does it survive (no reset, keeps
   transferring)?
 * UDP B→A on a new flow, which the ACL forbids: delivered count (must be 0);
+* a UDP "download" B→A (A sent one datagram, B streams back at 200 pkt/s): does it keep
+  flowing?  It and the TCP download are the *measured connections*;
+  ``established_survived`` is the fraction of them still flowing at the end;
+* with ``--conntrack M``, M idle conntrack entries besides (benchmarks.measure: TCP
+  established, UDP, ICMP, some NAT, 8 zones), aged past ovsndu's 5 s window;
 
 then either ``ovsndu reload`` through a real supervisor, or Debian's stock ExecReload
 (``ovs-ctl --no-ovsdb-server --no-monitor --system-id=random --no-record-hostname
 restart``), alternating which goes first.  The JSON report has one object per method
 with per-run lists ``gap_ms``, ``lost``, ``tcp_survived``, ``forbidden_delivered``,
-``upgrade_s`` (and ovsndu's per-phase seconds), per N.
+``upgrade_s`` (and ovsndu's per-phase seconds), ``ct_entries`` (before the upgrade),
+``established_survived``, ``peak_rss_mib`` (ovsndu: peak of the summed RSS of the
+supervisor, client, its ovs-ofctl encoders and the reload command, and each role's
+largest), per N.
 """
 
 from __future__ import annotations
@@ -38,11 +46,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.measure import RssSampler, ct_total, fill_conntrack
 from ovsndu.config import Config
+from ovsndu.ovs.ct_defer import HOT_WINDOW_S
 from ovsndu.ovs.sandbox import NETDEV_ARGS, Sandbox
 from ovsndu.testing.endpoints import Endpoint, add_endpoint
 
 RATE = 2000.0
+SUB_RATE = 200.0
 FORBIDDEN_RATE = 200.0
 PRE_S, POST_S = 2.0, 3.0
 OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
@@ -65,9 +76,11 @@ def filler(n: int) -> list[str]:
 class Run:
     """One sandbox with endpoints, pipeline and traffic; measures one upgrade method."""
 
-    def __init__(self, work: Path, n_flows: int):
+    def __init__(self, work: Path, n_flows: int, conntrack: int = 0):
         self.work = work
         self.n = n_flows
+        self.conntrack = conntrack
+        self.idle_since = 0.0
         self.sb = Sandbox(work / "run", datapath="netdev", vswitchd_args=())
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -82,6 +95,9 @@ class Run:
         rules = self.work / "rules.txt"
         rules.write_text("\n".join([*filler(self.n), *ACL]) + "\n")
         sb.ofctl("br0", "add-flows", str(rules), options=("--bundle",))
+        if self.conntrack:
+            fill_conntrack(sb, self.conntrack)
+        self.idle_since = time.monotonic()
         return self
 
     def _reap(self) -> None:
@@ -112,31 +128,45 @@ class Run:
                                 str(w / "sent.txt"))
         self.forbidden_send = self._probe(self.b, "udp-send", self.a.ip, "9999",
                                           str(FORBIDDEN_RATE), str(w / "fsent.txt"))
+        self.serve = self._probe(self.b, "udp-serve", "7100", str(SUB_RATE))
+        time.sleep(0.2)
+        self.subscribe = self._probe(self.a, "udp-subscribe", self.b.ip, "7100",
+                                     str(w / "sub.txt"))
         time.sleep(PRE_S)
+        # The idle entries must be idle as ovsndu judges it (same wait for both methods).
+        time.sleep(max(0.0, self.idle_since + HOT_WINDOW_S + 1 - time.monotonic()))
+        self.ct_entries = ct_total(self.sb)
 
     def stop_traffic(self) -> dict[str, Any]:
         time.sleep(POST_S)
         tcp_before_end = _tcp_bytes(self.work / "tcp.txt")
         time.sleep(0.5)
         tcp_end = _tcp_bytes(self.work / "tcp.txt")
-        for p in (self.send, self.forbidden_send):
+        for p in (self.send, self.forbidden_send, self.serve):
             p.send_signal(signal.SIGTERM)
             p.wait()
+        stopped = time.monotonic()
         time.sleep(0.2)
-        for p in (self.recv, self.forbidden_recv):
+        for p in (self.recv, self.forbidden_recv, self.subscribe):
             p.send_signal(signal.SIGTERM)
             p.wait()
+        sub = [t for _, t in _arrivals(self.work / "sub.txt")]
+        udp_flowing = bool(sub) and sub[-1] > stopped - 0.5
         arrivals = _arrivals(self.work / "udp.txt")
         times = [t for _, t in arrivals]
         seqs = sorted({s for s, _ in arrivals})
         gaps = [b - a for a, b in itertools.pairwise(times)]
         worst = max(range(len(gaps)), key=gaps.__getitem__) if gaps else 0
         tcp_text = (self.work / "tcp.txt").read_text() if (self.work / "tcp.txt").exists() else ""
+        tcp_ok = "error" not in tcp_text and tcp_end > tcp_before_end
         return {
+            "ct_entries": self.ct_entries,
+            "udp_download_survived": udp_flowing,
+            "established_survived": (int(tcp_ok) + int(udp_flowing)) / 2,
             "gap_ms": gaps[worst] * 1000 if gaps else None,
             "gap_at": times[worst] if gaps else None,
             "lost": (seqs[-1] - seqs[0] + 1 - len(seqs)) if seqs else None,
-            "tcp_survived": "error" not in tcp_text and tcp_end > tcp_before_end,
+            "tcp_survived": tcp_ok,
             "tcp_error": tcp_text.splitlines()[1] if "error" in tcp_text else "",
             "forbidden_delivered": len(_arrivals(self.work / "forbidden.txt")),
             "arrivals": times,
@@ -160,11 +190,14 @@ class Run:
         _wait_for(lambda: _status(cfg_path).get("phase") == "idle", 30)
         self.start_traffic()
         t0 = time.monotonic()
-        r = subprocess.run([sys.executable, "-m", "ovsndu", "reload", "--config",
-                            str(cfg_path), "--json"], capture_output=True, text=True,
-                           check=False)
+        with RssSampler(sup.pid) as rss:
+            r = subprocess.Popen([sys.executable, "-m", "ovsndu", "reload", "--config",
+                                  str(cfg_path), "--json"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+            rss.extra.add(r.pid)
+            stdout, stderr = r.communicate()
         t1 = time.monotonic()
-        result = json.loads(r.stdout) if r.stdout.strip() else {"stderr": r.stderr}
+        result = json.loads(stdout) if stdout.strip() else {"stderr": stderr}
         out = self.stop_traffic()
         sup.send_signal(signal.SIGTERM)
         sup.wait(timeout=60)
@@ -177,7 +210,8 @@ class Run:
         out.update(upgrade_s=t1 - t0, start=t0, end=t1, exit_code=r.returncode,
                    outcome=result.get("outcome"), reason=result.get("reason"), phases=phases,
                    handover_ms=record.get("handover_gap_ms"), marks=record.get("marks", {}),
-                   gap_offset_s=(out["gap_at"] - t0) if out["gap_at"] else None)
+                   gap_offset_s=(out["gap_at"] - t0) if out["gap_at"] else None,
+                   peak_rss_mib=rss.result())
         return out
 
     def upstream(self) -> dict[str, Any]:
@@ -193,6 +227,11 @@ class Run:
         out.update(upgrade_s=t1 - t0, start=t0, end=t1, exit_code=r.returncode,
                    reason=r.stderr.strip()[-300:] if r.returncode else "")
         return out
+
+
+def _rss_text(res: dict[str, Any]) -> str:
+    rss = res.get("peak_rss_mib")
+    return f"rss {rss['total']:.0f} MiB, " if rss else ""
 
 
 def _vswitchd() -> str:
@@ -250,21 +289,28 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--flows", default="1000,50000")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--conntrack", type=int, default=0,
+                        help="idle conntrack entries besides the measured connections")
+    parser.add_argument("--datapath", choices=("netdev", "dpdk"), default="netdev")
     parser.add_argument("--json")
     parser.add_argument("--plot")
     args = parser.parse_args()
-    report: dict[str, Any] = {"rate_pps": RATE, "by_flows": {}}
+    if args.datapath == "dpdk":
+        raise SystemExit("--datapath dpdk: not implemented yet (issue 14); use netdev")
+    report: dict[str, Any] = {"rate_pps": RATE, "conntrack": args.conntrack,
+                              "datapath": args.datapath, "by_flows": {}}
     examples: dict[str, dict[str, Any]] = {}
     for n in map(int, args.flows.split(",")):
         per: dict[str, dict[str, list[Any]]] = {
             m: {"gap_ms": [], "lost": [], "tcp_survived": [], "forbidden_delivered": [],
-                "upgrade_s": [], "exit_code": [], "phases": [], "handover_ms": [], "marks": []}
+                "upgrade_s": [], "exit_code": [], "phases": [], "handover_ms": [], "marks": [],
+                "ct_entries": [], "established_survived": [], "peak_rss_mib": []}
             for m in ("ovsndu", "upstream")}
         for k in range(args.runs):
             order = ("ovsndu", "upstream") if k % 2 == 0 else ("upstream", "ovsndu")
             for method in order:
                 with tempfile.TemporaryDirectory(prefix="ovsndu-disr-") as tmp, \
-                        Run(Path(tmp), n) as run:
+                        Run(Path(tmp), n, args.conntrack) as run:
                     res = getattr(run, method)()
                 for key in per[method]:
                     if key in res:
@@ -276,6 +322,8 @@ def main() -> None:
                       f"lost {res['lost']}, tcp {'kept' if res['tcp_survived'] else 'LOST'}"
                       f"{' (' + res['tcp_error'] + ')' if res.get('tcp_error') else ''}, "
                       f"forbidden {res['forbidden_delivered']}, "
+                      f"ct {res['ct_entries']}, survived {res['established_survived']:.1f}, "
+                      f"{_rss_text(res)}"
                       f"{res['upgrade_s']:.2f} s, exit {res['exit_code']}"
                       f"{' ' + str(res.get('reason')) if res['exit_code'] else ''}"
                       f"{' marks ' + json.dumps(res['marks']) if res.get('marks') else ''}",

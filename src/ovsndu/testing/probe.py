@@ -10,6 +10,11 @@ at RATE per second until SIGTERM; the number sent goes to FILE.
 ``python -m ovsndu.testing.probe udp-recv PORT FILE``: until SIGTERM, record every
 datagram's sequence number and arrival time (CLOCK_MONOTONIC, shared by all
 namespaces) as ``SEQ TIME`` lines in FILE.
+``python -m ovsndu.testing.probe udp-serve PORT RATE``: wait for one datagram, then
+stream sequence-numbered datagrams back to its sender at RATE per second (a UDP
+"download": after the first datagram only the server sends).
+``python -m ovsndu.testing.probe udp-subscribe HOST PORT FILE``: send that one datagram,
+then record arrivals on the same socket like ``udp-recv``.
 """
 
 from __future__ import annotations
@@ -95,6 +100,44 @@ def udp_recv(port: int, out: Path) -> None:
     out.write_text("\n".join(seen) + "\n")
 
 
+def udp_serve(port: int, rate: float) -> None:
+    """Answer the first datagram with a paced stream to its sender until SIGTERM."""
+    _stop_on_term()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", port))
+    _, peer = sock.recvfrom(2048)
+    start, seq = time.monotonic(), 0
+    while not _STOP:
+        delay = start + seq / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        with contextlib.suppress(OSError):
+            sock.sendto(_SEQ.pack(seq, time.monotonic()).ljust(64, b"\0"), peer)
+        seq += 1
+
+
+def udp_subscribe(host: str, port: int, out: Path) -> None:
+    """Send one datagram to *host*:*port*, then record the stream that comes back."""
+    _stop_on_term()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect((host, port))
+    sock.settimeout(0.1)
+    seen: list[str] = []
+    while not seen and not _STOP:  # the first may be lost while ARP resolves: retry
+        with contextlib.suppress(OSError):
+            sock.send(b"subscribe")
+        with contextlib.suppress(TimeoutError, InterruptedError, OSError):
+            data = sock.recv(2048)
+            seen.append(f"{_SEQ.unpack_from(data)[0]} {time.monotonic():.6f}")
+    while not _STOP:
+        try:
+            data = sock.recv(2048)
+        except (TimeoutError, InterruptedError, OSError):
+            continue
+        seen.append(f"{_SEQ.unpack_from(data)[0]} {time.monotonic():.6f}")
+    out.write_text("\n".join(seen) + "\n")
+
+
 def main(argv: list[str]) -> None:
     """Dispatch a probe by name."""
     if argv[0] == "tcp-push":
@@ -105,6 +148,10 @@ def main(argv: list[str]) -> None:
         udp_send(argv[1], int(argv[2]), float(argv[3]), Path(argv[4]))
     elif argv[0] == "udp-recv":
         udp_recv(int(argv[1]), Path(argv[2]))
+    elif argv[0] == "udp-serve":
+        udp_serve(int(argv[1]), float(argv[2]))
+    elif argv[0] == "udp-subscribe":
+        udp_subscribe(argv[1], int(argv[2]), Path(argv[3]))
     else:
         raise SystemExit(f"unknown probe {argv[0]!r}")
 
