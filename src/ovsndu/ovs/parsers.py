@@ -344,64 +344,56 @@ def _kv(text: str) -> dict[str, str]:
     return dict(_KV_RE.findall(text))
 
 
-def _kv_strict(what: str, line: str, text: str) -> dict[str, str]:
-    """Like :func:`_kv`, but every character must belong to a ``k=v`` item."""
-    items = _KV_RE.findall(text)
-    if ",".join(f"{k}={v}" for k, v in items) != text or len({k for k, _ in items}) != len(items):
-        raise ParseError(what, line, f"not a list of distinct key=value items: {text[:80]!r}")
-    return dict(items)
-
-
-# Conntrack keys: the tuple's own, its counters (volatile, left out), the entry's.
-_CT_TUPLE_KEYS = {"src", "dst", "sport", "dport", "id", "type", "code"}
-_CT_COUNTERS = {"packets", "bytes"}
-_CT_KEYS = {"orig", "reply", "start", "stop", "id", "zone", "status", "timeout", "mark",
-            "labels", "protoinfo", "helper", "parent"}
 # Protocols ct_dpif prints by name; any other is printed as its number.
 CT_PROTOCOLS = {"icmp": 1, "igmp": 2, "tcp": 6, "udp": 17, "dccp": 33, "icmpv6": 58,
                 "sctp": 132, "udplite": 136}
 
-
-def _ct_tuple(line: str, text: str) -> str:
-    """A tuple's text without the volatile packet and byte counters."""
-    kv = _kv_strict("conntrack", line, text[1:-1])
-    unknown = set(kv) - _CT_TUPLE_KEYS - _CT_COUNTERS
-    if unknown or not {"src", "dst"} <= set(kv):
-        raise ParseError("conntrack", line, f"bad tuple {text!r}")
-    return ",".join(f"{k}={v}" for k, v in kv.items() if k not in _CT_COUNTERS)
+# One entry of ct_dpif_format_entry (lib/ct-dpif.c), its fields in the order printed.
+_CT_TUPLE = r"src=[0-9a-fA-F.:]+,dst=[0-9a-fA-F.:]+(?:,(?:sport|dport|id|type|code)=\d+)*"
+_CT_COUNTERS = r"(?:,packets=\d+,bytes=\d+)?"
+_CT_LINE = re.compile(
+    r"(?P<proto>[a-z][a-z0-9]*|\d{1,3})"
+    rf",orig=\((?P<orig>{_CT_TUPLE}){_CT_COUNTERS}\)"
+    rf",reply=\((?P<reply>{_CT_TUPLE}){_CT_COUNTERS}\)"
+    r"(?:,start=[-0-9T:.]+)?(?:,stop=[-0-9T:.]+)?"
+    r"(?:,id=\d+)?(?:,zone=(?P<zone>\d+))?(?:,status=[A-Za-z_|0-9]*)?"
+    r"(?:,timeout=(?P<timeout>\d+))?(?:,mark=(?P<mark>\d+))?"
+    r"(?:,labels=(?P<labels>0x[0-9a-f]+))?"
+    r"(?:,protoinfo=\((?:state=(?P<state>[A-Z_0-9\[\]]+)"
+    r"|state_orig=(?P<so>[A-Z_0-9\[\]]+),state_reply=(?P<sr>[A-Z_0-9\[\]]+)"
+    r"(?:,wscale_orig=\d+,wscale_reply=\d+)?"
+    r"(?:,flags_orig=[A-Za-z_|0-9]*)?(?:,flags_reply=[A-Za-z_|0-9]*)?)"
+    r"(?:,vtag_orig=\d+,vtag_reply=\d+)?\))?"
+    r"(?:,helper=(?P<helper>[a-z0-9_-]+))?"
+    rf"(?:,parent=\((?P<parent>{_CT_TUPLE})\))?"
+)
 
 
 def parse_conntrack(text: str) -> list[Conntrack]:
-    """``dpctl/dump-conntrack -m -s`` output → entries (NAT derived from the tuples)."""
+    """``dpctl/dump-conntrack -m -s`` output → entries (NAT derived from the tuples).
+
+    Every line must be one whole entry as ``ct_dpif_format_entry`` prints it; packet
+    and byte counters (volatile) are left out of the tuples.
+    """
     out = []
     for line in text.splitlines():
-        if not line.strip():
+        stripped = line.strip()
+        if not stripped:
             continue
-        proto, _, rest = line.strip().partition(",")
+        m = _CT_LINE.fullmatch(stripped)
+        if m is None:
+            raise ParseError("conntrack", line, "not an entry as dump-conntrack -m -s prints")
+        proto = m["proto"]
         if proto not in CT_PROTOCOLS and not (proto.isdigit() and int(proto) < 256):
             raise ParseError("conntrack", line, f"unknown protocol {proto!r}")
-        f = _kv_strict("conntrack", line, rest)
-        if "orig" not in f or "reply" not in f:
-            raise ParseError("conntrack", line, "no orig/reply tuple")
-        unknown = set(f) - _CT_KEYS
-        if unknown:
-            raise ParseError("conntrack", line, f"unknown fields {sorted(unknown)}")
-        orig, reply = _ct_tuple(line, f["orig"]), _ct_tuple(line, f["reply"])
-        proto_info = (_kv_strict("conntrack", line, f["protoinfo"][1:-1])
-                      if "protoinfo" in f else {})
-        try:
-            out.append(Conntrack(
-                protocol=proto, orig=orig, reply=reply, zone=int(f.get("zone", "0")),
-                mark=int(f.get("mark", "0")), labels=f.get("labels", "0x0"),
-                state_orig=proto_info.get("state_orig") or proto_info.get("state"),
-                state_reply=proto_info.get("state_reply"),
-                nat=derive_nat(orig, reply),
-                helper=f.get("helper", ""),
-                parent=_ct_tuple(line, f["parent"]) if "parent" in f else "",
-                timeout=int(f["timeout"]) if "timeout" in f else None,
-            ))
-        except ValueError:
-            raise ParseError("conntrack", line, "bad number") from None
+        orig, reply, timeout = m["orig"], m["reply"], m["timeout"]
+        out.append(Conntrack(
+            protocol=proto, orig=orig, reply=reply, zone=int(m["zone"] or 0),
+            mark=int(m["mark"] or 0), labels=m["labels"] or "0x0",
+            state_orig=m["so"] or m["state"], state_reply=m["sr"],
+            nat=derive_nat(orig, reply), helper=m["helper"] or "", parent=m["parent"] or "",
+            timeout=int(timeout) if timeout is not None else None,
+        ))
     return out
 
 
@@ -422,7 +414,7 @@ def check_count(what: str, entries: int, other: int, source: str) -> None:
 
 def derive_nat(orig: str, reply: str) -> str:
     """NAT that turns *orig* into *reply*: ``src=IP[:PORT]``, ``dst=...``, both, or ``""``."""
-    o, r = _kv(orig), _kv(reply)
+    o, r = _tuple_fields(orig), _tuple_fields(reply)
     port_keys = ("sport", "dport") if "sport" in o else (None, None)
     out = []
     if r.get("dst") != o.get("src") or (port_keys[0] and r.get("dport") != o.get("sport")):
@@ -430,6 +422,10 @@ def derive_nat(orig: str, reply: str) -> str:
     if r.get("src") != o.get("dst") or (port_keys[0] and r.get("sport") != o.get("dport")):
         out.append("dst=" + _addr(r.get("src", ""), r.get("sport") if port_keys[0] else None))
     return ",".join(out)
+
+
+def _tuple_fields(text: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in text.split(","))
 
 
 def _addr(ip: str, port: str | None) -> str:
