@@ -18,8 +18,9 @@ from ovsndu.model import Conntrack, FdbEntry, Flow, Group, Meter, Snapshot, TlvM
 from ovsndu.model.delta import Delta
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import read_bridges
-from ovsndu.ovs.replay import conntrack_packets, fdb_plan
+from ovsndu.ovs.replay import conntrack_lines, fdb_plan
 from ovsndu.ovs.restore import USERSPACE_DATAPATHS, Restorer
+from ovsndu.ovs.uncarried import carriable
 from ovsndu.ovs.unixctl import Unixctl
 
 #: The delta's file in the upgrade's work directory (0700, beside the token).
@@ -57,12 +58,16 @@ def apply_catchup(restorer: Restorer, delta: Delta, final: Snapshot) -> dict[str
     with Ovsdb(restorer.db) as db:
         bridges = read_bridges(db)
         port_names, access = restorer._port_names(final, db)
-    fdb_new = [e for e in delta.added.get("fdb", ()) if isinstance(e, FdbEntry)]
+    # What cannot be carried (ovs/uncarried.py) is left out; the supervisor names it.
+    fdb_new = [e for e in carriable(final, "fdb", delta.added.get("fdb", ()))[0]
+               if isinstance(e, FdbEntry)]
     fdb = fdb_plan(fdb_new, port_names, access)
-    ct_new = [e for e in delta.added.get("conntrack", ()) if isinstance(e, Conntrack)]
     userspace = [b.name for b in bridges if b.datapath_type in USERSPACE_DATAPATHS]
+    ct_new = [e for e in (carriable(final, "conntrack", delta.added.get("conntrack", ()))[0]
+                          if userspace else delta.added.get("conntrack", ()))
+              if isinstance(e, Conntrack)]
     ct_bridge = userspace[0] if userspace and ct_new else None
-    ct_lines = [p.line() for e in ct_new for p in conntrack_packets(e)]
+    ct_lines = conntrack_lines(ct_new) if ct_bridge else []
     with Unixctl.for_daemon(restorer.rundir, pid=restorer.pid) as appctl:
         if not restorer.tcp_seq_check and any(e.protocol == "tcp" for e in ct_new):
             appctl("dpctl/ct-disable-tcp-seq-chk")  # as the main install does

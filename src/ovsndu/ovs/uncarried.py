@@ -96,6 +96,25 @@ def find_uncarried(snap: Snapshot, *, replay_conntrack: bool = True) -> tuple[Un
     return tuple(out)
 
 
+def carriable(snap: Snapshot, category: str, entries: Iterable[Entry]
+              ) -> tuple[list[Entry], tuple[Uncarried, ...]]:
+    """Split some of *snap*'s entries of one category (e.g. those a catch-up adds) into
+    the carriable ones and the uncarried ones, checking only those entries."""
+    make_check = CHECKS.get(category)
+    if make_check is None:
+        return list(entries), ()
+    check = make_check(snap)
+    keep: list[Entry] = []
+    dropped: list[Uncarried] = []
+    for entry in entries:
+        reason = check(entry)
+        if reason is None:
+            keep.append(entry)
+        else:
+            dropped.append(Uncarried(category, entry, reason))
+    return keep, tuple(dropped)
+
+
 def carried_only(snap: Snapshot, uncarried: Iterable[Uncarried] | None = None) -> Snapshot:
     """*snap* without exactly the *uncarried* entries (default: :func:`find_uncarried`).
 

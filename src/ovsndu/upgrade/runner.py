@@ -390,14 +390,18 @@ class UpgradeRunner:
         path = snapshot_path(self.state_dir, self.upgrade_id)
         await asyncio.to_thread(write_private, path, json.dumps(snap.to_dict()).encode())
 
-    def _note_uncarried(self, snap: Snapshot) -> None:
-        """Name and count what cannot be carried; refuse (before anything changes) when the
-        configuration says so."""
+    def _note_uncarried(self, snap: Snapshot, *, refuse: bool = True) -> None:
+        """Name and count what cannot be carried (each entry once); refuse (before anything
+        changes) when the configuration says so and *refuse* (the snapshot phase)."""
         types = daemon.dp_types(self.spec.db)
         found = uncarried.find_uncarried(snap, replay_conntrack=any(
             t in USERSPACE_DATAPATHS for t in types.values()))
-        uncarried.refuse_if_any(found, self.cfg.upgrade.uncarried)
-        self.record.uncarried = uncarried.counts(found)
+        if refuse:
+            uncarried.refuse_if_any(found, self.cfg.upgrade.uncarried)
+        noted = set(self.record.anomalies)
+        found = tuple(u for u in found if u.line() not in noted)
+        for category, n in uncarried.counts(found).items():
+            self.record.uncarried[category] = self.record.uncarried.get(category, 0) + n
         for u in found:
             self.record.anomalies.append(u.line())
             log.warning("upgrade.uncarried", upgrade_id=self.upgrade_id, event_kind="anomaly",
@@ -596,6 +600,8 @@ class UpgradeRunner:
         elapsed = time.monotonic() - (read_at or time.monotonic())
         Restorer(self.spec.rundir, self.spec.db, pid=pid, of_dir=self.of_dir.private).verify(
             held, self.record.anomalies, elapsed=elapsed)
+        if self.final is not None:  # entries the final catch-up found that were not carried
+            self._note_uncarried(self.final, refuse=False)
 
     async def commit(self) -> None:
         """Tell the client; let it exit; the record is finished by the loop."""
