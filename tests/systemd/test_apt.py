@@ -12,6 +12,7 @@ snapshot digests, systemd's view of the unit, apt's output and ``ovsndu status``
 from __future__ import annotations
 
 import glob
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -43,7 +44,10 @@ def _cached_deb(package: str) -> Path:
     found = sorted(glob.glob(f"/var/cache/apt/archives/{package}_*.deb")
                    + glob.glob(str(ROOT / ".cache" / "debs" / f"{package}_*.deb")))
     if not found:
-        pytest.fail(f"no {package} .deb (scripts/setup downloads one into .cache/debs)")
+        why = f"needs a {package} .deb (scripts/setup downloads one into .cache/debs)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set and this test {why}")
+        pytest.skip(f"{why}; CI is unset, so skipping (in CI this fails)")
     return Path(found[-1])
 
 

@@ -31,7 +31,9 @@ from tests.upgrade.conftest import VSWITCHD
 from tests.upgrade.test_versions import V35, require_ovs35
 
 RATE = 1000.0
-OUTSIDE_BOUND_MS = 100.0
+# A vswitchd cut off its database backs off 1 s (and its netdev ports stall): that is
+# what must not happen.  Below it, gaps are scheduling on a busy 2-core machine.
+OUTSIDE_BOUND_MS = 500.0
 
 
 def _stop(p: subprocess.Popen[bytes]) -> None:

@@ -128,6 +128,7 @@ class SchemaStep:
             if self.record.get("direction") != "downgrade":
                 convert()  # an upgrade: connected clients keep working meanwhile
                 convert = None
+                self._settle(serving_pid)
         self._refresh(server, serving_pid, convert)
         self.record["converted"] = self._converted
         now = dbschema.live_schema(self.db)[0].version
@@ -139,6 +140,14 @@ class SchemaStep:
             raise VswitchdError(f"_Server still advertises {advertised}, the database has {now}")
         log.info("upgrade.schema_converted", upgrade_id=self.upgrade_id, phase="snapshot",
                  event_kind="schema", **{k: v for k, v in self.record.items() if k != "lost"})
+
+    def _settle(self, serving_pid: int | None) -> None:
+        """After an unpaused conversion the serving vswitchd re-reads ``_Server`` and
+        monitors again: wait until it is done, so that no request of it is in flight
+        when the database is removed and added (it would find none and back off 1 s)."""
+        if serving_pid:
+            took = dbschema.wait_vswitchd_caught_up(self.db, RECONNECT_TIMEOUT)
+            self.record["settle_ms"] = round(took * 1000, 2)
 
     def _refresh(self, server: dbschema.OvsdbServer, serving_pid: int | None,
                  before: Callable[[], None] | None = None) -> None:
@@ -163,6 +172,7 @@ class SchemaStep:
         server = dbschema.OvsdbServer.find(self.rundir)
         if self.record.get("direction") == "downgrade":
             convert_back()  # back up to a newer schema: clients keep working meanwhile
+            self._settle(serving_pid)
             self._refresh(server, serving_pid)
         else:
             self._refresh(server, serving_pid, convert_back)
