@@ -23,8 +23,8 @@ import pytest
 
 from ovsndu.errors import OvsnduError
 from ovsndu.ovs.unixctl import pid_alive
-from ovsndu.testing.workload import Churn
 from ovsndu.testing.ovn import BRIDGE, VIP, VIP_PORT
+from ovsndu.testing.workload import Churn
 from tests.ovn.conftest import OvnRig
 
 pytestmark = pytest.mark.ovn
