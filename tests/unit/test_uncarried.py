@@ -100,3 +100,14 @@ def test_related_entries_need_their_parent() -> None:
     assert find_uncarried(_snap(parent, child)) == ()
     (orphan,) = find_uncarried(_snap(child))
     assert "related connection" in orphan.reason
+
+
+def test_carriable_checks_only_the_given_entries() -> None:
+    """The catch-up's filter: of the entries it adds, the uncarried ones are set apart."""
+    from ovsndu.ovs.uncarried import carriable
+
+    snap = _snap(PLAIN, BOTH)
+    keep, dropped = carriable(snap, "conntrack", [BOTH, PLAIN])
+    assert keep == [PLAIN]
+    assert [u.entry for u in dropped] == [BOTH]
+    assert carriable(snap, "routes", ["anything"]) == (["anything"], ())  # type: ignore[list-item]
