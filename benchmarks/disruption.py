@@ -1,7 +1,8 @@
 """Traffic disruption of ovsndu's live upgrade against upstream's restart, on real traffic.
 
     .venv/bin/python -m benchmarks.disruption [--flows N[,N...]] [--conntrack M] [--runs K]
-                                              [--datapath netdev] [--json OUT] [--plot OUT.png]
+                                              [--datapath netdev] [--churn RATE] [--ovn]
+                                              [--json OUT] [--plot OUT.png]
 
 Per run, in namespaces it creates and removes: a private OVS (netdev datapath) in its
 own namespace, two endpoints A and B on veths, a pipeline of N filler rules plus a
@@ -17,6 +18,12 @@ everything else dropped), and traffic:
   ``established_survived`` is the fraction of them still flowing at the end;
 * with ``--conntrack M``, M idle conntrack entries besides (benchmarks.measure: TCP
   established, UDP, ICMP, some NAT, 8 zones), aged past ovsndu's 5 s window;
+* with ``--churn RATE``, RATE new UDP connections a second A→B and new MACs from A all
+  through the run (benchmarks.churn): ``churn_per_s``, ``churn_delivered``,
+  ``churn_answered``, ``churn_macs``;
+* with ``--ovn``, the pipeline is a private OVN stack's (logical switch, port groups with
+  allow-related ACLs, a load balancer; benchmarks.churn) instead of the filler ACL, and
+  N is the number of flows ovn-controller installed in br-int (``--flows`` is ignored);
 
 then either ``ovsndu reload`` through a real supervisor, or Debian's stock ExecReload
 (``ovs-ctl --no-ovsdb-server --no-monitor --system-id=random --no-record-hostname
@@ -46,6 +53,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.churn import CHURN_KEYS, ChurnLoad, churn_text, ovn_pipeline
 from benchmarks.measure import RssSampler, ct_total, fill_conntrack
 from ovsndu.config import Config
 from ovsndu.ovs.ct_defer import HOT_WINDOW_S
@@ -76,10 +84,14 @@ def filler(n: int) -> list[str]:
 class Run:
     """One sandbox with endpoints, pipeline and traffic; measures one upgrade method."""
 
-    def __init__(self, work: Path, n_flows: int, conntrack: int = 0):
+    def __init__(self, work: Path, n_flows: int, conntrack: int = 0, churn: float = 0.0,
+                 ovn: bool = False):
         self.work = work
         self.n = n_flows
         self.conntrack = conntrack
+        self.churn, self.ovn = churn, ovn
+        self.stack: Any = None
+        self.load: ChurnLoad | None = None
         self.idle_since = 0.0
         self.sb = Sandbox(work / "run", datapath="netdev", vswitchd_args=())
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -88,15 +100,20 @@ class Run:
         sb = self.sb
         sb.start()
         threading.Thread(target=self._reap, daemon=True).start()
-        sb.vsctl("add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev",
-                 "fail_mode=secure")
-        self.a = add_endpoint(sb, "br0", "a-sw", "10.0.0.1", 1)
-        self.b = add_endpoint(sb, "br0", "b-sw", "10.0.0.2", 2)
-        rules = self.work / "rules.txt"
-        rules.write_text("\n".join([*filler(self.n), *ACL]) + "\n")
-        sb.ofctl("br0", "add-flows", str(rules), options=("--bundle",))
+        bridge = "br0"
+        if self.ovn:
+            self.stack, self.a, self.b, self.n = ovn_pipeline(sb, self.work)
+            bridge = "br-int"
+        else:
+            sb.vsctl("add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev",
+                     "fail_mode=secure")
+            self.a = add_endpoint(sb, "br0", "a-sw", "10.0.0.1", 1)
+            self.b = add_endpoint(sb, "br0", "b-sw", "10.0.0.2", 2)
+            rules = self.work / "rules.txt"
+            rules.write_text("\n".join([*filler(self.n), *ACL]) + "\n")
+            sb.ofctl("br0", "add-flows", str(rules), options=("--bundle",))
         if self.conntrack:
-            fill_conntrack(sb, self.conntrack)
+            fill_conntrack(sb, self.conntrack, bridge=bridge)
         self.idle_since = time.monotonic()
         return self
 
@@ -106,10 +123,12 @@ class Run:
             self.sb.vswitchd_proc.wait()
 
     def __exit__(self, *_exc: object) -> None:
-        for p in self.procs:
+        for p in [*self.procs, *(self.load.procs if self.load else [])]:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        if self.stack is not None:
+            self.stack.stop()
         self.sb.stop()
 
     def _probe(self, ep: Endpoint, *args: str) -> subprocess.Popen[bytes]:
@@ -132,6 +151,9 @@ class Run:
         time.sleep(0.2)
         self.subscribe = self._probe(self.a, "udp-subscribe", self.b.ip, "7100",
                                      str(w / "sub.txt"))
+        if self.churn:
+            self.load = ChurnLoad(self.a, self.b, w, self.churn)
+            self.load.start()
         time.sleep(PRE_S)
         # The idle entries must be idle as ovsndu judges it (same wait for both methods).
         time.sleep(max(0.0, self.idle_since + HOT_WINDOW_S + 1 - time.monotonic()))
@@ -145,6 +167,7 @@ class Run:
         for p in (self.send, self.forbidden_send, self.serve):
             p.send_signal(signal.SIGTERM)
             p.wait()
+        churn = self.load.stop() if self.load else {}
         stopped = time.monotonic()
         time.sleep(0.2)
         for p in (self.recv, self.forbidden_recv, self.subscribe):
@@ -160,6 +183,8 @@ class Run:
         tcp_text = (self.work / "tcp.txt").read_text() if (self.work / "tcp.txt").exists() else ""
         tcp_ok = "error" not in tcp_text and tcp_end > tcp_before_end
         return {
+            **churn,
+            "flows": self.n,
             "ct_entries": self.ct_entries,
             "udp_download_survived": udp_flowing,
             "established_survived": (int(tcp_ok) + int(udp_flowing)) / 2,
@@ -292,26 +317,34 @@ def main() -> None:
     parser.add_argument("--conntrack", type=int, default=0,
                         help="idle conntrack entries besides the measured connections")
     parser.add_argument("--datapath", choices=("netdev", "dpdk"), default="netdev")
+    parser.add_argument("--churn", type=float, default=0.0, metavar="RATE",
+                        help="new connections a second all through each run (benchmarks.churn)")
+    parser.add_argument("--ovn", action="store_true",
+                        help="the pipeline comes from a private OVN stack (--flows ignored)")
     parser.add_argument("--json")
     parser.add_argument("--plot")
     args = parser.parse_args()
     if args.datapath == "dpdk":
         raise SystemExit("--datapath dpdk: not implemented yet (issue 14); use netdev")
     report: dict[str, Any] = {"rate_pps": RATE, "conntrack": args.conntrack,
-                              "datapath": args.datapath, "by_flows": {}}
+                              "datapath": args.datapath, "churn": args.churn,
+                              "pipeline": "ovn" if args.ovn else "filler", "by_flows": {}}
     examples: dict[str, dict[str, Any]] = {}
-    for n in map(int, args.flows.split(",")):
+    for asked in [0] if args.ovn else map(int, args.flows.split(",")):
+        n = asked  # with --ovn: what ovn-controller installed, known after the first run
         per: dict[str, dict[str, list[Any]]] = {
             m: {"gap_ms": [], "lost": [], "tcp_survived": [], "forbidden_delivered": [],
                 "upgrade_s": [], "exit_code": [], "phases": [], "handover_ms": [], "marks": [],
-                "ct_entries": [], "established_survived": [], "peak_rss_mib": []}
+                "ct_entries": [], "established_survived": [], "peak_rss_mib": [],
+                **({k: [] for k in CHURN_KEYS} if args.churn else {})}
             for m in ("ovsndu", "upstream")}
         for k in range(args.runs):
             order = ("ovsndu", "upstream") if k % 2 == 0 else ("upstream", "ovsndu")
             for method in order:
                 with tempfile.TemporaryDirectory(prefix="ovsndu-disr-") as tmp, \
-                        Run(Path(tmp), n, args.conntrack) as run:
+                        Run(Path(tmp), asked, args.conntrack, args.churn, args.ovn) as run:
                     res = getattr(run, method)()
+                n = res["flows"]
                 for key in per[method]:
                     if key in res:
                         per[method][key].append(
@@ -323,7 +356,7 @@ def main() -> None:
                       f"{' (' + res['tcp_error'] + ')' if res.get('tcp_error') else ''}, "
                       f"forbidden {res['forbidden_delivered']}, "
                       f"ct {res['ct_entries']}, survived {res['established_survived']:.1f}, "
-                      f"{_rss_text(res)}"
+                      f"{_rss_text(res)}{churn_text(res)}"
                       f"{res['upgrade_s']:.2f} s, exit {res['exit_code']}"
                       f"{' ' + str(res.get('reason')) if res['exit_code'] else ''}"
                       f"{' marks ' + json.dumps(res['marks']) if res.get('marks') else ''}",
