@@ -109,6 +109,19 @@ def _cmd_reload(args: argparse.Namespace) -> int:
         if line and not args.json:
             print(line, flush=True)
 
+    if os.environ.get("INVOCATION_ID") and os.environ.get("MAINPID"):
+        # ExecReload: a stop of the unit SIGTERMs us. The supervisor ends the upgrade
+        # (it finishes or rolls back before it stops); dying of the signal would make
+        # systemd end the stopped unit "failed" instead of "inactive".
+        import signal
+
+        def stopping(_sig: int, _frame: object) -> None:
+            print("ovsndu reload: the unit is stopping; the supervisor ends the upgrade "
+                  "before it stops (see `ovsndu history`)", flush=True)
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, stopping)
+
     try:
         result = request(cfg.ovsndu.control_socket, payload, on_event=show)
     except SupervisorUnreachable as exc:
@@ -228,8 +241,33 @@ def _cmd_systemd_unit(args: argparse.Namespace) -> int:
     from ovsndu.systemd import unit as systemd_unit
 
     action = systemd_unit.install if args.command == "install-systemd" else systemd_unit.uninstall
+    if args.command == "uninstall-systemd" and systemd_unit.systemd_running(Path(args.root)):
+        print(_release_supervisor(args))
     print("\n".join(action(args.root, daemon_reload=not args.no_reload).lines()))
     return EXIT_OK
+
+
+def _release_supervisor(args: argparse.Namespace) -> str:
+    """Before the stock unit comes back: the running supervisor hands vswitchd to systemd
+    as the unit's main process and exits, so Debian's unit owns the running switch."""
+    import time
+
+    from ovsndu.control import SupervisorUnreachable, request
+
+    cfg = load_config(None)
+    try:
+        answer = request(cfg.ovsndu.control_socket, {"op": "release"}, timeout=30)
+    except SupervisorUnreachable:
+        return "supervisor: not running"
+    if answer.get("outcome") != "released":
+        raise OvsnduError(f"the supervisor did not let go: {answer.get('reason')}")
+    pid = answer.get("supervisor_pid")
+    deadline = time.monotonic() + 30
+    while isinstance(pid, int) and os.path.exists(f"/proc/{pid}") and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    return (f"supervisor: pid {pid} exited; ovs-vswitchd pid {answer.get('vswitchd_pid')} "
+            f"keeps running as the unit's main process")
 
 
 def _cmd_package_hook(args: argparse.Namespace) -> int:

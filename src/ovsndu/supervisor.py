@@ -53,7 +53,8 @@ from ovsndu.upgrade.serving import (
 )
 
 log = structlog.get_logger("ovsndu.supervisor")
-MONITOR_INTERVAL = 0.5
+MONITOR_INTERVAL = 0.1
+"""Seconds between checks that the serving vswitchd lives (a crash is seen this fast)."""
 MAX_TIMEOUT = 86400.0
 """The longest ``timeout`` a reload may ask for (seconds)."""
 
@@ -71,6 +72,7 @@ class Supervisor:
         self.phase = "starting"
         self.keeper = StateKeeper(self.spec)
         self.reexec = False
+        self.released = False
         self._stop = asyncio.Event()
 
     # --- life cycle --------------------------------------------------------------------------
@@ -113,6 +115,8 @@ class Supervisor:
                 path.unlink()
             if self.reexec:
                 sdnotify.notify(STATUS=f"re-executing ovsndu; {self._status_line()}")
+            elif self.released:
+                pass  # vswitchd is the unit's main process now: leave it running
             else:
                 sdnotify.notify(STOPPING=1, STATUS="stopping")
                 if self.runner_task is not None:
@@ -203,12 +207,12 @@ class Supervisor:
     async def _monitor(self) -> None:
         """Restart vswitchd if it dies while no upgrade runs; ping the watchdog."""
         interval = sdnotify.watchdog_interval()
+        pinged = 0.0
         while True:
-            await asyncio.sleep(
-                min(MONITOR_INTERVAL, interval / 2) if interval else MONITOR_INTERVAL
-            )
-            if interval:
+            await asyncio.sleep(MONITOR_INTERVAL)
+            if interval and time.monotonic() - pinged >= interval / 2:
                 sdnotify.notify(WATCHDOG=1)
+                pinged = time.monotonic()
             s = self.serving
             if self.runner is not None or s is None:
                 continue
@@ -430,6 +434,8 @@ class Supervisor:
                 await self._reload(request, writer)
             elif op == "reexec":
                 await self._reexec(writer)
+            elif op == "release":
+                await self._release(writer)
             else:
                 await _send(writer, _refusal(f"unknown op {op!r}"))
         except (ValueError, TimeoutError, ConnectionError) as exc:
@@ -529,6 +535,27 @@ class Supervisor:
                              "vswitchd_pid": s.pid if s else None,
                              "reason": "re-executing the installed ovsndu"})
         self.reexec = True
+        self._stop.set()
+
+    async def _release(self, writer: asyncio.StreamWriter) -> None:
+        """Hand the running vswitchd to the unit (``uninstall-systemd``) and exit.
+
+        systemd learns that vswitchd is the main process now (MAINPID=), so once the
+        stock unit is back its ExecStop (ovs-ctl stop) stops the switch; we leave it
+        running and exit without being the main process any more.
+        """
+        s = self.serving
+        if self.runner is not None or s is None:
+            why = f"busy: upgrade {self.runner.upgrade_id}" if self.runner else "no vswitchd"
+            await _send(writer, _refusal(why))
+            return
+        told = sdnotify.notify(MAINPID=s.pid, STATUS=f"handed over to ovs-vswitchd pid {s.pid}")
+        await _send(writer, {"event": "result", "outcome": "released", "exit_code": 0,
+                             "supervisor_pid": os.getpid(), "vswitchd_pid": s.pid,
+                             "systemd_told": told,
+                             "reason": f"ovs-vswitchd pid {s.pid} keeps running"})
+        log.info("supervisor.released", event_kind="released", vswitchd_pid=s.pid)
+        self.released = True
         self._stop.set()
 
     def _upgrade_done(self, task: asyncio.Task[UpgradeRecord]) -> None:

@@ -186,6 +186,7 @@ def test_kill_9_of_the_idle_supervisor_loses_nothing(box: Container) -> None:
 
 def test_kill_9_mid_upgrade_rolls_back_and_sweeps(box: Container) -> None:
     before, vs, supervisor = flows(box), vswitchd_pid(box), main_pid(box)
+    box.run("journalctl", "-n0", "--cursor-file=/root/mid.cursor", check=False)
     reload = subprocess.Popen(box.argv("/usr/bin/env", PY, "-m", "ovsndu", "reload",
                                        "--vswitchd", SLOW, "--json"),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -201,10 +202,12 @@ def test_kill_9_mid_upgrade_rolls_back_and_sweeps(box: Container) -> None:
         time.sleep(0.5)
     out, _ = reload.communicate(timeout=60)
     assert reload.returncode == 3, (reload.returncode, out)  # outcome unknown to it
-    sent, received = traffic.result()
-    assert received == sent, f"{sent - received} of {sent} packets lost"
     assert vswitchd_pid(box) == vs and len(vswitchds(box)) == 1, vswitchds(box)
     assert flows(box) == before
+    sent, received = traffic.result()
+    assert received == sent, (f"{sent - received} of {sent} packets lost; "
+                              + box.run("ovs-ofctl", "dump-ports", "br-t").stdout
+                              + journal_since(box, "/root/mid.cursor")[-3000:])
     last = status(box)["last_upgrade"]
     assert last["id"] == upgrade_id and last["outcome"] == "rolled_back", last
     assert "supervisor restarted during" in last["reason"]
@@ -247,6 +250,63 @@ def test_kill_9_of_vswitchd_comes_back_with_its_flows(box: Container) -> None:
         time.sleep(1)
     sent, received = traffic.result()
     assert received == sent
+
+
+def test_a_healthy_reload_journals_no_error_and_no_rehearsal(box: Container) -> None:
+    box.run("journalctl", "-n0", "--cursor-file=/root/reload.cursor", check=False)
+    box.run("systemctl", "reload", UNIT, timeout=300)
+    upgrade_id = status(box)["last_upgrade"]["id"]
+    box.run("journalctl", "--sync", check=False)
+    errors = box.run("journalctl", "-u", UNIT, "-p", "err", "--no-pager", "-o", "cat",
+                     "--cursor-file=/root/reload.cursor", check=False).stdout.strip()
+    assert not errors, errors
+    entries = [json.loads(line) for line in box.run(
+        "journalctl", "-u", UNIT, "-o", "json", "--no-pager",
+        "--cursor-file=/root/reload.cursor", check=False).stdout.splitlines()
+        if line.startswith("{")]
+    chatter = [e["MESSAGE"] for e in entries
+               if e.get("SYSLOG_IDENTIFIER") in ("ovs-vswitchd", "ovsdb-server")]
+    assert not chatter, chatter[:5]
+    ours = box.run("journalctl", f"OVSNDU_UPGRADE_ID={upgrade_id}", "-o", "cat",
+                   "--no-pager").stdout
+    for event in ("upgrade.phase", "sync.listening", "sync.client_accepted", "sync.synced",
+                  "upgrade.finished"):
+        assert event in ours, (event, ours[-2000:])
+
+
+def test_a_stop_during_a_reload_ends_inactive(box: Container) -> None:
+    box.write("/etc/ovsndu/ovsndu.toml", CONFIG.format(vswitchd=SLOW))  # a 20 s rehearsal
+    reload = subprocess.Popen(box.argv("systemctl", "reload", UNIT), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    state = box.merged / "var/lib/ovsndu"
+    try:
+        wait("the client's rehearsal", lambda: any((state / "work").glob("*/rehearsal")), 90)
+    finally:
+        box.write("/etc/ovsndu/ovsndu.toml", CONFIG.format(vswitchd="/usr/sbin/ovs-vswitchd"))
+    box.run("systemctl", "stop", UNIT, timeout=300)
+    reload.communicate(timeout=120)
+    props = box.show(UNIT, "ActiveState", "Result")
+    assert props == {"ActiveState": "inactive", "Result": "success"}, props
+    assert not vswitchds(box)
+    assert "ovsndu.upgrade.client" not in box.run("ps", "-eo", "args=").stdout
+    box.run("systemctl", "start", UNIT, timeout=300)
+
+
+def test_uninstall_hands_the_running_switch_to_debians_unit(box: Container) -> None:
+    before, vs = flows(box), vswitchd_pid(box)
+    out = box.ovsndu("uninstall-systemd").stdout
+    assert f"ovs-vswitchd pid {vs} keeps running" in out, out
+    props = box.show(UNIT, "ActiveState", "MainPID", "Type", "DropInPaths")
+    assert props["ActiveState"] == "active" and props["MainPID"] == str(vs), props
+    assert props["Type"] == "forking" and "ovsndu" not in props["DropInPaths"], props
+    assert "supervise" not in box.run("ps", "-eo", "args=").stdout
+    assert flows(box) == before and vswitchd_pid(box) == vs
+    box.run("systemctl", "stop", UNIT, timeout=300)  # Debian's ExecStop: ovs-ctl stop
+    assert box.show(UNIT, "ActiveState")["ActiveState"] == "inactive"
+    assert not vswitchds(box)
+    box.ovsndu("install-systemd")
+    box.run("systemctl", "start", UNIT, timeout=300)
+    assert box.show(UNIT, "Type")["Type"] == "notify"
 
 
 def test_stop_start_restart_keep_their_stock_meaning(box: Container) -> None:

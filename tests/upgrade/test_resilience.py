@@ -365,3 +365,18 @@ def test_status_as_non_root_is_one_line(rig: Rig, tmp_path: Path) -> None:
     assert r.returncode != 0
     assert "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_failing_binary_says_why_in_the_record(tmp_path: Path) -> None:
+    """Its exit status and last stderr lines reach the answer, the record and the log."""
+    with make_rig(tmp_path, validate=False) as rig:
+        bad = fake_binary(tmp_path, "complaining", '[ "$1" = --version ] && exec "$REAL" "$@"\n'
+                          'echo "boom: cannot parse --frobnicate" >&2\nexit 7')
+        before, old = raw_state(rig), one_serving(rig)
+        code, result = rig.reload("--vswitchd", str(bad))
+        assert code == 1, result
+        for text in (result["reason"], last_record(rig)["reason"]):
+            assert "exit status 7" in text and "boom: cannot parse --frobnicate" in text, text
+        assert "boom: cannot parse" in rig.log_path.read_text()
+        assert one_serving(rig) == old
+        same_raw(rig, before)

@@ -176,7 +176,7 @@ class Sandbox:
         if not self.db_file.exists():
             self._run(["ovsdb-tool", "create", str(self.db_file), self.schema])
         self.start_ovsdb()
-        self._run(["ovs-vsctl", f"--db={self.db}", "--no-wait", "init"])
+        self._run(["ovs-vsctl", "-vsyslog:off", f"--db={self.db}", "--no-wait", "init"])
         self.start_vswitchd()
 
     def start_ovsdb(self) -> None:
@@ -186,10 +186,12 @@ class Sandbox:
                 "ovsdb-server",
                 str(self.db_file),
                 f"--remote=punix:{self.db_sock}",
+                # Its log file only, never the journal of a unit: syslog off before
+                # --log-file, which already logs ("opened log file").
+                "-vsyslog:off",
                 f"--pidfile={self.rundir / 'ovsdb-server.pid'}",
                 f"--log-file={self.rundir / 'ovsdb-server.log'}",
                 "-vconsole:off",
-                "-vsyslog:off",  # its log file only: never the journal of a unit
             ]
         )
         wait_for(
@@ -208,10 +210,10 @@ class Sandbox:
         return [
             as_ovs_vswitchd(self.rundir, binary or self.vswitchd_binary),
             self.db,
+            "-vsyslog:off",  # before --log-file, which already logs
             f"--pidfile={pidfile or self.rundir / 'ovs-vswitchd.pid'}",
             f"--log-file={log_file or self.rundir / 'ovs-vswitchd.log'}",
             "-vconsole:off",
-            "-vsyslog:off",
             *mode_args,
             *self.vswitchd_args,
         ]
@@ -300,7 +302,8 @@ class Sandbox:
     # --- tools ---------------------------------------------------------------------------
     def vsctl(self, *args: str) -> str:
         """``ovs-vsctl`` on the sandbox database (waits for vswitchd to apply)."""
-        return self._run(["ovs-vsctl", f"--db={self.db}", "--timeout=30", *args])
+        return self._run(["ovs-vsctl", "-vsyslog:off", f"--db={self.db}", "--timeout=30",
+                          *args])
 
     def appctl(self, command: str, *args: str) -> str:
         """A unixctl command to the sandbox's vswitchd."""
