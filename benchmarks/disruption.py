@@ -93,6 +93,7 @@ class Run:
         self.stack: Any = None
         self.load: ChurnLoad | None = None
         self.idle_since = 0.0
+        self.t0 = 0.0  # monotonic start of the upgrade command
         self.sb = Sandbox(work / "run", datapath="netdev", vswitchd_args=())
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -178,7 +179,9 @@ class Run:
         arrivals = _arrivals(self.work / "udp.txt")
         times = [t for _, t in arrivals]
         seqs = sorted({s for s, _ in arrivals})
-        gaps = [b - a for a, b in itertools.pairwise(times)]
+        # Only silences that end after the upgrade command started count (traffic's own
+        # start-up, e.g. ARP, is not the upgrade's).
+        gaps = [b - a if b >= self.t0 else 0.0 for a, b in itertools.pairwise(times)]
         worst = max(range(len(gaps)), key=gaps.__getitem__) if gaps else 0
         tcp_text = (self.work / "tcp.txt").read_text() if (self.work / "tcp.txt").exists() else ""
         tcp_ok = "error" not in tcp_text and tcp_end > tcp_before_end
@@ -214,7 +217,7 @@ class Run:
         self.procs.append(sup)
         _wait_for(lambda: _status(cfg_path).get("phase") == "idle", 30)
         self.start_traffic()
-        t0 = time.monotonic()
+        t0 = self.t0 = time.monotonic()
         with RssSampler(sup.pid) as rss:
             r = subprocess.Popen([sys.executable, "-m", "ovsndu", "reload", "--config",
                                   str(cfg_path), "--json"], stdout=subprocess.PIPE,
@@ -236,13 +239,13 @@ class Run:
                    outcome=result.get("outcome"), reason=result.get("reason"), phases=phases,
                    handover_ms=record.get("handover_gap_ms"), marks=record.get("marks", {}),
                    gap_offset_s=(out["gap_at"] - t0) if out["gap_at"] else None,
-                   peak_rss_mib=rss.result())
+                   peak_rss_mib=rss.result(), **_stalls(out["arrivals"], t0))
         return out
 
     def upstream(self) -> dict[str, Any]:
         self.start_traffic()
         env = {**self.sb.env, "OVS_RUNDIR": str(self.sb.rundir)}
-        t0 = time.monotonic()
+        t0 = self.t0 = time.monotonic()
         r = subprocess.run(self.sb.ns_argv([OVS_CTL, "--no-ovsdb-server", "--no-monitor",
                                             "--system-id=random", "--no-record-hostname",
                                             f"--db-sock={self.sb.db_sock}", "restart"]),
@@ -250,8 +253,21 @@ class Run:
         t1 = time.monotonic()
         out = self.stop_traffic()
         out.update(upgrade_s=t1 - t0, start=t0, end=t1, exit_code=r.returncode,
-                   reason=r.stderr.strip()[-300:] if r.returncode else "")
+                   reason=r.stderr.strip()[-300:] if r.returncode else "",
+                   **_stalls(out["arrivals"], t0))
         return out
+
+
+STALL_S = 0.02
+
+
+def _stalls(arrivals: list[float], t0: float) -> dict[str, Any]:
+    """Every silence of the A→B stream longer than 20 ms (the longest gap is only one of
+    them): ``stalled_ms`` their sum, ``stalls`` (seconds after the command, ms) each."""
+    gaps = [(a - t0, (b - a) * 1000) for a, b in itertools.pairwise(arrivals)
+            if b - a > STALL_S and b >= t0]
+    return {"stalled_ms": round(sum(g for _, g in gaps), 1),
+            "stalls": [(round(t, 3), round(g, 1)) for t, g in gaps]}
 
 
 def _rss_text(res: dict[str, Any]) -> str:
@@ -336,6 +352,7 @@ def main() -> None:
             m: {"gap_ms": [], "lost": [], "tcp_survived": [], "forbidden_delivered": [],
                 "upgrade_s": [], "exit_code": [], "phases": [], "handover_ms": [], "marks": [],
                 "ct_entries": [], "established_survived": [], "peak_rss_mib": [],
+                "stalled_ms": [], "stalls": [],
                 **({k: [] for k in CHURN_KEYS} if args.churn else {})}
             for m in ("ovsndu", "upstream")}
         for k in range(args.runs):
@@ -356,6 +373,7 @@ def main() -> None:
                       f"{' (' + res['tcp_error'] + ')' if res.get('tcp_error') else ''}, "
                       f"forbidden {res['forbidden_delivered']}, "
                       f"ct {res['ct_entries']}, survived {res['established_survived']:.1f}, "
+                      f"stalled {res['stalled_ms']:.0f} ms in {len(res['stalls'])}, "
                       f"{_rss_text(res)}{churn_text(res)}"
                       f"{res['upgrade_s']:.2f} s, exit {res['exit_code']}"
                       f"{' ' + str(res.get('reason')) if res['exit_code'] else ''}"

@@ -44,6 +44,7 @@ from ovsndu.ovs.ct_defer import flush_tuple, misjudged, split_for_gap
 from ovsndu.ovs.ofbundle import CapturedBundle
 from ovsndu.ovs.ofctl import ofctl
 from ovsndu.ovs.ovsdb import Ovsdb
+from ovsndu.ovs.paced import send_unbundled
 from ovsndu.ovs.readers import BridgeInfo, StateReader, default_rundir, read_bridges, read_ports
 from ovsndu.ovs.replay import FdbPlan, conntrack_lines, fdb_plan
 from ovsndu.ovs.uncarried import Uncarried, carried_only, find_uncarried, refuse_if_any
@@ -343,7 +344,17 @@ class Restorer:
             return {"deferred": 0, "repaired": 0}
         with Unixctl.for_daemon(self.rundir, pid=self.pid) as appctl:
             self._appctl = appctl
-            self._ct_chunks(plan, plan.ct_later_chunks)
+            for chunk in plan.ct_later_chunks:
+                encoded = plan.ct_encoded.get(id(chunk))
+                assert plan.ct_bridge is not None
+                if encoded is None:  # before OpenFlow 1.4: ovs-ofctl, one bundle a chunk
+                    self._ct_chunks(plan, [chunk])
+                    continue
+                try:  # one message at a time: forwarding goes on in between (ovs/paced.py)
+                    send_unbundled(self.of_dir / f"{plan.ct_bridge}.mgmt", encoded)
+                except VswitchdError as exc:
+                    raise RestoreError("conntrack", f"{plan.ct_bridge} rejected the deferred "
+                                       f"replay: {_reason(exc)}") from None
             found = parsers.parse_conntrack(appctl("dpctl/dump-conntrack", "-m", "-s"))
             wrong = misjudged(plan.ct_later, found)
             for e in wrong:

@@ -1,0 +1,61 @@
+"""The DPDK build of Open vSwitch for tests and benchmarks: hugepages, and its configuration.
+
+``openvswitch-switch-dpdk`` installs ``ovs-vswitchd-dpdk`` beside the plain build (as a
+lower-priority alternative: /usr/sbin/ovs-vswitchd stays the plain build).  DPDK needs
+hugepages: :func:`hugepages` raises ``vm.nr_hugepages`` by what a test needs and mounts a
+private hugetlbfs, and puts both back as found afterwards.  :func:`enable_dpdk` writes the
+``other_config`` keys that make the DPDK build initialise DPDK (EAL) without a PCI bus;
+the plain build ignores them (it logs that it has no DPDK support).  OVS always passes
+``--in-memory``, so an old and a new DPDK process never share hugepage files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+DPDK_VSWITCHD = Path("/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk")
+NR_HUGEPAGES = Path("/proc/sys/vm/nr_hugepages")
+#: MiB of hugepage memory each DPDK vswitchd takes (dpdk-socket-mem).
+SOCKET_MEM_MB = 64
+
+
+@contextlib.contextmanager
+def hugepages(pages: int) -> Iterator[Path]:
+    """*pages* more 2 MiB hugepages and a private hugetlbfs mount (its path); both
+    restored on exit."""
+    before = int(NR_HUGEPAGES.read_text())
+    mount = Path(tempfile.mkdtemp(prefix="ovsndu-huge-"))
+    NR_HUGEPAGES.write_text(f"{before + pages}\n")
+    try:
+        got = int(NR_HUGEPAGES.read_text())
+        if got < before + pages:
+            raise RuntimeError(f"asked for {before + pages} hugepages, the kernel gave {got}")
+        subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", str(mount)],
+                       check=True, capture_output=True)
+        try:
+            yield mount
+        finally:
+            subprocess.run(["umount", str(mount)], check=False, capture_output=True)
+    finally:
+        NR_HUGEPAGES.write_text(f"{before}\n")
+        with contextlib.suppress(OSError):
+            mount.rmdir()
+
+
+def dpdk_settings(huge_dir: Path, socket_mem: int = SOCKET_MEM_MB) -> list[str]:
+    """``ovs-vsctl set Open_vSwitch .`` arguments that enable DPDK in the DPDK build."""
+    return ["other_config:dpdk-init=true", f"other_config:dpdk-socket-mem={socket_mem}",
+            f"other_config:dpdk-extra=--no-pci --huge-dir={huge_dir}"]
+
+
+def available() -> str | None:
+    """None when the DPDK build can run here, else why not."""
+    if not DPDK_VSWITCHD.is_file():
+        return f"needs {DPDK_VSWITCHD} (apt install openvswitch-switch-dpdk; scripts/setup)"
+    if not NR_HUGEPAGES.exists():
+        return "needs hugepage support in the kernel (/proc/sys/vm/nr_hugepages)"
+    return None

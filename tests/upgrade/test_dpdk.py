@@ -1,0 +1,120 @@
+"""The DPDK build (openvswitch-switch-dpdk) as a source and a target of live upgrades.
+
+Hugepages are set up by each test (``vm.nr_hugepages`` raised, a private hugetlbfs mount)
+and put back as found afterwards (ovsndu.testing.dpdk).  Judged by OVS's own tools: the
+raw output of ovs-vsctl/ovs-ofctl/ovs-appctl before and after, ``/proc/PID/exe`` of the
+serving process, and ``Open_vSwitch:dpdk_initialized``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ovsndu.config import Config
+from ovsndu.ovs.sandbox import NETDEV_ARGS, Sandbox
+from ovsndu.testing import dpdk
+from tests.conftest import require_ovs
+from tests.upgrade.conftest import VSWITCHD, Rig, make_rig
+from tests.upgrade.test_reload import _tools_output
+
+PAGES = 4 * dpdk.SOCKET_MEM_MB // 2  # old, rehearsal and standby at once, and a spare
+
+
+def require_dpdk() -> None:
+    """Fail in CI, skip elsewhere, when the DPDK build cannot run here."""
+    require_ovs()
+    why = dpdk.available()
+    if why is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set and this test {why}")
+    pytest.skip(f"{why}; CI is unset, so skipping (in CI this fails)")
+
+
+@pytest.fixture(name="huge")
+def _huge() -> Iterator[Path]:
+    require_dpdk()
+    before = int(dpdk.NR_HUGEPAGES.read_text())
+    with dpdk.hugepages(PAGES) as mount:
+        yield mount
+    assert int(dpdk.NR_HUGEPAGES.read_text()) == before  # the host as found
+    assert not mount.exists()
+
+
+def _serving(rig: Rig) -> tuple[int, Path]:
+    pid = rig.status()["vswitchd"]["pid"]
+    return pid, Path(f"/proc/{pid}/exe").resolve()
+
+
+def _dpdk_initialized(rig: Rig) -> str:
+    return rig.sb.vsctl("get", "Open_vSwitch", ".", "dpdk_initialized").strip()
+
+
+def test_plain_to_dpdk_and_back(huge: Path, tmp_path: Path) -> None:
+    """Switching the binary between the plain and the DPDK build is a live upgrade both
+    ways: state equal in the tools' raw output, the new build serving, DPDK initialised
+    exactly when the DPDK build serves."""
+    with make_rig(tmp_path) as rig:
+        rig.sb.vsctl("set", "Open_vSwitch", ".", *dpdk.dpdk_settings(huge))
+        before = _tools_output(rig)
+        code, result = rig.reload("--vswitchd", str(dpdk.DPDK_VSWITCHD))
+        assert code == 0, result
+        assert _serving(rig)[1] == dpdk.DPDK_VSWITCHD.resolve()
+        assert _dpdk_initialized(rig) == "true"
+        assert _tools_output(rig) == before
+        marks = result["record"]["marks"]
+        print(f"\nplain -> DPDK: gap {result['record']['handover_gap_ms']} ms, marks {marks}")
+
+        code, result = rig.reload("--vswitchd", VSWITCHD)
+        assert code == 0, result
+        assert _serving(rig)[1] == Path(VSWITCHD).resolve()
+        assert _dpdk_initialized(rig) == "false"
+        assert _tools_output(rig) == before
+        print(f"DPDK -> plain: gap {result['record']['handover_gap_ms']} ms")
+
+
+def test_dpdk_ports_are_carried(huge: Path, tmp_path: Path) -> None:
+    """A bridge whose port is a DPDK device (net_tap virtual device) passes preflight and
+    is carried DPDK build -> DPDK build: same port, same flows, still a DPDK port."""
+    with Sandbox(tmp_path / "run", datapath="netdev", vswitchd=str(dpdk.DPDK_VSWITCHD),
+                 vswitchd_args=NETDEV_ARGS) as sb:
+        sb.vsctl("set", "Open_vSwitch", ".", *dpdk.dpdk_settings(huge))
+        sb.restart_vswitchd()
+        sb.vsctl("add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev",
+                 "fail_mode=secure", "--", "add-port", "br0", "dp0", "--", "set", "interface",
+                 "dp0", "type=dpdk", "options:dpdk-devargs=net_tap0,iface=ovsndutap0",
+                 "ofport_request=1")
+        sb.ofctl("br0", "add-flow", "in_port=1,ip,actions=ct(commit,zone=2),drop")
+        assert sb.vsctl("get", "Interface", "dp0", "ofport").strip() == "1"
+        cfg = Config.from_dict({
+            "ovs": {"rundir": str(sb.rundir), "db": sb.db, "vswitchd": str(dpdk.DPDK_VSWITCHD),
+                    "vswitchd_args": list(NETDEV_ARGS), "netns": sb.netns or ""},
+            "upgrade": {"timeout": 120},
+            "ovsndu": {"state_dir": str(tmp_path / "state")},
+        })
+        cfg_path = tmp_path / "ovsndu.toml"
+        cfg_path.write_text(cfg.to_toml())
+        rig = Rig(sb, cfg, cfg_path, None, tmp_path / "supervisor.log", {})  # type: ignore[arg-type]
+        rig.start_supervisor()
+        try:
+            flows = sb.ofctl("br0", "dump-flows", options=("--no-stats",))
+            old = _serving(rig)[0]
+            code, result = rig.reload()
+            assert code == 0, result
+            new = _serving(rig)[0]
+            assert new != old
+            assert sb.vsctl("get", "Interface", "dp0", "type").strip() == "dpdk"
+            assert sb.vsctl("get", "Interface", "dp0", "ofport").strip() == "1"
+            assert sb.vsctl("get", "Interface", "dp0", "error").strip() == "[]"
+            assert sb.ofctl("br0", "dump-flows", options=("--no-stats",)) == flows
+            print(f"\nDPDK -> DPDK with a DPDK port: gap {result['record']['handover_gap_ms']} "
+                  f"ms, marks {result['record']['marks']}")
+        finally:
+            rig.stop_supervisor()
+            for pid in rig.vswitchd_pids():
+                os.kill(pid, signal.SIGKILL)
