@@ -20,7 +20,7 @@ from pathlib import Path
 DPDK_VSWITCHD = Path("/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk")
 NR_HUGEPAGES = Path("/proc/sys/vm/nr_hugepages")
 #: MiB of hugepage memory each DPDK vswitchd takes (dpdk-socket-mem).
-SOCKET_MEM_MB = 64
+SOCKET_MEM_MB = 128
 
 
 @contextlib.contextmanager
@@ -48,7 +48,10 @@ def hugepages(pages: int) -> Iterator[Path]:
 
 def dpdk_settings(huge_dir: Path, socket_mem: int = SOCKET_MEM_MB) -> list[str]:
     """``ovs-vsctl set Open_vSwitch .`` arguments that enable DPDK in the DPDK build."""
+    # per-port-memory: a DPDK port's mempool sized for its queues (~16k mbufs), not the
+    # shared 256k-mbuf default that needs more than the socket memory given here.
     return ["other_config:dpdk-init=true", f"other_config:dpdk-socket-mem={socket_mem}",
+            "other_config:per-port-memory=true",
             f"other_config:dpdk-extra=--no-pci --huge-dir={huge_dir}"]
 
 
