@@ -119,9 +119,15 @@ def test_snapshot_of_b_equals_a(corpus: Sandbox, restored: tuple[dict[str, objec
 
 def test_every_reachable_tcp_state_pair_is_replayed(tmp_path: Path) -> None:
     """Each (orig, reply) state pair the userspace TCP state machine reaches — the
-    hand-written sequences and the searched ones — comes back exactly, IPv4 and IPv6."""
+    hand-written sequences and the searched ones — comes back exactly, IPv4 and IPv6,
+    and with the window scales (flags WINDOW_SCALE, wscale) the SYNs announced."""
     from ovsndu.model import Conntrack
-    from ovsndu.ovs.replay import SEARCHED_TCP_SEQUENCES, TCP_SEQUENCES
+    from ovsndu.ovs.replay import (
+        SEARCHED_REPLY_NO_SYN,
+        SEARCHED_REPLY_SYN,
+        SEARCHED_TCP_SEQUENCES,
+        TCP_SEQUENCES,
+    )
     from ovsndu.ovs.restore import restore_snapshot
 
     require_ovs()
@@ -134,6 +140,16 @@ def test_every_reachable_tcp_state_pair_is_replayed(tmp_path: Path) -> None:
                 protocol="tcp", orig=f"src={a},dst={b},sport={30000 + i},dport=443",
                 reply=f"src={b},dst={a},sport=443,dport={30000 + i}", zone=i,
                 state_orig=so, state_reply=sr))
+    # Window scaling announced by both SYNs, or by the original side's only.
+    ws = "WINDOW_SCALE"
+    for n, (pairs_ws, flags_r, scale_r) in enumerate(((SEARCHED_REPLY_SYN, ws, 9),
+                                                      (SEARCHED_REPLY_NO_SYN, "", 0))):
+        for i, (so, sr) in enumerate(sorted(pairs_ws)):
+            entries.append(Conntrack(
+                protocol="tcp", orig=f"src=10.4.0.1,dst=10.4.0.2,sport={31000 + 100 * n + i},"
+                f"dport=443", reply=f"src=10.4.0.2,dst=10.4.0.1,sport=443,"
+                f"dport={31000 + 100 * n + i}", state_orig=so, state_reply=sr,
+                tcp_flags_orig=ws, wscale_orig=7, tcp_flags_reply=flags_r, wscale_reply=scale_r))
     with Sandbox(tmp_path / "run") as sb:
         populate_conntrack(sb)
         sb.appctl("dpctl/flush-conntrack")
@@ -141,6 +157,11 @@ def test_every_reachable_tcp_state_pair_is_replayed(tmp_path: Path) -> None:
         with Sandbox(tmp_path / "b", db_file=sb.copy_db(tmp_path / "b.db")) as target:
             restore_snapshot(wanted, target.rundir, target.db)
             got = read_snapshot(target.rundir, target.db)
-    states = sorted((e.orig, e.state) for e in got.categories["conntrack"])  # type: ignore[attr-defined]
-    assert states == sorted((e.orig, e.state) for e in entries)
+    def seen(e: Conntrack) -> tuple[object, ...]:
+        return (e.orig, e.state, e.tcp_flags_orig, e.wscale_orig, e.tcp_flags_reply,
+                e.wscale_reply)
+
+    got_seen = {seen(e) for e in got.categories["conntrack"]}  # type: ignore[arg-type]
+    want_seen = {seen(e) for e in entries}
+    assert got_seen == want_seen, (sorted(want_seen - got_seen), sorted(got_seen - want_seen))
     assert got.digest("conntrack") == wanted.digest("conntrack")

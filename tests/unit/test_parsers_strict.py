@@ -190,3 +190,19 @@ class TestUnixctlTables:
             "IP                                            MAC                 Bridge\n"
             "==========================================================================\n") == []
         assert parsers.parse_fdb("br0", " port  VLAN  MAC                Age\n") == []
+
+
+def test_window_scale_is_kept_and_replayed() -> None:
+    """``-m`` shows the window scales the SYNs announced; they are kept and the replayed
+    SYNs carry them (a TCP option: the header grows to 24 bytes)."""
+    line = ("tcp,orig=(src=10.1.0.1,dst=10.1.0.2,sport=1,dport=2),reply=(src=10.1.0.2,"
+            "dst=10.1.0.1,sport=2,dport=1),id=0,zone=1,status=0,protoinfo=(state_orig="
+            "ESTABLISHED,state_reply=SYN_SENT,wscale_orig=7,wscale_reply=9,flags_orig="
+            "WINDOW_SCALE,flags_reply=WINDOW_SCALE)")
+    (e,) = parsers.parse_conntrack(line)
+    assert (e.tcp_flags_orig, e.wscale_orig, e.tcp_flags_reply, e.wscale_reply) == (
+        "WINDOW_SCALE", 7, "WINDOW_SCALE", 9)
+    syn, synack = (bytes.fromhex(p.packet.hex()) for p in conntrack_packets(e))
+    for pkt, shift in ((syn, 7), (synack, 9)):
+        tcp = pkt[14 + 20:]
+        assert tcp[12] >> 4 == 6 and tcp[20:24] == bytes((1, 3, 3, shift))

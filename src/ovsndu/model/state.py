@@ -251,7 +251,9 @@ class Conntrack(Entry):
 
     ``helper`` is the ALG (``ftp``, ``tftp``) the connection was committed with;
     ``parent`` the original tuple of the connection whose expectation this (related)
-    connection matched, as ``dpctl/dump-conntrack -m`` prints it.
+    connection matched, as ``dpctl/dump-conntrack -m`` prints it.  TCP only:
+    ``tcp_flags_orig``/``_reply`` the per-side flags (``WINDOW_SCALE``...) and
+    ``wscale_orig``/``_reply`` the window-scale shifts the SYNs announced.
     """
 
     CATEGORY: ClassVar[str] = "conntrack"
@@ -269,6 +271,10 @@ class Conntrack(Entry):
     nat: str = ""
     helper: str = ""
     parent: str = ""
+    tcp_flags_orig: str = ""
+    tcp_flags_reply: str = ""
+    wscale_orig: int = 0
+    wscale_reply: int = 0
     timeout: int | None = None
 
     @property

@@ -31,6 +31,7 @@ _INT_MAX: Mapping[tuple[str, str], int] = {
     ("meters", "meter_id"): U32, ("groups", "group_id"): 0xFFFFFFF0,
     ("tlv_mappings", "tlv_type"): 0xFF, ("tlv_mappings", "length"): 124,
     ("tlv_mappings", "index"): 63,
+    ("conntrack", "wscale_orig"): 14, ("conntrack", "wscale_reply"): 14,
     ("conntrack", "zone"): U16, ("conntrack", "mark"): U32, ("conntrack", "timeout"): U32,
     ("fdb", "vlan"): 4095, ("fdb", "age"): U32, ("routes", "pkt_mark"): U32,
 }
@@ -55,6 +56,7 @@ _PATTERNS: Mapping[tuple[str, str], str] = {
     ("conntrack", "state_orig"): r"[A-Z_0-9]+", ("conntrack", "state_reply"): r"[A-Z_0-9]+",
     ("conntrack", "nat"): r"(?:(?:src|dst)=[0-9a-fA-F.:\[\]]+(?:,|$))*",
     ("conntrack", "helper"): r"[a-z0-9_]*",
+    ("conntrack", "tcp_flags_orig"): r"[A-Z_|]*", ("conntrack", "tcp_flags_reply"): r"[A-Z_|]*",
     ("fdb", "mac"): _MAC, ("fdb", "port"): r"\d+|LOCAL",
     ("routes", "kind"): r"user|cached", ("routes", "prefix"): r"[0-9a-fA-F.:]+/\d{1,3}",
     ("routes", "dev"): r"\S+", ("routes", "gateway"): r"[0-9a-fA-F.:]+",

@@ -54,8 +54,10 @@ def _mac(text: str) -> bytes:
 def frame(*, src_ip: str, dst_ip: str, proto: str | int, sport: int = 0, dport: int = 0,
           flags: str = "", seq: int = 0, ack: int = 0, icmp_type: int = 8, icmp_code: int = 0,
           icmp_id: int = 0, src_mac: str = "02:00:00:00:00:01",
-          dst_mac: str = "02:00:00:00:00:02", payload: bytes = b"") -> bytes:
-    """One Ethernet frame; *flags* like ``"syn|ack"`` for TCP; *proto* a name or a number."""
+          dst_mac: str = "02:00:00:00:00:02", payload: bytes = b"",
+          wscale: int | None = None) -> bytes:
+    """One Ethernet frame; *flags* like ``"syn|ack"`` for TCP; *proto* a name or a number;
+    *wscale*: a TCP window-scale option with this shift."""
     src, dst = ipaddress.ip_address(src_ip), ipaddress.ip_address(dst_ip)
     if src.version != dst.version:
         raise ValueError(f"addresses of different families: {src_ip} {dst_ip}")
@@ -69,8 +71,10 @@ def frame(*, src_ip: str, dst_ip: str, proto: str | int, sport: int = 0, dport: 
         bits = 0
         for name in filter(None, flags.split("|")):
             bits |= TCP_FLAGS[name]
-        l4 = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, bits, 65535, 0, 0)
-        l4 += payload
+        options = b"" if wscale is None else bytes((1, 3, 3, wscale))  # NOP, window scale
+        offset = (20 + len(options)) // 4
+        l4 = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, offset << 4, bits, 65535, 0, 0)
+        l4 += options + payload
         at = 16
     elif proto == "udp":
         l4 = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload

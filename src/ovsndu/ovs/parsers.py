@@ -361,8 +361,8 @@ _CT_LINE = re.compile(
     r"(?:,labels=(?P<labels>0x[0-9a-f]+))?"
     r"(?:,protoinfo=\((?:state=(?P<state>[A-Z_0-9\[\]]+)"
     r"|state_orig=(?P<so>[A-Z_0-9\[\]]+),state_reply=(?P<sr>[A-Z_0-9\[\]]+)"
-    r"(?:,wscale_orig=\d+,wscale_reply=\d+)?"
-    r"(?:,flags_orig=[A-Za-z_|0-9]*)?(?:,flags_reply=[A-Za-z_|0-9]*)?)"
+    r"(?:,wscale_orig=(?P<wo>\d+),wscale_reply=(?P<wr>\d+))?"
+    r"(?:,flags_orig=(?P<fo>[A-Za-z_|0-9]*))?(?:,flags_reply=(?P<fr>[A-Za-z_|0-9]*))?)"
     r"(?:,vtag_orig=\d+,vtag_reply=\d+)?\))?"
     r"(?:,helper=(?P<helper>[a-z0-9_-]+))?"
     rf"(?:,parent=\((?P<parent>{_CT_TUPLE})\))?"
@@ -392,6 +392,9 @@ def parse_conntrack(text: str) -> list[Conntrack]:
             mark=int(m["mark"] or 0), labels=m["labels"] or "0x0",
             state_orig=m["so"] or m["state"], state_reply=m["sr"],
             nat=derive_nat(orig, reply), helper=m["helper"] or "", parent=m["parent"] or "",
+            tcp_flags_orig="" if m["fo"] in (None, "0") else m["fo"],
+            tcp_flags_reply="" if m["fr"] in (None, "0") else m["fr"],
+            wscale_orig=int(m["wo"] or 0), wscale_reply=int(m["wr"] or 0),
             timeout=int(timeout) if timeout is not None else None,
         ))
     return out

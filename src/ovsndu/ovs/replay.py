@@ -83,27 +83,41 @@ def _tcp_step(state: tuple[int, int], side: str, flags: str, first: bool
     return (src, dst) if side == "o" else (dst, src)
 
 
-def _search_tcp_sequences(depth: int = 7) -> dict[tuple[str, str], tuple[tuple[str, str], ...]]:
+def _search_tcp_sequences(depth: int = 7, *, reply_syn: bool | None = None
+                          ) -> dict[tuple[str, str], tuple[tuple[str, str], ...]]:
     """The shortest packet sequence to every reachable state pair: a new connection
     starts with the original side's SYN (orig SYN_SENT, reply CLOSED); a side's SYN only
-    as its first packet (a later one would start a new connection)."""
-    start = ((_S["SYN_SENT"], _S["CLOSED"]), frozenset({"o"}))
-    found: dict[tuple[int, int], tuple[tuple[str, str], ...]] = {start[0]: (("o", "syn"),)}
-    frontier = [(start, found[start[0]])]
+    as its first packet (a later one would start a new connection).  *reply_syn* True: the
+    reply side must have sent, as its first packet, a SYN+ACK (it announced a window
+    scale: 3.1 records the reply's scale from a SYN+ACK, not from a bare SYN);
+    False: it must not have sent a SYN (a SYN without the option clears the original
+    side's window scale)."""
+    Node = tuple[tuple[int, int], frozenset[str]]
+    start: Node = ((_S["SYN_SENT"], _S["CLOSED"]), frozenset({"o"}))
+    paths: dict[Node, tuple[tuple[str, str], ...]] = {start: (("o", "syn"),)}
+    frontier = [start]
     for _ in range(depth):
         nxt = []
-        for (state, seen), path in frontier:
+        for node in frontier:
+            state, seen = node
             for side, flags in _TCP_MOVES:
-                if "syn" in flags and side in seen:
+                first = side not in seen
+                if "syn" in flags and (not first or side == "o" or min(state) >= _S["FIN_WAIT_2"]):
+                    continue  # (a SYN on a closed connection starts a new one)
+                if reply_syn is not None and side == "r" and first and (
+                        (flags == "syn|ack") != reply_syn if reply_syn else "syn" in flags):
                     continue
-                if "syn" in flags and side == "o":
-                    continue
-                new = _tcp_step(state, side, flags, side not in seen)
-                if new not in found:
-                    found[new] = (*path, (side, flags))
-                    nxt.append(((new, seen | {side}), found[new]))
+                new: Node = (_tcp_step(state, side, flags, first), seen | {side})
+                if new not in paths:
+                    paths[new] = (*paths[node], (side, flags))
+                    nxt.append(new)
         frontier = nxt
-    return {(TCP_STATES[o], TCP_STATES[r]): path for (o, r), path in found.items()}
+    found: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
+    for (state, seen), path in sorted(paths.items(), key=lambda item: len(item[1])):
+        if reply_syn and "r" not in seen:
+            continue
+        found.setdefault((TCP_STATES[state[0]], TCP_STATES[state[1]]), path)
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +181,18 @@ def conntrack_packets(entry: Conntrack, children: tuple[Conntrack, ...] = ()
     proto = entry.protocol
     if proto == "tcp":
         key = (entry.state_orig or "", entry.state_reply or "")
+        for flags in (entry.tcp_flags_orig, entry.tcp_flags_reply):
+            if set(filter(None, flags.split("|"))) - {"WINDOW_SCALE"}:
+                raise CannotReplay("conntrack", f"TCP flags {flags} cannot be replayed (only "
+                                   f"WINDOW_SCALE comes from the packets): {entry.orig}")
+        wscale = {"o": entry.wscale_orig if "WINDOW_SCALE" in entry.tcp_flags_orig else None,
+                  "r": entry.wscale_reply if "WINDOW_SCALE" in entry.tcp_flags_reply else None}
         steps = TCP_SEQUENCES.get(key) or SEARCHED_TCP_SEQUENCES.get(key)
+        reply_first = next((f for s, f in steps or () if s == "r"), "")
+        if wscale["r"] is not None and reply_first != "syn|ack":
+            steps = SEARCHED_REPLY_SYN.get(key)
+        elif wscale["o"] is not None and wscale["r"] is None and "syn" in reply_first:
+            steps = SEARCHED_REPLY_NO_SYN.get(key)
         if steps is None:
             raise CannotReplay(
                 "conntrack", f"TCP state {key[0]}/{key[1]} cannot be replayed: {entry.orig}"
@@ -176,7 +201,7 @@ def conntrack_packets(entry: Conntrack, children: tuple[Conntrack, ...] = ()
         if data and steps[:3] != _HS:
             raise CannotReplay("conntrack", f"FTP control connection in state {key[0]}/"
                                f"{key[1]} cannot announce its data connections: {entry.orig}")
-        frames = _tcp_frames(o, r, steps, data)
+        frames = _tcp_frames(o, r, steps, data, wscale)
     else:
         number = CT_PROTOCOLS.get(proto) if not proto.isdigit() else int(proto)
         if number is None or number > 255:
@@ -205,9 +230,10 @@ def _ftp_command(parent: Conntrack, child: Conntrack) -> tuple[str, bytes]:
 
 def _tcp_frames(
     o: dict[str, str], r: dict[str, str], steps: tuple[tuple[str, str], ...],
-    data: list[tuple[str, bytes]] | None = None,
+    data: list[tuple[str, bytes]] | None = None, wscale: dict[str, int | None] | None = None,
 ) -> list[bytes]:
-    """The frames of *steps*; *data* (side, payload) is sent right after the handshake."""
+    """The frames of *steps*; *data* (side, payload) is sent right after the handshake;
+    *wscale*: per side, the window-scale option its SYN carries."""
     nxt = {"o": _X, "r": _Y}
     out = []
     planned = list(steps)
@@ -230,6 +256,7 @@ def _tcp_frames(
                 seq=nxt[side],
                 ack=ack,
                 payload=payload,
+                wscale=(wscale or {}).get(side) if "syn" in flags else None,
             )
         )
         nxt[side] += len(payload)
@@ -335,3 +362,7 @@ def fdb_plan(
 
 # Every state pair the state machine reaches; the hand-written TCP_SEQUENCES come first.
 SEARCHED_TCP_SEQUENCES = _search_tcp_sequences()
+# The same, for entries whose reply side announced a window scale (its first packet a SYN).
+SEARCHED_REPLY_SYN = _search_tcp_sequences(reply_syn=True)
+# ... and for entries where only the original side did (the reply side sent no SYN).
+SEARCHED_REPLY_NO_SYN = _search_tcp_sequences(reply_syn=False)
