@@ -68,6 +68,7 @@ def apply_catchup(restorer: Restorer, delta: Delta, final: Snapshot) -> dict[str
               if isinstance(e, Conntrack)]
     ct_bridge = userspace[0] if userspace and ct_new else None
     ct_lines = conntrack_lines(ct_new) if ct_bridge else []
+    steps["catchup_prepare"] = time.monotonic() - started
     with Unixctl.for_daemon(restorer.rundir, pid=restorer.pid) as appctl:
         if not restorer.tcp_seq_check and any(e.protocol == "tcp" for e in ct_new):
             appctl("dpctl/ct-disable-tcp-seq-chk")  # as the main install does
@@ -84,11 +85,14 @@ def apply_catchup(restorer: Restorer, delta: Delta, final: Snapshot) -> dict[str
                 if b.name == ct_bridge:
                     lines += ct_lines
                 if lines:
+                    sent = time.monotonic()
                     try:
                         restorer._bundle(b.name, b.of_version, lines)
                     except VswitchdError as exc:
                         raise RestoreError("flows", f"{b.name} refused the catch-up bundle "
                                            f"({len(lines)} lines): {exc}") from None
+                    steps["catchup_bundle"] = (steps.get("catchup_bundle", 0.0)
+                                               + time.monotonic() - sent)
                 _tlv_and_meters(restorer, delta, b.name, b.of_version, "remove")
         finally:
             for br, _port, vlan, mac in fdb.decoys:

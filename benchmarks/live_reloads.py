@@ -1,0 +1,201 @@
+"""Reloads on a switch that keeps changing: N reloads under churn and controller writes.
+
+One netdev sandbox (two namespaces, a stateful ACL committing new connections from A in
+conntrack zone 1, NORMAL for everything allowed).  During the whole run A opens new UDP
+connections at ``--churn`` per second and sends frames from new MACs at 50/s, B streams
+TCP to A, and a writer adds a flow to br0 through its management socket every few
+milliseconds (``ovs-ofctl add-flow``, acknowledged by a barrier).  Then ``--runs``
+reloads, one after the other.  Per reload: exit code, connections and MACs seen before
+the handover but missing afterwards (OVS's dpctl/dump-conntrack and fdb/show),
+acknowledged flow writes missing afterwards, writes acknowledged in the 500 ms before the
+old process stopped, TCP alive, the gap and what the final catch-up cost.
+
+    python -m benchmarks.live_reloads --runs 10 --churn 250
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ovsndu.config import Config
+from ovsndu.ovs.sandbox import NETDEV_ARGS, Sandbox
+from ovsndu.testing.endpoints import Endpoint, add_endpoint
+
+ACL = (
+    "table=0,priority=100,arp,actions=NORMAL",
+    "table=0,priority=100,ip,actions=ct(table=1,zone=1)",
+    "table=0,priority=10,actions=NORMAL",
+    "table=1,priority=100,ct_state=+trk+new,ip,in_port=1,actions=ct(commit,zone=1),NORMAL",
+    "table=1,priority=100,ct_state=+trk+est,ip,actions=NORMAL",
+    "table=1,priority=0,actions=drop",
+)
+
+
+def _vswitchd() -> str:
+    for path in ("/usr/sbin/ovs-vswitchd", "/usr/lib/openvswitch-switch/ovs-vswitchd"):
+        if os.path.exists(path):
+            return path
+    return "ovs-vswitchd"
+
+
+class Writer(threading.Thread):
+    """Adds flows to br0 over its management socket until stopped; keeps the acked ones."""
+
+    def __init__(self, rundir: Path):
+        super().__init__(daemon=True)
+        self.target = f"unix:{rundir}/br0.mgmt"
+        self.stop = threading.Event()
+        self.acked: list[tuple[int, float]] = []
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            r = subprocess.run(["ovs-ofctl", "add-flow", self.target,
+                                f"table=3,priority={n % 60000},udp,tp_dst={n},actions=drop"],
+                               capture_output=True, check=False)
+            if r.returncode == 0:
+                self.acked.append((n, time.monotonic()))
+
+
+def _sent(path: Path) -> list[tuple[float, str]]:
+    out = []
+    for line in path.read_text().splitlines():
+        t, _, what = line.partition(" ")
+        if what:
+            out.append((float(t), what))
+    return out
+
+
+def _tcp(path: Path) -> tuple[int, str]:
+    lines = path.read_text().splitlines() if path.exists() else []
+    return (int(lines[0]) if lines and lines[0].isdigit() else 0,
+            lines[1] if len(lines) > 1 else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--churn", type=float, default=250.0, help="new connections per second")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ovsndu-live-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    results: list[dict[str, Any]] = []
+    with Sandbox(work / "run", datapath="netdev", vswitchd_args=NETDEV_ARGS) as sb:
+        sb.vsctl("add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev",
+                 "fail_mode=secure")
+        a = add_endpoint(sb, "br0", "a-sw", "10.0.0.1", 1)
+        b = add_endpoint(sb, "br0", "b-sw", "10.0.0.2", 2)
+        sb.ofctl("br0", "add-flows", "-", input_text="\n".join(ACL) + "\n")
+        cfg = Config.from_dict({
+            "ovs": {"rundir": str(sb.rundir), "db": sb.db, "vswitchd": _vswitchd(),
+                    "vswitchd_args": list(NETDEV_ARGS), "netns": sb.netns or ""},
+            "upgrade": {"timeout": 120},
+            "ovsndu": {"state_dir": str(work / "state")},
+        })
+        cfg_path = work / "ovsndu.toml"
+        cfg_path.write_text(cfg.to_toml())
+        sup_log = open(work / "supervisor.log", "wb")  # noqa: SIM115
+        procs.append(subprocess.Popen([sys.executable, "-m", "ovsndu", "supervise", "--config",
+                                       str(cfg_path)], stdout=sup_log, stderr=sup_log))
+        time.sleep(2)
+
+        def probe(ep: Endpoint, *argv: str) -> None:
+            procs.append(subprocess.Popen(ep.argv([sys.executable, "-m", *argv])))
+
+        writer = Writer(sb.rundir)
+        try:
+            probe(b, "ovsndu.testing.probe", "tcp-push", "5001")
+            time.sleep(0.5)
+            probe(a, "ovsndu.testing.probe", "tcp-sink", b.ip, "5001", str(work / "tcp.txt"))
+            probe(a, "ovsndu.testing.churn", "udp", b.ip, "7000", str(args.churn),
+                  str(work / "udp.txt"))
+            probe(a, "ovsndu.testing.churn", "mac", "eth0", "50", str(work / "mac.txt"))
+            writer.start()
+            time.sleep(1.5)
+            gaps: list[tuple[float, float]] = []
+            for i in range(args.runs):
+                tcp_before = _tcp(work / "tcp.txt")[0]
+                r = subprocess.run([sys.executable, "-m", "ovsndu", "reload", "--config",
+                                    str(cfg_path), "--json"], capture_output=True, text=True,
+                                   check=False)
+                res = json.loads(r.stdout) if r.stdout.strip() else {}
+                rec = res.get("record") or {}
+                marks = rec.get("marks", {})
+                (ph,) = [p for p in rec.get("phases", []) if p["phase"] == "handover"] or [None]
+                row: dict[str, Any] = {"run": i + 1, "exit": r.returncode,
+                                       "reason": res.get("reason", "")}
+                if ph is not None:
+                    start = (datetime.fromisoformat(ph["started"]).timestamp()
+                             - (time.time() - time.monotonic()))
+                    stopped = start + (marks.get("catchup_read_ms", 0)
+                                       + marks.get("old_gone", 0)) / 1000
+                    cut = start - 0.05
+
+                    def seen(t: float, cut: float = cut) -> bool:
+                        return t < cut and not any(x - .05 <= t <= y + .05 for x, y in gaps)
+
+                    conns = {p for t, p in _sent(work / "udp.txt") if seen(t)}
+                    macs = {m for t, m in _sent(work / "mac.txt") if seen(t)}
+                    ct = set(re.findall(r"sport=(\d+),dport=7000",
+                                        sb.appctl("dpctl/dump-conntrack", "zone=1")))
+                    fdb = {ln.split()[2] for ln in sb.appctl("fdb/show", "br0").splitlines()[1:]}
+                    flows = sb.ofctl("br0", "dump-flows", "table=3")
+                    have = {int(m) for m in re.findall(r"tp_dst=(\d+)", flows)}
+                    late = [n for n, t in writer.acked if stopped - 0.5 <= t <= stopped]
+                    row.update(
+                        conns_lost=len(conns - ct), conns_checked=len(conns),
+                        macs_lost=len(macs - fdb), macs_checked=len(macs),
+                        writes_lost=len([n for n, t in writer.acked if t < stopped
+                                         and n not in have]),
+                        late_writes=len(late), late_writes_lost=len(set(late) - have),
+                        gap_ms=marks.get("flow_restore_wait_lifted"),
+                        catchup_read_ms=marks.get("catchup_read_ms"),
+                        catchup_apply_ms=marks.get("install_catchup_ms"),
+                        catchup={k: v for k, v in marks.items() if k.startswith("catchup.")})
+                    gaps.append((start, time.monotonic()))
+                time.sleep(1.0)
+                tcp_after, err = _tcp(work / "tcp.txt")
+                row["tcp_alive"] = err == "" and tcp_after > tcp_before
+                results.append(row)
+                print(json.dumps(row) if args.json else
+                      " ".join(f"{k}={v}" for k, v in row.items() if k != "catchup"),
+                      flush=True)
+        finally:
+            writer.stop.set()
+            for p in reversed(procs):
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+                    try:
+                        p.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+                        p.wait()
+    ok = [r for r in results if r["exit"] == 0]
+    applied = [r["catchup_apply_ms"] for r in ok if r.get("catchup_apply_ms")]
+    print(f"{len(ok)}/{len(results)} reloads exit 0; "
+          f"connections lost {sum(r.get('conns_lost', 0) for r in results)}, "
+          f"MACs lost {sum(r.get('macs_lost', 0) for r in results)}, "
+          f"acknowledged writes lost {sum(r.get('writes_lost', 0) for r in results)} "
+          f"(of which in the last 500 ms {sum(r.get('late_writes_lost', 0) for r in results)}"
+          f" of {sum(r.get('late_writes', 0) for r in results)}), "
+          f"TCP alive {sum(bool(r['tcp_alive']) for r in results)}/{len(results)}; "
+          f"catch-up apply median {statistics.median(applied) if applied else 0:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
