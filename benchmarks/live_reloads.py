@@ -142,8 +142,6 @@ def main() -> None:
                 if ph is not None:
                     start = (datetime.fromisoformat(ph["started"]).timestamp()
                              - (time.time() - time.monotonic()))
-                    stopped = start + (marks.get("catchup_read_ms", 0)
-                                       + marks.get("old_gone", 0)) / 1000
                     cut = start - 0.05
 
                     def seen(t: float, cut: float = cut) -> bool:
@@ -156,6 +154,9 @@ def main() -> None:
                     fdb = {ln.split()[2] for ln in sb.appctl("fdb/show", "br0").splitlines()[1:]}
                     flows = sb.ofctl("br0", "dump-flows", "table=3")
                     have = {int(m) for m in re.findall(r"tp_dst=(\d+)", flows)}
+                    stopped = start + (marks.get("catchup_read_ms", 0)
+                                       + marks.get("catchup_openflow_read_ms", 0)
+                                       + marks.get("old_gone", 0)) / 1000
                     late = [n for n, t in writer.acked if stopped - 0.5 <= t <= stopped]
                     row.update(
                         conns_lost=len(conns - ct), conns_checked=len(conns),
@@ -165,10 +166,13 @@ def main() -> None:
                         late_writes=len(late), late_writes_lost=len(set(late) - have),
                         gap_ms=marks.get("flow_restore_wait_lifted"),
                         catchup_read_ms=marks.get("catchup_read_ms"),
+                        openflow_window_ms=marks.get("catchup_openflow_read_ms"),
                         catchup_apply_ms=marks.get("install_catchup_ms"),
                         catchup={k: v for k, v in marks.items() if k.startswith("catchup.")})
                     gaps.append((start, time.monotonic()))
-                time.sleep(1.0)
+                deadline = time.monotonic() + 5  # TCP backs off over a gap (RTO doubling)
+                while _tcp(work / "tcp.txt")[0] <= tcp_before and time.monotonic() < deadline:
+                    time.sleep(0.1)
                 tcp_after, err = _tcp(work / "tcp.txt")
                 row["tcp_alive"] = err == "" and tcp_after > tcp_before
                 results.append(row)

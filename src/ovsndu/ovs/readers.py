@@ -129,6 +129,18 @@ class StateReader:
                     cats[category].extend(entries)
             return Snapshot.build(VswitchdInfo(pid=appctl.pid, version=version), cats)
 
+    def openflow(self) -> dict[str, list[Entry]]:
+        """Only the OpenFlow categories (flows, groups, meters, TLV map), dumped in parallel."""
+        with Ovsdb(self.db) as db:
+            bridges = read_bridges(db)
+        cats: dict[str, list[Entry]] = {c: [] for c in ("flows", "groups", "meters",
+                                                          "tlv_mappings")}
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for category, entries in pool.map(lambda job: job(),
+                                              self._openflow_jobs(bridges)):
+                cats[category].extend(entries)
+        return cats
+
     def _openflow_jobs(self, bridges: list[BridgeInfo]
                        ) -> list[Callable[[], tuple[str, list[Entry]]]]:
         rundir = self.of_dir

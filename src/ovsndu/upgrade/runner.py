@@ -509,14 +509,22 @@ class UpgradeRunner:
         # The final catch-up: read the old process once more, at the last moment it
         # answers, and stop it right after; what changed since the snapshot goes to the
         # client (docs/upgrade.md, "Sync until the handover").
-        # New OpenFlow connections stop reaching it first (ovs/ofdir.py, hide).
+        # Everything first; then, with its OpenFlow sockets out of sight (no new
+        # connection reaches it: ovs/ofdir.py, hide), the OpenFlow state again, which is
+        # quick, so that the window for writes it still accepts is short.
         read_started = time.monotonic()
+        final = await asyncio.to_thread(read_snapshot, spec.rundir, spec.db,
+                                        pid=self.serving.pid)
+        of_started = time.monotonic()
         self.hidden = hidden = await asyncio.to_thread(
             ofdir.hide, spec.rundir, self.of_dir.name.removeprefix(PREFIX))
-        final = await asyncio.to_thread(lambda: StateReader(
-            spec.rundir, spec.db, pid=self.serving.pid, of_dir=hidden.directory).snapshot())
+        openflow = await asyncio.to_thread(lambda: StateReader(
+            spec.rundir, spec.db, pid=self.serving.pid, of_dir=hidden.directory).openflow())
+        for category, entries in openflow.items():
+            final = final.replace(category, entries)
         t0 = time.monotonic()
-        marks["catchup_read_ms"] = round((t0 - read_started) * 1000, 2)
+        marks["catchup_read_ms"] = round((of_started - read_started) * 1000, 2)
+        marks["catchup_openflow_read_ms"] = round((t0 - of_started) * 1000, 2)
 
         def mark(name: str) -> None:
             marks[name] = round((time.monotonic() - t0) * 1000, 2)
