@@ -38,6 +38,7 @@ largest), per N.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -53,11 +54,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks import dpdk_run
 from benchmarks.churn import CHURN_KEYS, ChurnLoad, churn_text, ovn_pipeline
 from benchmarks.measure import RssSampler, ct_total, fill_conntrack
 from ovsndu.config import Config
 from ovsndu.ovs.ct_defer import HOT_WINDOW_S
 from ovsndu.ovs.sandbox import NETDEV_ARGS, Sandbox
+from ovsndu.testing.dpdk import DPDK_VSWITCHD, hugepages
 from ovsndu.testing.endpoints import Endpoint, add_endpoint
 
 RATE = 2000.0
@@ -85,8 +88,11 @@ class Run:
     """One sandbox with endpoints, pipeline and traffic; measures one upgrade method."""
 
     def __init__(self, work: Path, n_flows: int, conntrack: int = 0, churn: float = 0.0,
-                 ovn: bool = False):
+                 ovn: bool = False, *, dpdk_huge: Path | None = None):
         self.work = work
+        # --datapath dpdk: the DPDK build, DPDK initialised on this hugetlbfs (dpdk_run.py)
+        self.dpdk_huge = dpdk_huge
+        self.binary = str(DPDK_VSWITCHD) if dpdk_huge else _vswitchd()
         self.n = n_flows
         self.conntrack = conntrack
         self.churn, self.ovn = churn, ovn
@@ -94,12 +100,15 @@ class Run:
         self.load: ChurnLoad | None = None
         self.idle_since = 0.0
         self.t0 = 0.0  # monotonic start of the upgrade command
-        self.sb = Sandbox(work / "run", datapath="netdev", vswitchd_args=())
+        self.sb = Sandbox(work / "run", datapath="netdev", vswitchd=self.binary,
+                          vswitchd_args=())
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> Run:
         sb = self.sb
         sb.start()
+        if self.dpdk_huge:
+            dpdk_run.start(sb, self.dpdk_huge)
         threading.Thread(target=self._reap, daemon=True).start()
         bridge = "br0"
         if self.ovn:
@@ -110,6 +119,8 @@ class Run:
                      "fail_mode=secure")
             self.a = add_endpoint(sb, "br0", "a-sw", "10.0.0.1", 1)
             self.b = add_endpoint(sb, "br0", "b-sw", "10.0.0.2", 2)
+            if self.dpdk_huge:
+                dpdk_run.as_dpdk_ports(sb, ["a-sw", "b-sw"])
             rules = self.work / "rules.txt"
             rules.write_text("\n".join([*filler(self.n), *ACL]) + "\n")
             sb.ofctl("br0", "add-flows", str(rules), options=("--bundle",))
@@ -204,7 +215,7 @@ class Run:
     def ovsndu(self) -> dict[str, Any]:
         cfg = Config.from_dict({
             "ovs": {"rundir": str(self.sb.rundir), "db": self.sb.db,
-                    "vswitchd": _vswitchd(), "vswitchd_args": list(NETDEV_ARGS),
+                    "vswitchd": self.binary, "vswitchd_args": list(NETDEV_ARGS),
                     "netns": self.sb.netns or ""},
             "upgrade": {"timeout": 300},
             "ovsndu": {"state_dir": str(self.work / "state")},
@@ -240,11 +251,18 @@ class Run:
                    handover_ms=record.get("handover_gap_ms"), marks=record.get("marks", {}),
                    gap_offset_s=(out["gap_at"] - t0) if out["gap_at"] else None,
                    peak_rss_mib=rss.result(), **_stalls(out["arrivals"], t0))
+        kill = dpdk_run.kill_wall_time(record)
+        log = self.sb.rundir / "ovs-vswitchd.log"
+        if kill is not None and log.exists():
+            out["standby_parts_ms"] = dpdk_run.standby_parts(log.read_text(errors="replace"),
+                                                             kill)
         return out
 
     def upstream(self) -> dict[str, Any]:
         self.start_traffic()
         env = {**self.sb.env, "OVS_RUNDIR": str(self.sb.rundir)}
+        if self.dpdk_huge:
+            env["OVS_SBINDIR"] = str(dpdk_run.sbindir(self.work))
         t0 = self.t0 = time.monotonic()
         r = subprocess.run(self.sb.ns_argv([OVS_CTL, "--no-ovsdb-server", "--no-monitor",
                                             "--system-id=random", "--no-record-hostname",
@@ -340,8 +358,13 @@ def main() -> None:
     parser.add_argument("--json")
     parser.add_argument("--plot")
     args = parser.parse_args()
-    if args.datapath == "dpdk":
-        raise SystemExit("--datapath dpdk: not implemented yet (issue 14); use netdev")
+    with contextlib.ExitStack() as stack:
+        huge = (stack.enter_context(hugepages(dpdk_run.PAGES)) if args.datapath == "dpdk"
+                else None)
+        _measure(args, huge)
+
+
+def _measure(args: argparse.Namespace, huge: Path | None) -> None:
     report: dict[str, Any] = {"rate_pps": RATE, "conntrack": args.conntrack,
                               "datapath": args.datapath, "churn": args.churn,
                               "pipeline": "ovn" if args.ovn else "filler", "by_flows": {}}
@@ -352,14 +375,15 @@ def main() -> None:
             m: {"gap_ms": [], "lost": [], "tcp_survived": [], "forbidden_delivered": [],
                 "upgrade_s": [], "exit_code": [], "phases": [], "handover_ms": [], "marks": [],
                 "ct_entries": [], "established_survived": [], "peak_rss_mib": [],
-                "stalled_ms": [], "stalls": [],
+                "stalled_ms": [], "stalls": [], "standby_parts_ms": [],
                 **({k: [] for k in CHURN_KEYS} if args.churn else {})}
             for m in ("ovsndu", "upstream")}
         for k in range(args.runs):
             order = ("ovsndu", "upstream") if k % 2 == 0 else ("upstream", "ovsndu")
             for method in order:
                 with tempfile.TemporaryDirectory(prefix="ovsndu-disr-") as tmp, \
-                        Run(Path(tmp), asked, args.conntrack, args.churn, args.ovn) as run:
+                        Run(Path(tmp), asked, args.conntrack, args.churn, args.ovn,
+                            dpdk_huge=huge) as run:
                     res = getattr(run, method)()
                 n = res["flows"]
                 for key in per[method]:

@@ -355,7 +355,11 @@ class Restorer:
                 except VswitchdError as exc:
                     raise RestoreError("conntrack", f"{plan.ct_bridge} rejected the deferred "
                                        f"replay: {_reason(exc)}") from None
-            found = parsers.parse_conntrack(appctl("dpctl/dump-conntrack", "-m", "-s"))
+            # Zone by zone: each dump holds vswitchd's main thread (which polls the non-PMD
+            # ports) only for that zone's entries, not for the whole table at once.
+            found = [e for zone in sorted({e.zone for e in plan.ct_later})
+                     for e in parsers.parse_conntrack(appctl("dpctl/dump-conntrack", "-m",
+                                                             "-s", f"zone={zone}"))]
             wrong = misjudged(plan.ct_later, found)
             for e in wrong:
                 for direction in ("orig", "reply"):
