@@ -79,8 +79,9 @@ def test_plain_to_dpdk_and_back(huge: Path, tmp_path: Path) -> None:
 
 
 def test_dpdk_ports_are_carried(huge: Path, tmp_path: Path) -> None:
-    """A bridge whose port is a DPDK device (net_tap virtual device) passes preflight and
-    is carried DPDK build -> DPDK build: same port, same flows, still a DPDK port."""
+    """A bridge whose ports are DPDK devices (net_tap, net_af_packet virtual devices)
+    passes preflight and is carried DPDK build -> DPDK build: same ports, same flows,
+    still DPDK ports; the rehearsal opened none of them."""
     with Sandbox(tmp_path / "run", datapath="netdev", vswitchd=str(dpdk.DPDK_VSWITCHD),
                  vswitchd_args=NETDEV_ARGS) as sb:
         sb.vsctl("set", "Open_vSwitch", ".", *dpdk.dpdk_settings(huge))
@@ -90,8 +91,18 @@ def test_dpdk_ports_are_carried(huge: Path, tmp_path: Path) -> None:
                  "dp0", "type=dpdk", "options:dpdk-devargs=net_tap0,iface=ovsndutap0",
                  # net_tap wants as many rx as tx queues; OVS uses 2 tx (PMD + main thread).
                  "options:n_rxq=2", "ofport_request=1")
-        sb.ofctl("br0", "add-flow", "in_port=1,ip,actions=ct(commit,zone=2)")
-        assert sb.vsctl("get", "Interface", "dp0", "ofport").strip() == "1"
+        # A net_af_packet device on a veth that exists only in the sandbox's namespace:
+        # the rehearsal (host namespace) must not try to open it (ovs/dpdk.py).
+        sb.run(sb.ns_argv(["ip", "link", "add", "ovsndu-v1", "type", "veth", "peer", "name",
+                           "ovsndu-v2"]))
+        for dev in ("ovsndu-v1", "ovsndu-v2"):
+            sb.run(sb.ns_argv(["ip", "link", "set", dev, "up"]))
+        sb.vsctl("add-port", "br0", "dp1", "--", "set", "interface", "dp1", "type=dpdk",
+                 "options:dpdk-devargs=net_af_packet1,iface=ovsndu-v1,qpairs=2",
+                 "options:n_rxq=2", "ofport_request=2")
+        sb.ofctl("br0", "add-flow", "in_port=1,ip,actions=ct(commit,zone=2),output:2")
+        for port, number in (("dp0", "1"), ("dp1", "2")):
+            assert sb.vsctl("get", "Interface", port, "ofport").strip() == number
         cfg = Config.from_dict({
             "ovs": {"rundir": str(sb.rundir), "db": sb.db, "vswitchd": str(dpdk.DPDK_VSWITCHD),
                     "vswitchd_args": list(NETDEV_ARGS), "netns": sb.netns or ""},
@@ -109,9 +120,10 @@ def test_dpdk_ports_are_carried(huge: Path, tmp_path: Path) -> None:
             assert code == 0, result
             new = _serving(rig)[0]
             assert new != old
-            assert sb.vsctl("get", "Interface", "dp0", "type").strip() == "dpdk"
-            assert sb.vsctl("get", "Interface", "dp0", "ofport").strip() == "1"
-            assert sb.vsctl("get", "Interface", "dp0", "error").strip() == "[]"
+            for port, number in (("dp0", "1"), ("dp1", "2")):
+                assert sb.vsctl("get", "Interface", port, "type").strip() == "dpdk"
+                assert sb.vsctl("get", "Interface", port, "ofport").strip() == number
+                assert sb.vsctl("get", "Interface", port, "error").strip() == "[]"
             assert sb.ofctl("br0", "dump-flows", options=("--no-stats",)) == flows
             print(f"\nDPDK -> DPDK with a DPDK port: gap {result['record']['handover_gap_ms']} "
                   f"ms, marks {result['record']['marks']}")

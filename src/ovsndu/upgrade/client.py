@@ -28,6 +28,7 @@ from ovsndu.model.carried import check_carried
 from ovsndu.model.delta import Delta
 from ovsndu.ovs.catchup import CATCHUP_FILE, apply_catchup
 from ovsndu.ovs.ct_defer import HOT_WINDOW_S
+from ovsndu.ovs.dpdk import defuse_copy
 from ovsndu.ovs.readers import read_snapshot
 from ovsndu.ovs.restore import RestorePlan, Restorer, user_routes_only
 from ovsndu.ovs.sandbox import Sandbox, backup_db
@@ -56,6 +57,7 @@ def rehearse(snap: Snapshot, binary: str, live_db: str, workdir: Path) -> dict[s
     """
     workdir.mkdir(parents=True, exist_ok=True)
     db_copy = backup_db(live_db, workdir / "conf.db")
+    defuse_copy(db_copy)  # no DPDK, no real DPDK devices in a rehearsal (ovs/dpdk.py)
     started = time.monotonic()
     with Sandbox(workdir / "run", vswitchd=binary, db_file=db_copy) as sb:
         wanted = user_routes_only(snap)
