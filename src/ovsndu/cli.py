@@ -139,6 +139,10 @@ def _cmd_reload(args: argparse.Namespace) -> int:
         extra = f"; handover {gap:.0f} ms" if gap else ""
         print(f"{result.get('outcome')}: {result.get('reason') or 'new vswitchd serving'}"
               f"{extra}")
+        schema = record.get("schema") or {}
+        if schema.get("converted"):
+            back = ", converted back" if schema.get("reverted") else ""
+            print(f"database schema {schema.get('database')} -> {schema.get('target')}{back}")
     code = result.get("exit_code")
     return code if isinstance(code, int) else 3
 

@@ -248,3 +248,19 @@ def test_crash_after_takeover_restores_31_on_the_converted_back_database(
         # (it runs from the rollback copy; a crash would restart the original binary)
         assert Path(st["vswitchd"]["binary"]).resolve() == Path(VSWITCHD).resolve()
         assert _user_digests(rig) == digests
+
+
+def test_unknown_target_schema_is_an_anomaly_not_silence(rig35: Rig, tmp_path: Path) -> None:
+    """3.5 behind a wrapper with no schema beside it and none given: no conversion, but the
+    columns it finds missing are named in the record."""
+    rig = rig35
+    wrapper = tmp_path / "ovs-vswitchd-35"
+    wrapper.write_text(f'#!/bin/sh\nexec {V35} "$@"\n')
+    wrapper.chmod(0o755)
+    code, result = rig.reload("--vswitchd", str(wrapper))
+    assert code == 0, result
+    record = result["record"]
+    assert record["schema"]["target"] == "" and "unknown" in record["schema"]["action"]
+    assert _versions(rig) == ("8.3.1", "8.3.1")
+    assert "Mirror.filter" in record["schema"]["lacks"]
+    assert any("Mirror.filter" in a and "--schema" in a for a in record["anomalies"])

@@ -15,6 +15,7 @@ Everything is written into the record's ``schema`` field.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from ovsndu.ovs.schema import Schema, direction, lost_values
 log = structlog.get_logger("ovsndu.upgrade")
 
 RECONNECT_TIMEOUT = 30.0
+_LACKS = re.compile(r"(\w+) table in \S+ database lacks (\S+) column|database lacks (\S+) table")
 
 
 def target_schema_file(binary: str, *, configured_binary: str, configured_schema: str,
@@ -59,6 +61,7 @@ class SchemaStep:
     _live_raw: dict[str, Any] | None = None
     _target_file: Path | None = None
     _converted: bool = False
+    _log_offset: int = 0
 
     # --- preflight ---------------------------------------------------------------------
     def plan(self, target_file: Path | None) -> None:
@@ -156,6 +159,32 @@ class SchemaStep:
         if serving_pid:
             took = dbschema.wait_vswitchd_caught_up(self.db, RECONNECT_TIMEOUT)
             self.record["reconnect_ms"] = round(took * 1000, 2)
+
+    # --- after the handover ------------------------------------------------------------
+    def mark_log(self, log_file: Path) -> None:
+        """Remember where vswitchd's log ends before the new vswitchd starts."""
+        try:
+            self._log_offset = log_file.stat().st_size
+        except OSError:
+            self._log_offset = 0
+
+    def check_log(self, log_file: Path) -> None:
+        """Columns the new vswitchd found missing (its schema is newer than the database's)
+        become anomalies: inert columns are never silent."""
+        try:
+            with open(log_file, "rb") as f:
+                f.seek(self._log_offset)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return
+        lacks = sorted({f"{m[1]}.{m[2]}" if m[1] else f"{m[3]} (table)"
+                        for m in _LACKS.finditer(text)})
+        if lacks:
+            self.anomalies.append(
+                f"the new vswitchd needs a newer database schema than {self.record.get('database')}"
+                f" (inert: {', '.join(lacks)}); give its schema file (--schema or [ovs] schema) "
+                f"and reload again")
+            self.record["lacks"] = lacks
 
     # --- rollback ----------------------------------------------------------------------
     def revert(self, serving_pid: int | None) -> None:

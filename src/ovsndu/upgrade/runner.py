@@ -474,6 +474,7 @@ class UpgradeRunner:
         """Start the new vswitchd on the live database; it must wait on the OVSDB lock."""
         with contextlib.suppress(FileNotFoundError):
             self.spec.standby_pidfile.unlink()
+        self.schema.mark_log(self.spec.log_file)
         self._workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         of_dir = await asyncio.to_thread(PrivateRundir.create, self.spec.rundir,
                                          self.of_dir.name.removeprefix(PREFIX))
@@ -568,6 +569,7 @@ class UpgradeRunner:
         self.record.to_pid = standby.pid
         await asyncio.to_thread(record_version, self.spec, self.record.to_version)
         await asyncio.to_thread(self._prove_serving, standby.pid)
+        await asyncio.to_thread(self.schema.check_log, self.spec.log_file)
         # Restored and verified: only now may controllers reach it (docs/upgrade.md).
         published = await asyncio.to_thread(self.of_dir.publish)
         mark("openflow_published")
