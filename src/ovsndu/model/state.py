@@ -139,12 +139,15 @@ class TunnelNeighbor(Entry):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Flow(Entry):
-    """An OpenFlow rule; ``match`` and ``actions`` are ovs-ofctl text that re-installs verbatim."""
+    """An OpenFlow rule: ``match`` and ``actions`` as ovs-ofctl prints them (display, diffs,
+    digests); ``wire``, when set, the base64 flow-mod that installs it byte for byte
+    (:mod:`ovsndu.ovs.ofwire`), kept out of digests: encodings may differ between releases
+    for the same rule."""
 
     CATEGORY: ClassVar[str] = "flows"
     IDENTITY: ClassVar[tuple[str, ...]] = ("bridge", "table", "priority", "match")
     VOLATILE: ClassVar[frozenset[str]] = frozenset(
-        {"duration", "n_packets", "n_bytes", "idle_age", "hard_age"}
+        {"duration", "n_packets", "n_bytes", "idle_age", "hard_age", "wire"}
     )
 
     bridge: str
@@ -162,6 +165,7 @@ class Flow(Entry):
     n_bytes: int | None = None
     idle_age: int | None = None
     hard_age: int | None = None
+    wire: str = ""
 
     def spec(self) -> str:
         """The ``ovs-ofctl add-flow`` text that installs this rule again."""

@@ -9,12 +9,14 @@ one line naming the category, the field and the value.
 
 from __future__ import annotations
 
+import base64
 import re
+import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ovsndu.errors import ModelError
-from ovsndu.model.state import METER_ID_NAMES, Entry, Meter, TlvMapping
+from ovsndu.model.state import METER_ID_NAMES, Entry, Flow, Meter, TlvMapping
 
 U16, U32, U64 = 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -45,6 +47,7 @@ _PATTERNS: Mapping[tuple[str, str], str] = {
     # a match is one comma-separated word: no blank, no second "actions="
     ("flows", "match"): r"(?!.*actions=)" + _NO_SPACE,
     ("flows", "actions"): r".+",
+    ("flows", "wire"): r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?",
     ("groups", "type"): r"all|select|indirect|ff|fast_failover",
     ("groups", "properties"): _NO_SPACE, ("groups", "selection_method"): r"[a-z_]+",
     ("tlv_mappings", "tlv_class"): r"0x[0-9a-f]{1,4}",
@@ -103,7 +106,7 @@ def check_entry(entry: Entry) -> None:
 def _check_text(entry: Entry, name: str, value: str, pattern: str | None) -> None:
     if _CONTROL.search(value):
         raise _fail(entry, name, value, "holds a control character (newline?)")
-    if len(value) > 65536:
+    if len(value) > 131072:
         raise _fail(entry, name, value[:40], "is too long")
     if pattern is not None and not re.fullmatch(pattern, value):
         raise _fail(entry, name, value, "is not a value OVS prints")
@@ -122,4 +125,24 @@ def _tlv(entry: Entry) -> None:
         raise _fail(entry, "length", entry.length, "is not a multiple of 4")
 
 
-_EXTRA: Mapping[str, Callable[[Entry], None]] = {"meters": _meter, "tlv_mappings": _tlv}
+def _flow(entry: Entry) -> None:
+    """A rule's bytes must be one flow-mod that adds: OpenFlow 1.5 ``FLOW_MOD`` or
+    OpenFlow 1.0 ``NXT_FLOW_MOD``, its length field true, its command ADD."""
+    assert isinstance(entry, Flow)
+    if not entry.wire:
+        return
+    msg = base64.b64decode(entry.wire)
+    ok = len(msg) >= 26 and struct.unpack_from("!H", msg, 2)[0] == len(msg)
+    if ok and msg[0] == 6:
+        ok = msg[1] == 14 and msg[25] == 0
+    elif ok and msg[0] == 1:
+        ok = (msg[1] == 4 and struct.unpack_from("!II", msg, 8) == (0x2320, 13)
+              and msg[25] == 0)
+    else:
+        ok = False
+    if not ok:
+        raise _fail(entry, "wire", entry.wire[:40], "is not an OpenFlow flow-mod that adds")
+
+
+_EXTRA: Mapping[str, Callable[[Entry], None]] = {"meters": _meter, "tlv_mappings": _tlv,
+                                                 "flows": _flow}

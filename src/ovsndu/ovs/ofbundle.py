@@ -225,3 +225,14 @@ def _describe(error: bytes, bundle: CapturedBundle) -> str:
     kind = first.split("):", 1)[-1].strip() if "):" in first else first
     line = bundle.add_lines.get(xid)
     return f"Error {kind} for: {line}" if line else f"Error {kind}"
+
+
+def splice(bundle: CapturedBundle, at: int, adds: list[bytes], lines: list[str]) -> None:
+    """Insert ready ``BUNDLE_ADD`` messages (*adds*, described by *lines*) after the bundle's
+    first *at* adds: rules carried as bytes join rules encoded from text, in order."""
+    offset = 0
+    for _ in range(at):
+        offset += HEADER.unpack_from(bundle.adds, offset)[2]
+    bundle.adds = bundle.adds[:offset] + b"".join(adds) + bundle.adds[offset:]
+    for msg, line in zip(adds, lines, strict=True):
+        bundle.add_lines[HEADER.unpack_from(msg)[3]] = line

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ovsndu.errors import VswitchdError
-from ovsndu.model import CATEGORIES, Entry, Port, Snapshot, VswitchdInfo
-from ovsndu.ovs import parsers
+from ovsndu.model import CATEGORIES, Entry, Flow, Port, Snapshot, VswitchdInfo
+from ovsndu.ovs import ofdump, parsers
 from ovsndu.ovs.ofctl import best_version, ofctl
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.unixctl import Unixctl
@@ -148,8 +148,7 @@ class StateReader:
         for b in bridges:
             def flows(b: BridgeInfo = b) -> tuple[str, list[Entry]]:
                 return "flows", list(_counted(
-                    lambda: parsers.parse_flows(b.name, ofctl(
-                        rundir, b.name, b.of_version, "dump-flows", extra=("--no-names",))),
+                    lambda: read_flows(rundir, b),
                     lambda: parsers.parse_aggregate_count(ofctl(
                         rundir, b.name, b.of_version, "dump-aggregate")),
                     f"flows of {b.name}", "dump-aggregate"))
@@ -179,6 +178,15 @@ class StateReader:
 
 
 T = TypeVar("T")
+
+
+def read_flows(rundir: Path, bridge: BridgeInfo) -> list[Flow]:
+    """A bridge's rules: with their flow-mod bytes over OpenFlow 1.5 (:mod:`ovsndu.ovs.ofdump`),
+    as text alone over older versions."""
+    if bridge.of_version == "OpenFlow15":
+        return ofdump.read_flows(rundir / f"{bridge.name}.mgmt", bridge.name)
+    return parsers.parse_flows(bridge.name, ofctl(rundir, bridge.name, bridge.of_version,
+                                                  "dump-flows", extra=("--no-names",)))
 
 
 def _read_conntrack(appctl: Unixctl, dp: str) -> Sequence[Entry]:

@@ -39,10 +39,11 @@ from ovsndu.model import (
     diff_category,
 )
 from ovsndu.model.carried import check_carried
-from ovsndu.ovs import ofbundle, parsers
+from ovsndu.ovs import ofbundle, ofdump, parsers
 from ovsndu.ovs.ct_defer import flush_tuple, misjudged, split_for_gap
 from ovsndu.ovs.ofbundle import CapturedBundle
 from ovsndu.ovs.ofctl import ofctl
+from ovsndu.ovs.ofwire import OF10, OF15
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.paced import send_unbundled
 from ovsndu.ovs.readers import BridgeInfo, StateReader, default_rundir, read_bridges, read_ports
@@ -51,6 +52,7 @@ from ovsndu.ovs.uncarried import Uncarried, carried_only, find_uncarried, refuse
 from ovsndu.ovs.unixctl import Unixctl
 
 CT_CHUNK = 10_000
+WIRE_XIDS = 0x40000000  # xids of bundle adds built from bytes (ovs-ofctl counts from 1)
 USERSPACE_DATAPATHS = ("netdev", "dummy")
 
 
@@ -91,6 +93,8 @@ class RestorePlan:
     ct_later: list[Conntrack] = field(default_factory=list)
     ct_later_chunks: list[list[str]] = field(default_factory=list)
     ct_encoded: dict[int, CapturedBundle] = field(default_factory=dict)  # id(chunk) -> bytes
+    # Rules only OpenFlow 1.0 can carry (NXT_FLOW_MOD bytes), sent after the bundle.
+    nx_flows: dict[str, list[Flow]] = field(default_factory=dict)
 
 
 class Restorer:
@@ -202,6 +206,11 @@ class Restorer:
         later_lines = conntrack_lines(ct_later)
         ct_bridge = userspace[0].name if userspace and (ct_lines or later_lines) else None
         bundles: dict[str, list[str]] = {}
+        # Rules carried as bytes (ovsndu.ovs.ofwire): OpenFlow 1.5 ones join the bundle
+        # after the rules encoded from text; OpenFlow 1.0 ones follow it.
+        wire: dict[str, list[Flow]] = {}
+        nx_flows: dict[str, list[Flow]] = {}
+        wire_at: dict[str, int] = {}
         for bridge in bridges:
             name = bridge.name
             groups = [e for e in _of(snap, "groups", name) if isinstance(e, Group)]
@@ -210,7 +219,12 @@ class Restorer:
             if bridge.of_version != "OpenFlow10":
                 lines.append("group delete group_id=all")
             lines += [f"group add {g.spec()}" for g in _groups_in_order(groups)]
+            if bridge.of_version == "OpenFlow15":
+                by_version = _by_wire_version(flows)
+                flows = by_version.get(0, [])
+                wire[name], nx_flows[name] = by_version.get(OF15, []), by_version.get(OF10, [])
             lines += [f"flow add {f.spec()}" for f in flows]
+            wire_at[name] = len(lines)
             lines += fdb.lines.get(name, ())
             if name == ct_bridge:
                 lines += ct_lines[:CT_CHUNK]
@@ -220,15 +234,20 @@ class Restorer:
         has_tcp = any(isinstance(e, Conntrack) and e.protocol == "tcp"
                       for e in snap.categories["conntrack"])
         encoded = {}
-        for bridge in bridges if encode else ():
-            if bridge.of_version in ofbundle.VERSIONS:
+        for bridge in bridges:
+            if (encode or wire.get(bridge.name)) and bridge.of_version in ofbundle.VERSIONS:
                 try:
                     encoded[bridge.name] = ofbundle.capture(bundles[bridge.name],
                                                             bridge.of_version)
                 except VswitchdError as exc:
                     raise RestoreError("flows", f"{bridge.name}: {_reason(exc)}") from None
+                carried = wire.get(bridge.name, [])
+                ofbundle.splice(encoded[bridge.name], wire_at[bridge.name],
+                                ofdump.bundle_adds(carried, encoded[bridge.name].open_msg,
+                                                   WIRE_XIDS),
+                                [f"flow add {f.spec()}" for f in carried])
         plan = RestorePlan(snap, bridges, bundles, extra, ct_bridge, fdb, port_names, has_tcp,
-                           encoded, uncarried, ct_later, later)
+                           encoded, uncarried, ct_later, later, nx_flows=nx_flows)
         if encode and ct_bridge is not None:
             version = self._version(plan, ct_bridge)
             for chunk in (extra + later) if version in ofbundle.VERSIONS else ():
@@ -311,6 +330,7 @@ class Restorer:
                         self._tlv_and_meters(snap, bridge, fresh=fresh)
                         self._bundle_or_undo(snap, bridge, plan.bundles[bridge.name],
                                              plan.encoded.get(bridge.name))
+                        self._nx_flows(bridge, plan.nx_flows.get(bridge.name, []))
                 with self._step(report, "openflow"):
                     self._ct_chunks(plan, plan.ct_extra)
             finally:
@@ -445,6 +465,15 @@ class Restorer:
         except RestoreError:
             self._undo(bridge)
             raise
+
+    def _nx_flows(self, bridge: BridgeInfo, flows: list[Flow]) -> None:
+        """Rules only OpenFlow 1.0 expresses, after the bundle (still before forwarding)."""
+        try:
+            ofdump.send_unbundled(self.of_dir / f"{bridge.name}.mgmt", flows)
+        except VswitchdError as exc:
+            self._undo(bridge)
+            raise RestoreError("flows", f"{bridge.name} rejected an OpenFlow 1.0 rule: "
+                               f"{_reason(exc)}") from None
 
     def _checked_bundle(self, bridge: str, version: str, lines: list[str], category: str,
                         *, what: str = "the replay", encoded: CapturedBundle | None = None
@@ -607,6 +636,14 @@ def user_routes_only(snap: Snapshot) -> Snapshot:
 def plan_seconds(started: float, report: RestoreReport) -> float:
     """Time spent planning: the total so far minus what applying took."""
     return max(0.0, time.monotonic() - started - sum(report.durations.values()))
+
+
+def _by_wire_version(flows: list[Flow]) -> dict[int, list[Flow]]:
+    """Flows by the OpenFlow version of the bytes they carry (0: none, they go as text)."""
+    out: dict[int, list[Flow]] = {}
+    for f in flows:
+        out.setdefault(ofdump.message(f)[0] if f.wire else 0, []).append(f)
+    return out
 
 
 def _groups_in_order(groups: list[Group]) -> list[Group]:

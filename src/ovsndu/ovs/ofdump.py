@@ -1,0 +1,214 @@
+"""Read a bridge's rules as bytes and as text; send rules as bytes (the adapter of ofwire).
+
+Reading: one OpenFlow 1.5 flow-desc dump over the bridge's management socket.  The
+text of each rule is what ``ovs-ofctl ofp-parse`` prints for those very bytes (the
+same printer as ``dump-flows``, so text and bytes pair one to one, in order).  The
+flow-mods built from the entries go through the same decoder OVS uses on receipt
+(``ofp-parse`` prints ``***decode error: ...***`` for a message the switch would
+refuse); a rule refused there was added over OpenFlow 1.0 and is read again with
+``NXST_FLOW`` and carried as an ``NXT_FLOW_MOD`` in that protocol.  A rule no
+protocol can carry stays without bytes and goes by its text, which fails loudly.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import re
+import socket
+import struct
+import subprocess
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from ovsndu.errors import ParseError, VswitchdError
+from ovsndu.model import Flow
+from ovsndu.ovs import ofwire, parsers
+from ovsndu.ovs.ofwire import HEADER
+
+ERROR, ECHO_REQUEST, ECHO_REPLY, HELLO, BARRIER_REQUEST, BARRIER_REPLY = 1, 2, 3, 0, 20, 21
+OF10_BARRIER_REQUEST, OF10_BARRIER_REPLY = 18, 19
+_DECODE_ERROR = re.compile(r"^(\S+) \(OF[0-9.x]+\) \(xid=0x([0-9a-f]+)\): \*\*\*decode error: "
+                           r"(\S+)\*\*\*")
+
+
+class _Conn:
+    """A blocking OpenFlow connection to one management socket."""
+
+    def __init__(self, path: Path, version: int, timeout: float = 300.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.buf = bytearray()
+        self.version = version
+        try:
+            self.sock.connect(str(path))
+            self.sock.sendall(HEADER.pack(version, HELLO, HEADER.size, 0))
+            hello = self.recv()
+        except OSError as exc:
+            self.sock.close()
+            raise VswitchdError(f"{path.name}: {exc}") from None
+        if hello[1] != HELLO or hello[0] < version:
+            self.sock.close()
+            raise VswitchdError(f"{path.name}: the switch does not speak OpenFlow version "
+                                f"{version} (hello {hello[0]})")
+
+    def recv(self) -> bytes:
+        while True:
+            if len(self.buf) >= HEADER.size:
+                length = HEADER.unpack_from(self.buf)[2]
+                if length < HEADER.size:
+                    raise VswitchdError("malformed OpenFlow message (length below header)")
+                if len(self.buf) >= length:
+                    msg = bytes(self.buf[:length])
+                    del self.buf[:length]
+                    if msg[1] == ECHO_REQUEST:
+                        self.sock.sendall(msg[:1] + bytes([ECHO_REPLY]) + msg[2:])
+                        continue
+                    return msg
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise VswitchdError("the switch closed the OpenFlow connection")
+            self.buf += chunk
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def _dump(path: Path, version: int, request: bytes) -> list[bytes]:
+    conn = _Conn(path, version)
+    try:
+        conn.sock.sendall(request)
+        xid = HEADER.unpack_from(request)[3]
+        replies = []
+        while True:
+            msg = conn.recv()
+            if HEADER.unpack_from(msg)[3] != xid:
+                continue
+            if msg[1] == ERROR:
+                raise VswitchdError(f"{path.name}: flow dump refused: "
+                                    f"{_print_messages([msg]).splitlines()[0]}")
+            replies.append(msg)
+            if not ofwire.more_follows(msg):
+                return replies
+    except OSError as exc:
+        raise VswitchdError(f"{path.name}: flow dump failed: {exc}") from None
+    finally:
+        conn.close()
+
+
+def _print_messages(messages: Iterable[bytes]) -> str:
+    """``ovs-ofctl ofp-parse`` of *messages*: OVS's own decoder and printer."""
+    with tempfile.NamedTemporaryFile(prefix="ovsndu-of-", suffix=".bin") as f:
+        for m in messages:
+            f.write(m)
+        f.flush()
+        try:
+            proc = subprocess.run(["ovs-ofctl", "ofp-parse", f.name], capture_output=True,
+                                  text=True, timeout=600, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise VswitchdError(f"ovs-ofctl ofp-parse: {exc}") from None
+    if proc.returncode != 0:
+        raise VswitchdError(f"ovs-ofctl ofp-parse: {proc.stderr.strip()[:200]}")
+    return proc.stdout
+
+
+def _paired(bridge: str, replies: Sequence[bytes], entries: list[bytes]) -> list[Flow]:
+    flows = parsers.parse_flows(bridge, _print_messages(replies))
+    if len(flows) != len(entries):
+        raise ParseError("flows", f"{bridge}: {len(entries)} entries",
+                         f"ovs-ofctl printed {len(flows)} rules for them")
+    return flows
+
+
+def read_flows(mgmt: Path, bridge: str) -> list[Flow]:
+    """Every rule of *bridge*, each with its text and (where some protocol can carry it)
+    its flow-mod bytes."""
+    replies = _dump(mgmt, ofwire.OF15, ofwire.flow_desc_request(1))
+    entries = [e for r in replies for e in ofwire.desc_entries(r)]
+    flows = _paired(bridge, replies, entries)
+    mods = [ofwire.flow_mod15(e, xid) for xid, e in enumerate(entries)]
+    refused = _refused(mods)
+    wires = [_b64(m) for m in mods]
+    if refused:
+        by_key = _nx_mods(mgmt, bridge)
+        for xid in refused:
+            f = flows[xid]
+            wires[xid] = by_key.get(ofwire.rule_key(f.table, f.priority, f.match), "")
+    return [dataclasses.replace(f, wire=w) for f, w in zip(flows, wires, strict=True)]
+
+
+def _refused(mods: list[bytes]) -> set[int]:
+    """xids of the flow-mods OVS's decoder refuses (e.g. OFPBAC_MATCH_INCONSISTENT)."""
+    out = set()
+    for line in _print_messages(mods).splitlines():
+        m = _DECODE_ERROR.match(line)
+        if m:
+            out.add(int(m.group(2), 16))
+    return out
+
+
+def _nx_mods(mgmt: Path, bridge: str) -> dict[tuple[int, int, str], str]:
+    """Every rule read over OpenFlow 1.0 (NXST_FLOW), as NXT_FLOW_MODs by rule key."""
+    try:
+        replies = _dump(mgmt, ofwire.OF10, ofwire.nx_flow_request(1))
+    except VswitchdError:
+        return {}  # the bridge does not allow OpenFlow 1.0: such rules go by their text
+    entries = [e for r in replies for e in ofwire.nx_entries(r)]
+    flows = _paired(bridge, replies, entries)
+    return {ofwire.rule_key(f.table, f.priority, f.match): _b64(ofwire.nx_flow_mod(e))
+            for f, e in zip(flows, entries, strict=True)}
+
+
+def _b64(msg: bytes) -> str:
+    return base64.b64encode(msg).decode()
+
+
+def message(flow: Flow) -> bytes:
+    """The flow-mod a flow carries (empty when it goes by its text)."""
+    return base64.b64decode(flow.wire, validate=True) if flow.wire else b""
+
+
+def send_unbundled(mgmt: Path, flows: Sequence[Flow]) -> None:
+    """Install OpenFlow 1.0 (``NXT_FLOW_MOD``) rules one by one, then a barrier;
+    VswitchdError naming the first rule the switch refused."""
+    if not flows:
+        return
+    conn = _Conn(mgmt, ofwire.OF10)
+    try:
+        conn.sock.sendall(ofwire.flow_mod_table_id(1))
+        msgs = [ofwire.with_xid(message(f), 100 + i) for i, f in enumerate(flows)]
+        conn.sock.sendall(b"".join(msgs))
+        barrier = HEADER.pack(ofwire.OF10, OF10_BARRIER_REQUEST, HEADER.size, 2)
+        conn.sock.sendall(barrier)
+        errors = []
+        while True:
+            msg = conn.recv()
+            if msg[1] == ERROR:
+                errors.append(msg)
+            elif msg[1] == OF10_BARRIER_REPLY and HEADER.unpack_from(msg)[3] == 2:
+                break
+        if errors:
+            xid = HEADER.unpack_from(errors[0])[3]
+            text = _print_messages(errors[:1]).splitlines()[0]
+            kind = text.split("):", 1)[-1].strip()
+            which = flows[xid - 100].spec() if 100 <= xid < 100 + len(flows) else "?"
+            raise VswitchdError(f"{mgmt.name}: Error {kind} for: flow add {which}")
+    except OSError as exc:
+        raise VswitchdError(f"{mgmt.name}: sending OpenFlow 1.0 rules failed: {exc}") from None
+    finally:
+        conn.close()
+
+
+def bundle_adds(flows: Sequence[Flow], template: bytes, first_xid: int) -> list[bytes]:
+    """OpenFlow 1.5 ``BUNDLE_ADD`` messages carrying *flows*' flow-mods, for the bundle
+    whose open request is *template* (its bundle id and flags)."""
+    bundle_id, _type, flags = struct.unpack_from("!IHH", template, HEADER.size)
+    out = []
+    for i, f in enumerate(flows):
+        inner = ofwire.with_xid(message(f), first_xid + i)
+        body = struct.pack("!I2xH", bundle_id, flags) + inner
+        out.append(HEADER.pack(ofwire.OF15, 34, HEADER.size + len(body), first_xid + i) + body)
+    return out
