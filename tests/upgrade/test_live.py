@@ -24,7 +24,8 @@ class Writer(threading.Thread):
         super().__init__(daemon=True)
         self.target = f"unix:{rundir}/br0.mgmt"
         self.stop = threading.Event()
-        self.acked: dict[str, list[tuple[int, float]]] = {"flow": [], "group": [], "meter": []}
+        self.acked: dict[str, list[tuple[int, float]]] = {"flow": [], "group": [], "meter": [],
+                                                          "bytes": []}
         self.tables: list[int] = []  # flow counts of full dumps seen meanwhile
 
     def _ofctl(self, *args: str) -> bool:
@@ -39,6 +40,13 @@ class Writer(threading.Thread):
             if self._ofctl("add-flow", f"table=3,priority={n},cookie=0xc0ffee,udp,"
                                        f"tp_dst={n},actions=drop"):
                 self.acked["flow"].append((n, time.monotonic()))
+            if n % 3 == 0 and subprocess.run(
+                    ["ovs-ofctl", "-O", "OpenFlow10", "add-flow", self.target,
+                     f"table=5,priority={n},mpls,actions=load:{n}->OXM_OF_MPLS_LABEL[0..19]"],
+                    capture_output=True, check=False, timeout=10).returncode == 0:
+                # OVS prints it as set_field:N/0xfffff->mpls_label, which its own parser
+                # refuses: only carrying the rule as bytes keeps it (issue 10, defect 5).
+                self.acked["bytes"].append((n, time.monotonic()))
             if n % 5 == 0:
                 gid = 1000 + n
                 if self._ofctl("add-group", f"group_id={gid},type=all,bucket=actions=drop"):
@@ -71,8 +79,12 @@ def test_controller_writes_during_reload_are_kept(rig: Rig) -> None:
                   and f"tp_dst={n}," not in flows]
     lost_groups = [g for g, _t in writer.acked["group"] if f"group_id={g}," not in groups]
     lost_meters = [m for m, _t in writer.acked["meter"] if f"meter={m} " not in meters]
+    table5 = rig.sb.ofctl("br0", "dump-flows", "table=5", version="OpenFlow15")
+    lost_bytes = [n for n, _t in writer.acked["bytes"]
+                  if f"priority={n},mpls actions=set_field:{n}/0xfffff->mpls_label" not in table5]
     assert len(writer.acked["flow"]) > 10, writer.acked
-    assert (lost_flows, lost_groups, lost_meters) == ([], [], [])
+    assert writer.acked["bytes"], writer.acked
+    assert (lost_flows, lost_groups, lost_meters, lost_bytes) == ([], [], [], [])
     # Writes reached the old process after the snapshot and were carried by the catch-up.
     marks = result["record"]["marks"]
     assert marks.get("catchup.flows.added", 0) > 0, marks

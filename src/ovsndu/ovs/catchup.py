@@ -16,6 +16,7 @@ import time
 from ovsndu.errors import RestoreError, VswitchdError
 from ovsndu.model import Conntrack, FdbEntry, Flow, Group, Meter, Snapshot, TlvMapping
 from ovsndu.model.delta import Delta
+from ovsndu.ovs import ofbundle, ofdump, ofwire
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import read_bridges
 from ovsndu.ovs.replay import conntrack_lines, fdb_plan
@@ -43,9 +44,30 @@ def bundle_lines(delta: Delta, bridge: str, *, groups: bool = True) -> list[str]
         lines += [f"group mod {g.spec()}"
                   for g in delta.of_bridge("changed", "groups", bridge) if isinstance(g, Group)]
     lines += [f"flow add {f.spec()}"
-              for kind in ("added", "changed")
-              for f in delta.of_bridge(kind, "flows", bridge) if isinstance(f, Flow)]
+              for f in _added_flows(delta, bridge) if not f.wire]
     return lines
+
+
+def _added_flows(delta: Delta, bridge: str) -> list[Flow]:
+    return [f for kind in ("added", "changed")
+            for f in delta.of_bridge(kind, "flows", bridge) if isinstance(f, Flow)]
+
+
+def _wire15(flow: Flow) -> bool:
+    return bool(flow.wire) and ofdump.message(flow)[0] == ofwire.OF15
+
+
+def _send_wire_flows(restorer: Restorer, delta: Delta, bridge: str) -> None:
+    """Rules that carry bytes (ovsndu.ovs.ofwire) go as bytes, after the text bundle."""
+    flows = _added_flows(delta, bridge)
+    by_bytes = [f for f in flows if _wire15(f)]
+    if by_bytes:
+        adds = [ofwire.with_xid(ofdump.message(f), 0x40000000 + i)
+                for i, f in enumerate(by_bytes)]
+        ofbundle.replay(restorer.of_dir / f"{bridge}.mgmt",
+                        ofbundle.from_adds(adds, [f"flow add {f.spec()}" for f in by_bytes]))
+    ofdump.send_unbundled(restorer.of_dir / f"{bridge}.mgmt",
+                          [f for f in flows if f.wire and not _wire15(f)])
 
 
 def apply_catchup(restorer: Restorer, delta: Delta, final: Snapshot) -> dict[str, float]:
@@ -93,6 +115,12 @@ def apply_catchup(restorer: Restorer, delta: Delta, final: Snapshot) -> dict[str
                                            f"({len(lines)} lines): {exc}") from None
                     steps["catchup_bundle"] = (steps.get("catchup_bundle", 0.0)
                                                + time.monotonic() - sent)
+                if b.of_version == "OpenFlow15":
+                    try:
+                        _send_wire_flows(restorer, delta, b.name)
+                    except VswitchdError as exc:
+                        raise RestoreError("flows", f"{b.name} refused a caught-up rule: "
+                                           f"{exc}") from None
                 _tlv_and_meters(restorer, delta, b.name, b.of_version, "remove")
         finally:
             for br, _port, vlan, mac in fdb.decoys:

@@ -236,3 +236,22 @@ def splice(bundle: CapturedBundle, at: int, adds: list[bytes], lines: list[str])
     bundle.adds = bundle.adds[:offset] + b"".join(adds) + bundle.adds[offset:]
     for msg, line in zip(adds, lines, strict=True):
         bundle.add_lines[HEADER.unpack_from(msg)[3]] = line
+
+
+def from_adds(adds: list[bytes], lines: list[str], *, bundle_id: int = 1) -> CapturedBundle:
+    """An OpenFlow 1.5 bundle (atomic, ordered) around ready flow-mods, no ovs-ofctl needed:
+    *adds* are whole messages (their xids name them in errors), *lines* their text."""
+    def control(kind: int, xid: int) -> bytes:
+        body = struct.pack("!IHH", bundle_id, kind, 3)
+        return HEADER.pack(6, BUNDLE_CONTROL, HEADER.size + len(body), xid) + body
+
+    wrapped = []
+    for msg in adds:
+        xid = HEADER.unpack_from(msg)[3]
+        body = struct.pack("!I2xH", bundle_id, 3) + msg
+        wrapped.append(HEADER.pack(6, BUNDLE_ADD, HEADER.size + len(body), xid) + body)
+    bundle = CapturedBundle(version=6, open_msg=control(OPEN_REQUEST, 1), adds=b"",
+                            barrier=HEADER.pack(6, BARRIER_REQUEST, HEADER.size, 2),
+                            commit=control(COMMIT_REQUEST, 3))
+    splice(bundle, 0, wrapped, lines)
+    return bundle
