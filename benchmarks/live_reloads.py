@@ -1,10 +1,10 @@
 """Reloads on a switch that keeps changing: N reloads under churn and controller writes.
 
 One netdev sandbox (two namespaces, a stateful ACL committing new connections from A in
-conntrack zone 1, NORMAL for everything allowed).  During the whole run A opens new UDP
-connections at ``--churn`` per second and sends frames from new MACs at 50/s, B streams
-TCP to A, and a writer adds a flow to br0 through its management socket every few
-milliseconds (``ovs-ofctl add-flow``, acknowledged by a barrier).  Then ``--runs``
+conntrack zone 1, NORMAL for everything allowed; room for 100k MACs).  During the whole
+run A opens new UDP connections at ``--churn`` per second and sends frames from new MACs
+at 50/s, B streams TCP to A, and a writer adds a flow to br0 through its management
+socket every ~30 ms (``ovs-ofctl add-flow``, acknowledged by a barrier).  Then ``--runs``
 reloads, one after the other.  Per reload: exit code, connections and MACs seen before
 the handover but missing afterwards (OVS's dpctl/dump-conntrack and fdb/show),
 acknowledged flow writes missing afterwards, writes acknowledged in the 500 ms before the
@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -69,6 +70,7 @@ class Writer(threading.Thread):
                                capture_output=True, check=False)
             if r.returncode == 0:
                 self.acked.append((n, time.monotonic()))
+            time.sleep(0.02)
 
 
 def _sent(path: Path) -> list[tuple[float, str]]:
@@ -96,8 +98,9 @@ def main() -> None:
     procs: list[subprocess.Popen[bytes]] = []
     results: list[dict[str, Any]] = []
     with Sandbox(work / "run", datapath="netdev", vswitchd_args=NETDEV_ARGS) as sb:
+        # Room for every MAC the churn teaches (OVS's default is 2048 entries).
         sb.vsctl("add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev",
-                 "fail_mode=secure")
+                 "fail_mode=secure", "other_config:mac-table-size=100000")
         a = add_endpoint(sb, "br0", "a-sw", "10.0.0.1", 1)
         b = add_endpoint(sb, "br0", "b-sw", "10.0.0.2", 2)
         sb.ofctl("br0", "add-flows", "-", input_text="\n".join(ACL) + "\n")
@@ -189,6 +192,7 @@ def main() -> None:
                     except subprocess.TimeoutExpired:
                         p.kill()
                         p.wait()
+    shutil.rmtree(work, ignore_errors=True)
     ok = [r for r in results if r["exit"] == 0]
     applied = [r["catchup_apply_ms"] for r in ok if r.get("catchup_apply_ms")]
     print(f"{len(ok)}/{len(results)} reloads exit 0; "
