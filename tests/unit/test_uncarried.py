@@ -111,3 +111,21 @@ def test_carriable_checks_only_the_given_entries() -> None:
     assert keep == [PLAIN]
     assert [u.entry for u in dropped] == [BOTH]
     assert carriable(snap, "routes", ["anything"]) == (["anything"], ())  # type: ignore[list-item]
+
+
+def test_deferred_batches_keep_children_after_parents() -> None:
+    """Split into a first and a deferred batch, a related entry never goes before its
+    parent, and the parent's FTP command is sent though its child is in the other batch."""
+    from ovsndu.ovs.replay import conntrack_lines, with_parents_first
+
+    parent = Conntrack(protocol="tcp", orig="src=10.0.0.1,dst=10.0.0.2,sport=4000,dport=21",
+                       reply="src=10.0.0.2,dst=10.0.0.1,sport=21,dport=4000",
+                       state_orig="ESTABLISHED", state_reply="ESTABLISHED", helper="ftp", zone=5)
+    child = Conntrack(protocol="tcp", orig="src=10.0.0.2,dst=10.0.0.1,sport=20,dport=4001",
+                      reply="src=10.0.0.1,dst=10.0.0.2,sport=4001,dport=20",
+                      state_orig="SYN_SENT", state_reply="CLOSED", zone=5, parent=parent.orig)
+    first, later = with_parents_first([child, PLAIN], [parent])
+    assert (first, later) == ([PLAIN], [parent, child])
+    first, later = with_parents_first([parent], [child])
+    lines = conntrack_lines(first, related_to=[parent, child])
+    assert any(b"PORT 10,0,0,1,15,161\r\n".hex() in line for line in lines)

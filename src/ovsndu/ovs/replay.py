@@ -297,10 +297,23 @@ def orphan_reason(entry: Conntrack, entries: list[Conntrack]) -> str | None:
             f"nothing can recreate the expectation it matched: {entry.protocol} {entry.orig}")
 
 
-def conntrack_lines(entries: list[Conntrack]) -> list[str]:
+def with_parents_first(first: list[Conntrack], later: list[Conntrack]
+                       ) -> tuple[list[Conntrack], list[Conntrack]]:
+    """Two replay batches, sent in order: a related entry whose parent is in *later* moves
+    to *later* too (its expectation comes from the parent's replay)."""
+    later_keys = {(e.zone, e.orig) for e in later}
+    moved = [e for e in first if e.parent and (e.zone, e.parent) in later_keys]
+    if not moved:
+        return first, later
+    return [e for e in first if e not in moved], [*later, *moved]
+
+
+def conntrack_lines(entries: list[Conntrack], *, related_to: list[Conntrack] | None = None
+                    ) -> list[str]:
     """Bundle-file lines that recreate *entries*, parents (with the commands announcing
-    their children) before children; CannotReplay before anything for one that cannot."""
-    kids = children_of(entries)
+    their children, looked up in *related_to*, default *entries*) before children;
+    CannotReplay before anything for one that cannot."""
+    kids = children_of(entries if related_to is None else related_to)
     return [p.line() for e in replay_order(entries)
             for p in conntrack_packets(e, kids.get((e.zone, e.orig), ()))]
 

@@ -47,7 +47,7 @@ from ovsndu.ovs.ofwire import OF10, OF15
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.paced import send_unbundled
 from ovsndu.ovs.readers import BridgeInfo, StateReader, default_rundir, read_bridges, read_ports
-from ovsndu.ovs.replay import FdbPlan, conntrack_lines, fdb_plan
+from ovsndu.ovs.replay import FdbPlan, conntrack_lines, fdb_plan, with_parents_first
 from ovsndu.ovs.uncarried import Uncarried, carried_only, find_uncarried, refuse_if_any
 from ovsndu.ovs.unixctl import Unixctl
 
@@ -202,8 +202,9 @@ class Restorer:
                   and e.canonical() not in skip]
         ct_first, ct_later = (split_for_gap(ct_all, defer_window) if defer_window is not None
                               and userspace else (ct_all, []))
-        ct_lines = conntrack_lines(ct_first)
-        later_lines = conntrack_lines(ct_later)
+        ct_first, ct_later = with_parents_first(ct_first, ct_later)
+        ct_lines = conntrack_lines(ct_first, related_to=ct_all)
+        later_lines = conntrack_lines(ct_later, related_to=ct_all)
         ct_bridge = userspace[0].name if userspace and (ct_lines or later_lines) else None
         bundles: dict[str, list[str]] = {}
         # Rules carried as bytes (ovsndu.ovs.ofwire): OpenFlow 1.5 ones join the bundle
