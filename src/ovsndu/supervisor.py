@@ -258,7 +258,8 @@ class Supervisor:
             age = round(started - self.keeper.taken_at, 1)
             try:
                 restored = restore_original(self.spec, binary, snap,
-                                            tcp_seq_check=self.cfg.upgrade.tcp_seq_check)
+                                            tcp_seq_check=self.cfg.upgrade.tcp_seq_check,
+                                            read_at=self.keeper.taken_at)
             except OvsnduError as exc:
                 log.error("supervisor.restore_failed", event_kind="anomaly", binary=binary,
                           reason=str(exc), snapshot_age_s=age)
