@@ -201,3 +201,18 @@ class TestUncarried:
         with pytest.raises(ConfigError, match=r"\[upgrade\] uncarried") as info:
             load_config(path)
         assert "\n" not in str(info.value)
+
+
+def test_reread_takes_new_values_and_refuses_restart_only_keys(tmp_path: Path) -> None:
+    from ovsndu.config import reread
+
+    path = tmp_path / "ovsndu.toml"
+    path.write_text('[upgrade]\nvalidate = true\n')
+    cfg = load_config(path)
+    path.write_text('[upgrade]\nvalidate = false\n[ovs]\nschema = "/s.ovsschema"\n')
+    fresh = reread(cfg)
+    assert fresh.upgrade.validate is False and fresh.ovs.schema == "/s.ovsschema"
+    path.write_text('[ovs]\nrundir = "/elsewhere"\n')
+    with pytest.raises(ConfigError, match=r"\[ovs\] rundir changed.*restart the supervisor"):
+        reread(cfg)
+    assert reread(Config.from_dict({})) == Config.from_dict({})  # not from a file: kept

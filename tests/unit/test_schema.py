@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ovsndu.errors import OvsdbError
 from ovsndu.ovs.schema import Schema, direction, lost_values, missing_columns
+from ovsndu.upgrade.conversion import target_schema_file
 
 
 def _schema(version: str, mirror: dict[str, Any], extra: dict[str, Any] | None = None
@@ -58,3 +60,32 @@ def test_lost_values_names_only_columns_holding_data() -> None:
 def test_malformed_schema_is_one_error(doc: object) -> None:
     with pytest.raises(OvsdbError):
         Schema.from_json(doc)
+
+
+def test_target_schema_file_precedence(tmp_path: Path) -> None:
+    """--schema, then [ovs] schema for the configured binary, then the file beside it."""
+    prefix = tmp_path / "usr"
+    (prefix / "sbin").mkdir(parents=True)
+    (prefix / "share" / "openvswitch").mkdir(parents=True)
+    binary = prefix / "sbin" / "ovs-vswitchd"
+    binary.write_text("")
+    beside = prefix / "share" / "openvswitch" / "vswitch.ovsschema"
+    beside.write_text("{}")
+    unpacked = tmp_path / "ovs-3.5" / "bin"
+    unpacked.mkdir(parents=True)
+    (unpacked / "ovs-vswitchd").write_text("")
+    (tmp_path / "ovs-3.5" / "vswitch.ovsschema").write_text("{}")
+    lone = tmp_path / "lone" / "ovs-vswitchd"
+    lone.parent.mkdir()
+    lone.write_text("")
+
+    def target(b: Path, override: str = "") -> Path | None:
+        return target_schema_file(str(b), configured_binary=str(binary),
+                                  configured_schema="/etc/x.ovsschema", override=override)
+
+    assert target(lone, "/o.ovsschema") == Path("/o.ovsschema")
+    assert target(binary) == Path("/etc/x.ovsschema")
+    assert target(unpacked / "ovs-vswitchd") == tmp_path / "ovs-3.5" / "vswitch.ovsschema"
+    assert target(lone) is None
+    assert target_schema_file(str(binary), configured_binary="/other", configured_schema="",
+                              override="") == beside
