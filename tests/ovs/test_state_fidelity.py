@@ -2,8 +2,8 @@
 
 Sandbox A holds the state corpus (``ovsndu.testing.state_corpus``): conntrack of every
 protocol the userspace conntrack tracks, IPv4 and IPv6, zones, mark, labels, SNAT,
-DNAT, FTP/TFTP helpers and a related TFTP data connection; FDB on access, trunk and
-native-VLAN ports; TLV maps with class/type 0 and a 124-byte option; numbered and
+DNAT, FTP/TFTP helpers and related data connections; FDB on access, trunk and
+native-VLAN ports and on bonds; TLV maps with class/type 0 and a 124-byte option; numbered and
 named meters.  ``ovsndu restore`` of A's snapshot file into a fresh vswitchd B (on a
 copy of A's database) must leave B's raw tool output equal to A's: conntrack without
 timeouts, FDB without ages, ``dump-tlv-map``, ``dump-meters``.
@@ -90,6 +90,9 @@ def test_corpus_covers_the_surface(corpus: Sandbox) -> None:
     fdb = "\n".join(raw_fdb(corpus, VLAN_BRIDGE))
     for vlan in (10, 20, 30, 40, 50, 60, 70, 80):
         assert f" {vlan} " in fdb, vlan
+    bonded = [row for row in raw_fdb(corpus, VLAN_BRIDGE) if row.split()[0] in
+              ("11", "12", "13", "14")]
+    assert len(bonded) >= 3 and any(row.endswith("static") for row in bonded), bonded
     tlv = raw_ofctl(corpus, BRIDGE, "dump-tlv-map")
     assert "      0  0x80     124  tun_metadata5" in tlv
     assert "meter=slowpath" in "\n".join(_meters(corpus))

@@ -343,13 +343,15 @@ def fdb_plan(
     entries: list[FdbEntry],
     port_names: dict[tuple[str, str], str],
     untagged_vlan: dict[tuple[str, str], int],
+    members: dict[tuple[str, str], tuple[str, ...]] | None = None,
 ) -> FdbPlan:
     """Plan the dynamic entries of *entries* (static ones go through ``fdb/add`` directly).
 
     *port_names* maps (bridge, OpenFlow port) to the port's name; *untagged_vlan* maps
     (bridge, OpenFlow port) to the VLAN its untagged frames belong to (an access port's
     tag, a native VLAN): an entry in that VLAN is learned from an untagged frame, any
-    other from a frame tagged with its VLAN.
+    other from a frame tagged with its VLAN.  *members*: for a bond's member, all the
+    bond's members: the frame is sent in on each (the bond drops it on inactive ones).
     """
     taken = {e.mac for e in entries}
     decoy_macs = (m for m in (DECOY_MAC.format(i) for i in range(256)) if m not in taken)
@@ -365,8 +367,8 @@ def fdb_plan(
             raise RestoreError("fdb", f"port {e.port} of {e.bridge} does not exist: {e.mac}")
         tagged = e.vlan and untagged_vlan.get((e.bridge, e.port)) != e.vlan
         pkt = ethernet(src_mac=e.mac, dst_mac=decoys[key], vlan=e.vlan if tagged else None)
-        in_port = "LOCAL" if e.port == "LOCAL" else e.port
-        lines.setdefault(e.bridge, []).append(PacketOut(in_port, pkt, "NORMAL").line())
+        for in_port in (members or {}).get((e.bridge, e.port), (e.port,)):
+            lines.setdefault(e.bridge, []).append(PacketOut(in_port, pkt, "NORMAL").line())
     return FdbPlan(
         decoys=tuple((b, port_names[(b, p)], v, mac) for (b, p, v), mac in decoys.items()),
         lines={b: tuple(v) for b, v in lines.items()},

@@ -197,7 +197,7 @@ class Restorer:
         skip = {u.entry.canonical() for u in uncarried}
         fdb_entries = [e for e in snap.categories["fdb"] if isinstance(e, FdbEntry)
                        and e.canonical() not in skip]
-        fdb = fdb_plan(fdb_entries, port_names, access)
+        fdb = fdb_plan(fdb_entries, port_names, access, bond_members(snap))
         ct_all = [e for e in snap.categories["conntrack"] if isinstance(e, Conntrack)
                   and e.canonical() not in skip]
         ct_first, ct_later = (split_for_gap(ct_all, defer_window) if defer_window is not None
@@ -294,18 +294,20 @@ class Restorer:
 
     def _port_names(self, snap: Snapshot, db: Ovsdb
                     ) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], int]]:
-        """(bridge, OpenFlow port) → port name, and → the VLAN its untagged frames are in
-        (access ports, the native VLAN of native-tagged/-untagged ports, dot1q-tunnel)."""
+        """(bridge, OpenFlow port) → interface name (what ``fdb/add`` takes; a bond's port
+        name is not one), and → the VLAN its untagged frames are in (access ports, the
+        native VLAN of native-tagged/-untagged ports, dot1q-tunnel)."""
         names: dict[tuple[str, str], str] = {}
+        port_of: dict[tuple[str, str], str] = {}
         for p in snap.categories["ports"]:
             assert isinstance(p, Port)
             key = "LOCAL" if p.ofport == 65534 else str(p.ofport)
-            names[(p.bridge, key)] = p.port
+            names[(p.bridge, key)], port_of[(p.bridge, key)] = p.interface, p.port
         modes: tuple[object, ...] = ("access", [], None, "native-tagged", "native-untagged",
                                      "dot1q-tunnel")
         untagged = {r["name"]: r["tag"] for r in db.select("Port", ["name", "tag", "vlan_mode"])
                     if isinstance(r["tag"], int) and r["vlan_mode"] in modes}
-        return names, {k: untagged[name] for k, name in names.items() if name in untagged}
+        return names, {k: untagged[name] for k, name in port_of.items() if name in untagged}
 
     # --- applying -------------------------------------------------------------------------
     def apply(self, plan: RestorePlan, *, fresh: bool = False) -> RestoreReport:
@@ -626,6 +628,16 @@ def without_bridges(snap: Snapshot, bridges: Iterable[str]) -> Snapshot:
         snap = snap.replace(category, [e for e in snap.categories[category]
                                        if getattr(e, "bridge", None) not in names])
     return snap
+
+
+def bond_members(snap: Snapshot) -> dict[tuple[str, str], tuple[str, ...]]:
+    """(bridge, OpenFlow port) of a bond's member → the OpenFlow ports of all its members."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for p in snap.categories["ports"]:
+        if isinstance(p, Port) and p.ofport > 0:
+            groups.setdefault((p.bridge, p.port), []).append(str(p.ofport))
+    return {(bridge, ofport): tuple(ofports) for (bridge, _), ofports in groups.items()
+            if len(ofports) > 1 for ofport in ofports}
 
 
 def user_routes_only(snap: Snapshot) -> Snapshot:

@@ -190,15 +190,29 @@ VLAN_PORTS: dict[str, tuple[tuple[str, ...], tuple[tuple[int | None, int], ...]]
 }
 
 
+# bond -> (mode, members with their OpenFlow port numbers)
+BONDS = {"bond0": ("active-backup", (("b1", 11), ("b2", 12))),
+         "bond1": ("balance-slb", (("b3", 13), ("b4", 14)))}
+
+
 def populate_fdb(sb: Sandbox, bridge: str = VLAN_BRIDGE) -> None:
-    """A NORMAL bridge whose ports are access, trunk and native-VLAN ports; each learns
-    MACs from frames in the VLANs it carries; one static entry."""
+    """A NORMAL bridge whose ports are access, trunk and native-VLAN ports and bonds; each
+    learns MACs from frames in the VLANs it carries; static entries on a port and a bond."""
     args = ["--may-exist", "add-br", bridge, "--", "set", "bridge", bridge,
             "datapath_type=netdev"]
     for i, (port, (settings, _)) in enumerate(sorted(VLAN_PORTS.items()), start=1):
         args += ["--", "add-port", bridge, port, *settings, "--", "set", "interface", port,
                  "type=dummy", f"ofport_request={i}"]
+    for bond, (mode, members) in sorted(BONDS.items()):
+        args += ["--", "add-bond", bridge, bond, *(m for m, _ in members), f"bond_mode={mode}"]
+        for member, ofport in members:
+            args += ["--", "set", "interface", member, "type=dummy", f"ofport_request={ofport}"]
     sb.vsctl(*args)
+    for n, (_, (_, members)) in enumerate(sorted(BONDS.items())):
+        for m, (member, _) in enumerate(members):  # the bond keeps what its active member gets
+            sb.appctl("netdev-dummy/receive", member, f"eth(src={MAC.format(0x60 + 2 * n + m)},"
+                      f"dst={MAC.format(0xEE)}),eth_type(0x88b5)")
+    sb.appctl("fdb/add", bridge, "b1", "0", MAC.format(0x98))
     for port, (_, frames) in sorted(VLAN_PORTS.items()):
         for vlan, mac in frames:
             tag = f"eth_type(0x8100),vlan(vid={vlan},pcp=0),encap(" if vlan else ""
