@@ -251,11 +251,9 @@ class Run:
                    handover_ms=record.get("handover_gap_ms"), marks=record.get("marks", {}),
                    gap_offset_s=(out["gap_at"] - t0) if out["gap_at"] else None,
                    peak_rss_mib=rss.result(), **_stalls(out["arrivals"], t0))
-        kill = dpdk_run.kill_wall_time(record)
         log = self.sb.rundir / "ovs-vswitchd.log"
-        if kill is not None and log.exists():
-            out["standby_parts_ms"] = dpdk_run.standby_parts(log.read_text(errors="replace"),
-                                                             kill)
+        if self.dpdk_huge and log.exists():
+            out["standby_parts_ms"] = dpdk_run.standby_parts(log.read_text(errors="replace"))
         return out
 
     def upstream(self) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from ovsndu.ovs.sandbox import Sandbox
 from ovsndu.testing import dpdk
@@ -53,34 +52,31 @@ def sbindir(work: Path) -> Path:
 
 
 _LINE = re.compile(r"^(\S+Z)\|\d+\|([^|]+)\|[A-Z]+\|(.*)$")
-MILESTONES = (("eal_start", "DPDK Enabled - initializing"),
-              ("eal_done", "DPDK Enabled - initialized"),
+MILESTONES = (("eal_done", "DPDK Enabled - initialized"),
               ("tsc", "TSC frequency"),
+              ("ports_attached", "attached to DPDK"),
               ("first_bridge", "using datapath ID"))
 
 
-def standby_parts(log: str, kill_wall: float) -> dict[str, float]:
-    """Milliseconds after *kill_wall* (the old process's kill, wall clock) at which the
-    process that started last reached each milestone of :data:`MILESTONES`."""
+def standby_parts(log: str) -> dict[str, float]:
+    """Where the process that took over last spent its time, in ms after it started DPDK's
+    initialisation (its first act once it holds the OVSDB lock, in 3.1): EAL done, TSC
+    known, last DPDK device attached, first bridge built.  The supervisor's
+    ``bridges_ready`` mark minus ``first_bridge`` is what came before (the old process's
+    death, the lock, reading the database)."""
+    lines = [m for m in map(_LINE.match, log.splitlines()) if m]
+    starts = [i for i, m in enumerate(lines) if "DPDK Enabled - initializing" in m.group(3)]
+    if not starts:
+        return {}
+    first = lines[starts[-1]]
+
+    def when(m: re.Match[str]) -> float:
+        return datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
+
+    t0 = when(first)
     out: dict[str, float] = {}
-    for line in log.splitlines():
-        m = _LINE.match(line)
-        if not m:
-            continue
-        when = datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
-        if when < kill_wall - 0.001:
-            continue
+    for m in lines[starts[-1]:]:
         for name, text in MILESTONES:
-            if text in m.group(3) and name not in out:
-                out[name] = round((when - kill_wall) * 1000, 1)
+            if text in m.group(3) and (name == "ports_attached" or name not in out):
+                out[name] = round((when(m) - t0) * 1000, 1)
     return out
-
-
-def kill_wall_time(record: dict[str, Any]) -> float | None:
-    """Wall time of the old process's kill: the handover phase's start plus the catch-up
-    read that precedes it (both in the upgrade record)."""
-    for p in record.get("phases", []):
-        if p.get("phase") == "handover":
-            start = datetime.fromisoformat(p["started"]).timestamp()
-            return start + record.get("marks", {}).get("catchup_read_ms", 0.0) / 1000
-    return None
