@@ -129,6 +129,10 @@ class Run:
         self.idle_since = time.monotonic()
         return self
 
+    def after_upgrade(self, out: dict[str, Any]) -> None:
+        """Called after each method's traffic stopped, while the supervisor still runs
+        (stopping it stops vswitchd): subclasses read the switch here."""
+
     def _reap(self) -> None:
         # ovs-ctl waits for the old PID to vanish: our child must not linger as a zombie.
         if self.sb.vswitchd_proc is not None:
@@ -238,6 +242,7 @@ class Run:
         t1 = time.monotonic()
         result = json.loads(stdout) if stdout.strip() else {"stderr": stderr}
         out = self.stop_traffic()
+        self.after_upgrade(out)
         sup.send_signal(signal.SIGTERM)
         sup.wait(timeout=60)
         record = result.get("record") or {}
@@ -268,6 +273,7 @@ class Run:
                            env=env, capture_output=True, text=True, check=False)
         t1 = time.monotonic()
         out = self.stop_traffic()
+        self.after_upgrade(out)
         out.update(upgrade_s=t1 - t0, start=t0, end=t1, exit_code=r.returncode,
                    reason=r.stderr.strip()[-300:] if r.returncode else "",
                    **_stalls(out["arrivals"], t0))

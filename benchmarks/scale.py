@@ -45,7 +45,7 @@ def bridge_flows(bridge: int, n: int) -> list[str]:
         src = f"172.{16 + bridge}.{(i >> 8) & 0xFF}.{i & 0xFF}"
         act = (f"goto_table:{table + 1}" if table < 3 else
                f"group:{1 + i % GROUPS}" if i % 3 == 0 else
-               f"meter:{1 + i % METERS},drop" if i % 3 == 1 else "drop")
+               f"meter:{1 + i % METERS}" if i % 3 == 1 else "drop")
         out.append(f"table={table},priority={10 + (i >> 16) % 30},tcp,nw_src={src},"
                    f"tp_dst={1 + (i >> 8) % 60000},actions={act}")
     return out
@@ -71,13 +71,13 @@ class ScaleRun(Run):
                          f"{br}p1", "type=internal", "ofport_request=1",
                          "--", "add-port", br, f"{br}p2", "--", "set", "interface",
                          f"{br}p2", "type=internal", "ofport_request=2")
+            for m in range(1, METERS + 1):  # before the flows that use them
+                sb.ofctl(br, "add-meter", f"meter={m},kbps,band=type=drop,rate={1000 * m}",
+                         version="OpenFlow13")
             lines = [f"group add group_id={g},type=select,bucket=weight:1,actions=output:1,"
                      f"bucket=weight:1,actions=output:2" for g in range(1, GROUPS + 1)]
             lines += [f"flow add {f}" for f in bridge_flows(k, per if br != "br0" else 0)]
             self._bundle(br, lines)
-            for m in range(1, METERS + 1):
-                sb.ofctl(br, "add-meter", f"meter={m},kbps,band=type=drop,rate={1000 * m}",
-                         version="OpenFlow13")
         frames = [ethernet(src_mac=f"02:10:{(i >> 16) & 0xFF:02x}:{(i >> 8) & 0xFF:02x}:"
                            f"{i & 0xFF:02x}:01", dst_mac="02:ff:ff:ff:ff:fe") for i in range(
                                self.fdb)]
@@ -108,17 +108,20 @@ class ScaleRun(Run):
         out["conntrack"] = raw_conntrack(sb)
         return out
 
+    def after_upgrade(self, out: dict[str, Any]) -> None:
+        out["raw_after"] = self.raw()
+        out["ct_entries_after"] = ct_total(self.sb)
+
     def measured(self, method: str) -> dict[str, Any]:
         before = self.raw()
         res: dict[str, Any] = getattr(self, method)()
-        after = self.raw()
+        after = res.pop("raw_after")
         res["raw_equal"] = {k: before[k] == after[k] for k in before
                             if k not in ("fdb", "conntrack")}
         res["raw_missing"] = {k: len(set(before[k]) - set(after[k]))
                               for k in ("fdb", "conntrack")}
         res["counts_before"] = {"flows": sum(len(before[f"{b} flows"]) for b in BRIDGES),
                                 "fdb": len(before["fdb"]), "conntrack": len(before["conntrack"])}
-        res["ct_entries_after"] = ct_total(self.sb)
         return res
 
 
