@@ -180,9 +180,11 @@ class Supervisor:
         def ready() -> bool:
             if proc.poll() is not None:
                 raise VswitchdError(f"{binary} exited at start with status {proc.returncode}")
-            return daemon.answers(self.spec, proc.pid)
+            # Ready as ovs-ctl's start is: answering, with every bridge built.
+            return daemon.answers(self.spec, proc.pid) and daemon.bridges_built(
+                self.spec.rundir, self.spec.db, proc.pid)
 
-        daemon.wait_until(ready, 30, "ovs-vswitchd to answer")
+        daemon.wait_until(ready, 30, "ovs-vswitchd to answer with its bridges built")
         log.info(
             "supervisor.started_vswitchd", event_kind="vswitchd_started", vswitchd_pid=proc.pid
         )
@@ -550,7 +552,13 @@ class Supervisor:
             why = f"busy: upgrade {self.runner.upgrade_id}" if self.runner else "no vswitchd"
             await _send(writer, _refusal(why))
             return
+        # Processed before we exit (else systemd would see its main process end first).
         told = sdnotify.notify(MAINPID=s.pid, STATUS=f"handed over to ovs-vswitchd pid {s.pid}")
+        told = told and await asyncio.to_thread(sdnotify.barrier)
+        if not told:
+            await _send(writer, _refusal("systemd did not confirm ovs-vswitchd as the unit's "
+                                         "main process; the supervisor stays"))
+            return
         await _send(writer, {"event": "result", "outcome": "released", "exit_code": 0,
                              "supervisor_pid": os.getpid(), "vswitchd_pid": s.pid,
                              "systemd_told": told,

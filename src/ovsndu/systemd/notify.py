@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import socket
 import time
 
@@ -50,6 +51,37 @@ def notify(**fields: str | int | bool | None) -> bool:
     except OSError:
         return False
     return True
+
+
+def barrier(timeout: float = 5.0) -> bool:
+    """Wait until systemd has processed every notification sent before (``BARRIER=1``).
+
+    A file descriptor goes with the datagram; systemd closes it once it has handled
+    what came before, which we see as a hang-up on our end of the pipe.  False when
+    not under systemd, on error, or after *timeout* seconds.
+    """
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(SEND_TIMEOUT)
+            sock.connect(address)
+            socket.send_fds(sock, [b"BARRIER=1\n"], [write_end])
+        os.close(write_end)
+        write_end = -1
+        poller = select.poll()
+        poller.register(read_end, select.POLLHUP)
+        return bool(poller.poll(timeout * 1000))
+    except OSError:
+        return False
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
 
 
 def format_fields(fields: dict[str, str | int | bool | None]) -> bytes:
