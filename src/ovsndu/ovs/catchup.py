@@ -93,7 +93,8 @@ def apply_catchup(restorer: Restorer, delta: Delta, final: Snapshot) -> dict[str
     steps["catchup_prepare"] = time.monotonic() - started
     with Unixctl.for_daemon(restorer.rundir, pid=restorer.pid) as appctl:
         if not restorer.tcp_seq_check and any(e.protocol == "tcp" for e in ct_new):
-            appctl("dpctl/ct-disable-tcp-seq-chk")  # as the main install does
+            for dp in appctl("dpctl/dump-dps").split():  # as the main install does
+                appctl("dpctl/ct-disable-tcp-seq-chk", dp)
         for e in fdb_new:
             if e.static:
                 appctl("fdb/add", e.bridge, port_names[(e.bridge, e.port)], str(e.vlan), e.mac)

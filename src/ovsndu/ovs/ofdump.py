@@ -30,6 +30,7 @@ from ovsndu.ovs.ofwire import HEADER
 
 ERROR, ECHO_REQUEST, ECHO_REPLY, HELLO, BARRIER_REQUEST, BARRIER_REPLY = 1, 2, 3, 0, 20, 21
 OF10_BARRIER_REQUEST, OF10_BARRIER_REPLY = 18, 19
+_REPLY_HEAD = re.compile(r"^\S+ reply (?:\(OF[0-9.x]+\) )?\(xid=0x([0-9a-f]+)\):")
 _DECODE_ERROR = re.compile(r"^(\S+) \(OF[0-9.x]+\) \(xid=0x([0-9a-f]+)\): \*\*\*decode error: "
                            r"(\S+)\*\*\*")
 
@@ -115,20 +116,43 @@ def _print_messages(messages: Iterable[bytes]) -> str:
     return proc.stdout
 
 
-def _paired(bridge: str, replies: Sequence[bytes], entries: list[bytes]) -> list[Flow]:
-    flows = parsers.parse_flows(bridge, _print_messages(replies))
-    if len(flows) != len(entries):
-        raise ParseError("flows", f"{bridge}: {len(entries)} entries",
-                         f"ovs-ofctl printed {len(flows)} rules for them")
-    return flows
+def _texts(entries: list[bytes], prefix: bytes) -> list[str | None]:
+    """What OVS prints for each entry, alone in a reply built from *prefix* (the reply's
+    header and multipart header); None for an entry ovs-ofctl cannot decode."""
+    messages = []
+    for xid, e in enumerate(entries):
+        msg = bytearray(prefix + e)
+        struct.pack_into("!HI", msg, 2, len(msg), xid)
+        struct.pack_into("!H", msg, 10, 0)  # no "more" flag
+        messages.append(bytes(msg))
+    out: list[str | None] = [None] * len(entries)
+    current = None
+    for line in _print_messages(messages).splitlines():
+        head = _REPLY_HEAD.match(line)
+        if head:
+            current = int(head.group(1), 16)
+        elif current is not None and line.startswith(" ") and " actions=" in line:
+            out[current] = line
+            current = None
+    return out
+
+
+def _paired(bridge: str, entries: list[bytes], prefix: bytes) -> list[Flow | None]:
+    return [parsers.parse_flows(bridge, t)[0] if t is not None else None
+            for t in _texts(entries, prefix)]
 
 
 def read_flows(mgmt: Path, bridge: str) -> list[Flow]:
     """Every rule of *bridge*, each with its text and (where some protocol can carry it)
-    its flow-mod bytes."""
+    its flow-mod bytes; ParseError naming a rule OVS's own printer cannot decode."""
     replies = _dump(mgmt, ofwire.OF15, ofwire.flow_desc_request(1))
     entries = [e for r in replies for e in ofwire.desc_entries(r)]
-    flows = _paired(bridge, replies, entries)
+    printed = _paired(bridge, entries, replies[0][:16])
+    flows: list[Flow] = []
+    for entry, flow in zip(entries, printed, strict=True):
+        if flow is None:
+            raise ParseError("flow", entry.hex(), "ovs-ofctl cannot decode this rule")
+        flows.append(flow)
     mods = [ofwire.flow_mod15(e, xid) for xid, e in enumerate(entries)]
     refused = _refused(mods)
     wires = [_b64(m) for m in mods]
@@ -136,7 +160,9 @@ def read_flows(mgmt: Path, bridge: str) -> list[Flow]:
         by_key = _nx_mods(mgmt, bridge)
         for xid in refused:
             f = flows[xid]
-            wires[xid] = by_key.get(ofwire.rule_key(f.table, f.priority, f.match), "")
+            nx = by_key.get(ofwire.rule_key(f.table, f.priority, f.match))
+            wires[xid] = _b64(ofwire.nx_flow_mod(
+                nx, send_flow_rem="send_flow_rem" in f.flags)) if nx else ""
     return [dataclasses.replace(f, wire=w) for f, w in zip(flows, wires, strict=True)]
 
 
@@ -150,16 +176,16 @@ def _refused(mods: list[bytes]) -> set[int]:
     return out
 
 
-def _nx_mods(mgmt: Path, bridge: str) -> dict[tuple[int, int, str], str]:
-    """Every rule read over OpenFlow 1.0 (NXST_FLOW), as NXT_FLOW_MODs by rule key."""
+def _nx_mods(mgmt: Path, bridge: str) -> dict[tuple[int, int, str], bytes]:
+    """Every rule read over OpenFlow 1.0 (NXST_FLOW): its nx_flow_stats entry by rule key."""
     try:
         replies = _dump(mgmt, ofwire.OF10, ofwire.nx_flow_request(1))
     except VswitchdError:
         return {}  # the bridge does not allow OpenFlow 1.0: such rules go by their text
     entries = [e for r in replies for e in ofwire.nx_entries(r)]
-    flows = _paired(bridge, replies, entries)
-    return {ofwire.rule_key(f.table, f.priority, f.match): _b64(ofwire.nx_flow_mod(e))
-            for f, e in zip(flows, entries, strict=True)}
+    flows = _paired(bridge, entries, replies[0][:24])
+    return {ofwire.rule_key(f.table, f.priority, f.match): e
+            for f, e in zip(flows, entries, strict=True) if f is not None}
 
 
 def _b64(msg: bytes) -> str:

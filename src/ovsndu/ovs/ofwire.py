@@ -111,15 +111,18 @@ def flow_mod15(entry: bytes, xid: int = 0) -> bytes:
     return HEADER.pack(OF15, FLOW_MOD, HEADER.size + len(body), xid) + body
 
 
-def nx_flow_mod(entry: bytes, xid: int = 0) -> bytes:
+def nx_flow_mod(entry: bytes, xid: int = 0, *, send_flow_rem: bool = False) -> bytes:
     """The OpenFlow 1.0 ``NXT_FLOW_MOD`` (add) that installs the rule of an nx_flow_stats
-    *entry*; its table goes in the command's high byte (``NXT_FLOW_MOD_TABLE_ID``)."""
+    *entry*; its table goes in the command's high byte (``NXT_FLOW_MOD_TABLE_ID``).
+    nx_flow_stats carries no flags: of OpenFlow 1.0's, only *send_flow_rem* is kept by a
+    rule (reset_counts is implied by any 1.0 add)."""
     (_length, table, _sec, _nsec, priority, idle, hard, match_len, _ia, _ha, cookie,
      _packets, _bytes) = _NXSTATS.unpack_from(entry)
     match = entry[_NXSTATS.size:_NXSTATS.size + _pad8(match_len)]
     actions = entry[_NXSTATS.size + _pad8(match_len):]
     body = _NXMOD.pack(NX_VENDOR, NXT_FLOW_MOD, cookie, table << 8, idle, hard, priority,
-                       NO_BUFFER, ANY16, 0, match_len) + match + actions
+                       NO_BUFFER, ANY16, OFPFF_SEND_FLOW_REM if send_flow_rem else 0,
+                       match_len) + match + actions
     return HEADER.pack(OF10, VENDOR, HEADER.size + len(body), xid) + body
 
 

@@ -325,7 +325,9 @@ class Restorer:
                     self._call("fdb", "fdb/add", br, port, str(vlan), mac)
             if plan.has_tcp and not self.tcp_seq_check:
                 # Replayed handshakes cannot know the live stream's sequence numbers.
-                self._call("conntrack", "dpctl/ct-disable-tcp-seq-chk")
+                for dp in self._call("conntrack", "dpctl/dump-dps").split():
+                    # one knob per datapath; with several, each must be named
+                    self._call("conntrack", "dpctl/ct-disable-tcp-seq-chk", dp)
             try:
                 # Bridge by bridge, so a failure leaves each bridge whole or as found.
                 for bridge in plan.bridges:
