@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ovsndu.model import CATEGORIES, Conntrack, Entry, Flow, Group, Snapshot, VswitchdInfo
-from ovsndu.model.delta import Delta, delta_between
+from ovsndu.model.delta import Delta, applied, delta_between
 from ovsndu.ovs.catchup import bundle_lines
 
 INFO = VswitchdInfo(pid=1, version="3.1.0")
@@ -55,3 +55,13 @@ def test_nothing_changed_is_empty_and_round_trips() -> None:
     d = delta_between(s, snap(flow(10), flow(11), ct(1), ct(5)))
     again = Delta.from_dict(json.loads(json.dumps(d.to_dict())))
     assert again.counts() == d.counts() and again.added["flows"] == d.added["flows"]
+
+
+def test_applied_gives_what_the_new_process_should_hold() -> None:
+    before = snap(flow(10), flow(20), flow(30), ct(1))
+    after = snap(flow(10), flow(20, "output:1"), flow(40), ct(1), ct(2))
+    d = delta_between(before, after)
+    result = applied(before, d)
+    for category in ("flows", "conntrack"):
+        assert result.digest(category) == after.digest(category), category
+    assert applied(before, delta_between(before, before)) == before

@@ -105,3 +105,16 @@ def test_flow_restore_wait_of_someone_else_is_left_alone(rig: Rig) -> None:
     assert code == 0, result
     with Ovsdb(rig.sb.db) as db:
         assert db.flow_restore_wait() == (False, False)
+
+
+def test_controller_table_bridge_is_read_back_before_its_controllers_connect(rig: Rig) -> None:
+    """br0 has a Controller-table controller (a passive one nobody uses): it is served only
+    once flow-restore-wait is lifted, so its OpenFlow state is proven before the lift."""
+    rig.sb.vsctl("set-controller", "br0", "ptcp:0:127.0.0.1")
+    before = rig.sb.ofctl("br0", "dump-flows", options=("--no-stats",), version="OpenFlow13")
+    code, result = rig.reload()
+    assert code == 0, result
+    assert any("read back before flow-restore-wait was lifted" in a
+               for a in result["record"]["anomalies"]), result["record"]["anomalies"]
+    after = rig.sb.ofctl("br0", "dump-flows", options=("--no-stats",), version="OpenFlow13")
+    assert sorted(after.splitlines()) == sorted(before.splitlines())  # --no-stats: no header

@@ -68,6 +68,19 @@ class Delta:
         return cls(parts["removed"], parts["added"], parts["changed"])
 
 
+def applied(snap: Snapshot, delta: Delta) -> Snapshot:
+    """*snap* with *delta* applied: what the new process should hold after the catch-up."""
+    out = snap
+    for category in (*OPENFLOW, *TRAFFIC):
+        gone = {e.identity() for e in (*delta.removed.get(category, ()),
+                                       *delta.changed.get(category, ()))}
+        kept = [e for e in snap.categories[category] if e.identity() not in gone]
+        new = [*delta.changed.get(category, ()), *delta.added.get(category, ())]
+        if gone or new:
+            out = out.replace(category, [*kept, *new])
+    return out
+
+
 def delta_between(before: Snapshot, after: Snapshot) -> Delta:
     """What *after* (the final read) holds that *before* (the snapshot) did not."""
     removed: dict[str, tuple[Entry, ...]] = {}

@@ -570,8 +570,9 @@ class Restorer:
             # and may rightly have written already: their OpenFlow state is theirs.
             want, got = without_bridges(want, controlled), without_bridges(got, controlled)
             if anomalies is not None:
-                anomalies.append("OpenFlow state of " + ", ".join(controlled) + " not read "
-                                 "back: its Controller-table controllers may write to it")
+                anomalies.append("OpenFlow state of " + ", ".join(controlled) + " read back "
+                                 "before flow-restore-wait was lifted only: its "
+                                 "Controller-table controllers may write to it since")
         lost = check_carried(want, got, elapsed=elapsed, mac_aging=aging)
         if lost:
             from ovsndu.render import entry_text

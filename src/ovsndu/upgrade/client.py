@@ -24,13 +24,14 @@ from pathlib import Path
 
 from ovsndu.errors import OvsnduError, RestoreError, SyncAborted
 from ovsndu.model import Port, Snapshot
-from ovsndu.model.carried import check_carried
-from ovsndu.model.delta import Delta
+from ovsndu.model.carried import check_carried, check_category
+from ovsndu.model.delta import OPENFLOW, Delta, applied
 from ovsndu.ovs.catchup import CATCHUP_FILE, apply_catchup
 from ovsndu.ovs.ct_defer import HOT_WINDOW_S
 from ovsndu.ovs.dpdk import defuse_copy
-from ovsndu.ovs.readers import read_snapshot
-from ovsndu.ovs.restore import RestorePlan, Restorer, user_routes_only
+from ovsndu.ovs.ovsdb import Ovsdb
+from ovsndu.ovs.readers import StateReader, read_snapshot
+from ovsndu.ovs.restore import RestorePlan, Restorer, controlled_bridges, user_routes_only
 from ovsndu.ovs.sandbox import Sandbox, backup_db
 from ovsndu.ovs.uncarried import carried_only
 from ovsndu.protocol.transport import receive_state
@@ -84,6 +85,28 @@ def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
+def check_controlled_bridges(expected: Snapshot, rundir: Path, db: str,
+                             of_dir: Path | None) -> None:
+    """Bridges with a ``Controller``-table controller: read their OpenFlow state back now,
+    while flow-restore-wait still keeps their controllers away (after the lift they may
+    rightly write, so the supervisor's read-back leaves them out)."""
+    with Ovsdb(db) as conn:
+        controlled = controlled_bridges(conn)
+    if not controlled:
+        return
+    got = StateReader(rundir, db, of_dir=of_dir).openflow()
+    want = carried_only(expected)
+    for category in OPENFLOW:
+        mine = [e for e in want.categories[category] if getattr(e, "bridge", "") in controlled]
+        have = [e for e in got[category] if getattr(e, "bridge", "") in controlled]
+        lost = check_category(category, tuple(mine), tuple(have))
+        if lost is not None:
+            from ovsndu.render import entry_text
+
+            raise RestoreError(category, "read-back before controllers connect lost state: "
+                               + lost.describe(entry_text))
+
+
 def install_live(plan: RestorePlan, rundir: Path, db: str, *, tcp_seq_check: bool,
                  of_dir: Path | None = None, catchup: Path | None = None) -> float:
     """Send the prepared plan to the new serving vswitchd (just started: *fresh*) and lift
@@ -92,11 +115,14 @@ def install_live(plan: RestorePlan, rundir: Path, db: str, *, tcp_seq_check: boo
     started = time.monotonic()
     restorer = Restorer(rundir, db, tcp_seq_check=tcp_seq_check, of_dir=of_dir)
     report = restorer.apply(plan, fresh=True)
+    expected = plan.snapshot
     if catchup is not None and catchup.exists():
         # What changed in the old process after the snapshot (written by the supervisor
         # beside the token, after the old process stopped): applied before the lift.
         delta = Delta.from_dict(json.loads(catchup.read_text()))
         report.durations.update(apply_catchup(restorer, delta, plan.snapshot))
+        expected = applied(plan.snapshot, delta)
+    check_controlled_bridges(expected, rundir, db, of_dir)
     restorer.lift_flow_restore_wait()
     lifted = time.monotonic() - started
     # Forwarding runs again: the idle connections' entries now (ovsndu.ovs.ct_defer).
