@@ -39,7 +39,7 @@ from ovsndu.model import (
     diff_category,
 )
 from ovsndu.model.carried import check_carried
-from ovsndu.ovs import ofbundle, ofdump, parsers
+from ovsndu.ovs import ofbundle, ofdump, ofmeters, parsers
 from ovsndu.ovs.ct_defer import flush_tuple, misjudged, split_for_gap
 from ovsndu.ovs.ofbundle import CapturedBundle
 from ovsndu.ovs.ofctl import ofctl
@@ -93,6 +93,7 @@ class RestorePlan:
     ct_later: list[Conntrack] = field(default_factory=list)
     ct_later_chunks: list[list[str]] = field(default_factory=list)
     ct_encoded: dict[int, CapturedBundle] = field(default_factory=dict)  # id(chunk) -> bytes
+    meter_msgs: dict[str, list[bytes]] = field(default_factory=dict)  # bridge -> METER_MODs
     # Rules only OpenFlow 1.0 can carry (NXT_FLOW_MOD bytes), sent after the bundle.
     nx_flows: dict[str, list[Flow]] = field(default_factory=dict)
 
@@ -249,6 +250,13 @@ class Restorer:
                                 [f"flow add {f.spec()}" for f in carried])
         plan = RestorePlan(snap, bridges, bundles, extra, ct_bridge, fdb, port_names, has_tcp,
                            encoded, uncarried, ct_later, later, nx_flows=nx_flows)
+        for bridge in bridges if encode else ():
+            specs = [e.spec() for e in _of(snap, "meters", bridge.name) if isinstance(e, Meter)]
+            if specs and bridge.meter_version is not None:
+                try:
+                    plan.meter_msgs[bridge.name] = ofmeters.capture(specs)
+                except VswitchdError as exc:
+                    raise RestoreError("meters", f"{bridge.name}: {_reason(exc)}") from None
         if encode and ct_bridge is not None:
             version = self._version(plan, ct_bridge)
             for chunk in (extra + later) if version in ofbundle.VERSIONS else ():
@@ -332,7 +340,8 @@ class Restorer:
                 # Bridge by bridge, so a failure leaves each bridge whole or as found.
                 for bridge in plan.bridges:
                     with self._step(report, "openflow"):
-                        self._tlv_and_meters(snap, bridge, fresh=fresh)
+                        self._tlv_and_meters(snap, bridge, fresh=fresh,
+                                             encoded_meters=plan.meter_msgs.get(bridge.name))
                         self._bundle_or_undo(snap, bridge, plan.bundles[bridge.name],
                                              plan.encoded.get(bridge.name))
                         self._nx_flows(bridge, plan.nx_flows.get(bridge.name, []))
@@ -418,7 +427,8 @@ class Restorer:
     def _version(plan: RestorePlan, bridge: str) -> str:
         return next(b.of_version for b in plan.bridges if b.name == bridge)
 
-    def _tlv_and_meters(self, snap: Snapshot, bridge: BridgeInfo, *, fresh: bool) -> None:
+    def _tlv_and_meters(self, snap: Snapshot, bridge: BridgeInfo, *, fresh: bool,
+                        encoded_meters: list[bytes] | None = None) -> None:
         name, version = bridge.name, bridge.of_version
         tlvs = [e for e in _of(snap, "tlv_mappings", name) if isinstance(e, TlvMapping)]
         meters = [e for e in _of(snap, "meters", name) if isinstance(e, Meter)]
@@ -440,6 +450,13 @@ class Restorer:
         try:
             if tlvs:
                 self._ofctl(name, version, "add-tlv-map", ",".join(t.spec() for t in tlvs))
+            if meters and encoded_meters is not None:  # prepared bytes, one connection
+                try:
+                    ofmeters.send(self.of_dir / f"{name}.mgmt", encoded_meters,
+                                  [m.spec() for m in meters])
+                except VswitchdError as exc:
+                    raise RestoreError("meters", f"{name} rejected {_reason(exc)}") from None
+                meters = []
             for m in meters:
                 try:
                     self._ofctl(name, "OpenFlow13", "add-meter", m.spec())
