@@ -67,18 +67,29 @@ def _settled_table(r: OvnRig) -> tuple[list[str], list[str]]:
     return r.ovn.flows(), r.ovn.groups()
 
 
-def _table_problems(r: OvnRig) -> list[str]:
-    """br-int's raw table equals what a freshly started ovn-controller installs."""
-    flows, groups = _settled_table(r)
-    want_flows, want_groups = r.ovn.wanted()
+def _differences(what: str, got: tuple[list[str], list[str]],
+                 want: tuple[list[str], list[str]]) -> list[str]:
     problems = []
-    if flows != want_flows:
-        extra = sorted(set(flows) - set(want_flows))
-        missing = sorted(set(want_flows) - set(flows))
-        problems.append(f"br-int flows differ from what ovn-controller wants: "
-                        f"{len(extra)} extra {extra[:2]}, {len(missing)} missing {missing[:2]}")
-    if groups != want_groups:
-        problems.append(f"br-int groups differ: {groups} != {want_groups}")
+    for kind, have, wanted in (("flows", got[0], want[0]), ("groups", got[1], want[1])):
+        if have != wanted:
+            extra = sorted(set(have) - set(wanted))
+            missing = sorted(set(wanted) - set(have))
+            problems.append(f"{what}: {kind} differ from what ovn-controller wants: "
+                            f"{len(extra)} extra {extra[:2]}, {len(missing)} missing "
+                            f"{missing[:2]}")
+    return problems
+
+
+def _table_problems(r: OvnRig, restored: tuple[list[str], list[str]] | None = None
+                    ) -> list[str]:
+    """br-int's raw table equals what a freshly started ovn-controller installs: once
+    ovn-controller has caught up, and (*restored*) as ovsndu left it before ovn-controller
+    could reconnect to the new vswitchd."""
+    settled = _settled_table(r)
+    want = r.ovn.wanted()
+    problems = _differences("br-int after the reload", settled, want)
+    if restored is not None:
+        problems += _differences("br-int as ovsndu restored it", restored, want)
     return problems
 
 
@@ -107,8 +118,18 @@ def test_reloads_under_churn(ovn_rig: OvnRig) -> None:
     outcomes = []
     try:
         time.sleep(1.0)
+        restored = None
+        timeline: list[tuple[float, float]] = []
         for k in range(RELOADS):
+            last = k == RELOADS - 1
+            if last:  # what ovsndu alone puts into the new vswitchd, ovn-controller frozen
+                r.ovn.pause_controller()
+            began = time.monotonic()
             code, result = r.rig.reload()
+            timeline.append((round(began, 3), round(time.monotonic(), 3)))
+            if last:
+                restored = (r.ovn.flows(), r.ovn.groups())
+                r.ovn.resume_controller()
             outcomes.append((code, result.get("reason") or result.get("stderr")))
             if code != 0:
                 problems.append(f"reload {k + 1}: exit {code}: {outcomes[-1][1]}")
@@ -117,14 +138,15 @@ def test_reloads_under_churn(ovn_rig: OvnRig) -> None:
     finally:
         counters = churn.stop()
     problems += _traffic_problems(counters)
-    problems += _table_problems(r)
-    print(f"outcomes {outcomes}; traffic {counters}")
+    problems += _table_problems(r, restored)
+    print(f"outcomes {outcomes}; reloads (monotonic) {timeline}; traffic {counters}")
     assert not problems, "\n".join(problems)
 
 
 def _watch_rule(r: OvnRig, needle: str, found: list[float], stop: threading.Event) -> None:
     """Poll br-int until a flow containing *needle* appears; append the time the dump that
-    showed it returned (the rule was in the table before that)."""
+    showed it returned (the rule was in the table before that) and freeze ovn-controller,
+    so that whatever br-int holds after the reload is ovsndu's doing."""
     while not stop.is_set():
         try:
             out = r.rig.sb.ofctl(BRIDGE, "dump-flows", options=("--no-stats",))
@@ -132,6 +154,8 @@ def _watch_rule(r: OvnRig, needle: str, found: list[float], stop: threading.Even
             out = ""
         if needle in out:
             found.append(time.monotonic())
+            time.sleep(0.1)  # the rest of that change's flow mods (one main-loop iteration)
+            r.ovn.pause_controller()
             return
         time.sleep(0.02)
 
@@ -157,7 +181,8 @@ def _reload_with(r: OvnRig, phase: str, action: Callable[[], None]) -> tuple[int
 @pytest.mark.parametrize("phase", ["client", "standby", "handover"])
 def test_acl_added_during_reload_never_leaks(ovn_rig: OvnRig, phase: str) -> None:
     """An OVN ACL written while the upgrade runs forbids new connections from the moment it
-    is in br-int (old or new vswitchd) on: none of them is delivered."""
+    is in br-int (old or new vswitchd) on: none of them is delivered; and the new vswitchd
+    holds it even before ovn-controller reconnects (frozen from the moment it was seen)."""
     r = ovn_rig
     churn = _churn(r, victim_port=VICTIM_PORT)
     churn.start()
@@ -177,6 +202,10 @@ def test_acl_added_during_reload_never_leaks(ovn_rig: OvnRig, phase: str) -> Non
             r.ovn.add_acl(*DROP_VICTIM)
 
         code, lines = _reload_with(r, phase, add_acl)
+        watcher.join(timeout=30)
+        restored = (r.ovn.flows(), r.ovn.groups()) if found else None
+        if found:
+            r.ovn.resume_controller()
         if code != 0:
             problems.append(f"reload exit {code}: {lines[-3:]}")
         problems += _serving_problems(r, "after the reload")
@@ -198,7 +227,7 @@ def test_acl_added_during_reload_never_leaks(ovn_rig: OvnRig, phase: str) -> Non
         if not any(sent < found[0] for _, sent, _ in arrivals):
             problems.append("no victim connection got through before the ACL: probe broken")
     problems += _traffic_problems(counters)
-    problems += _table_problems(r)
+    problems += _table_problems(r, restored)
     when = {"added_s": added[0] - started if added else None,
             "in_br_int_s": found[0] - started if found else None}
     print(f"phase {phase}: {when}; reload {lines}; traffic {counters}")

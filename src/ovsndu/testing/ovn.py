@@ -251,6 +251,15 @@ class OvnStack:
         """Write an ACL to the northbound database (returns at once: no ``--wait``)."""
         self.nbctl("acl-add", pg, direction, str(priority), match, verdict, "--type=port-group")
 
+    def pause_controller(self) -> None:
+        """Freeze ovn-controller (``debug/pause``): it neither reconnects nor writes until
+        :meth:`resume_controller` — what br-int holds meanwhile is what others put there."""
+        self.appctl("controller", "debug/pause")
+
+    def resume_controller(self) -> None:
+        """Undo :meth:`pause_controller`."""
+        self.appctl("controller", "debug/resume")
+
     def flows(self) -> list[str]:
         """br-int's raw table as OVS prints it: ``ovs-ofctl -O OpenFlow15 dump-flows br-int
         --no-stats``, lines sorted (the dump is in hash order)."""

@@ -23,7 +23,8 @@ Probes, run inside endpoint namespaces (``python -m ovsndu.testing.workload NAME
     one holds): a bridge doing MAC learning learns one new FDB entry per frame.
 ``tcp-watch HOST PORT FILE``
     Connects (to a ``probe tcp-push`` server) and keeps ``bytes``, ``max_gap_ms`` (the
-    longest pause between two receipts) and, when it ends, ``error REASON`` in FILE.
+    longest pause between two receipts), ``max_gap_end`` (when it ended, CLOCK_MONOTONIC)
+    and, when it ends, ``error REASON`` in FILE.
 
 :class:`Churn` starts them on two endpoints and reads their counters back.
 """
@@ -138,10 +139,11 @@ def tcp_watch(host: str, port: int, out: Path) -> None:
     _stop_on_term()
     sock = socket.create_connection((host, port), timeout=5)
     sock.settimeout(0.2)
-    total, worst, last = 0, 0.0, time.monotonic()
+    total, worst, last, worst_end = 0, 0.0, time.monotonic(), 0.0
 
     def write(error: str = "") -> None:
         out.write_text(f"bytes {total}\nmax_gap_ms {worst * 1000:.1f}\n"
+                       f"max_gap_end {worst_end:.6f}\n"
                        + (f"error {error}\n" if error else ""))
 
     try:
@@ -154,13 +156,16 @@ def tcp_watch(host: str, port: int, out: Path) -> None:
                 write("closed by peer")
                 return
             now = time.monotonic()
-            worst, last = max(worst, now - last), now
+            if now - last > worst:
+                worst, worst_end = now - last, now
+            last = now
             total += len(chunk)
             write()
     except OSError as exc:
         write(str(exc))
         return
-    worst = max(worst, time.monotonic() - last)
+    if time.monotonic() - last > worst:
+        worst, worst_end = time.monotonic() - last, time.monotonic()
     write()
 
 
@@ -303,6 +308,7 @@ class Churn:
             "macs_sent": read_counters(w / "churn-macs.txt").get("sent", 0),
             "tcp_bytes": tcp.get("bytes", 0),
             "tcp_max_gap_ms": tcp.get("max_gap_ms"),
+            "tcp_max_gap_end": tcp.get("max_gap_end"),
             "tcp_error": tcp.get("error", ""),
             "tcp_survived": "error" not in tcp and tcp_moving,
         }
