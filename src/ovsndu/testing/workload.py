@@ -273,11 +273,17 @@ class Churn:
         """(seq, sent, arrived) of the victim stream (complete once stopped)."""
         return read_arrivals(self.work / "churn-victim-recv.txt")
 
-    def stop(self) -> dict[str, Any]:
-        """Stop every probe (senders first) and return the counters."""
+    def stop(self, tcp_patience: float = 10.0) -> dict[str, Any]:
+        """Stop every probe (senders first) and return the counters.
+
+        The TCP download counts as surviving when it still delivers within *tcp_patience*
+        seconds: after a long pause TCP retransmits with exponential back-off (~3 s
+        between tries after a 1.5 s outage), while a connection whose conntrack entry was
+        lost never delivers again through the ACL."""
         before = self.tcp_bytes()
-        time.sleep(0.5)
-        tcp_moving = self.tcp_bytes() > before
+        deadline = time.monotonic() + tcp_patience
+        while not (tcp_moving := self.tcp_bytes() > before) and time.monotonic() < deadline:
+            time.sleep(0.1)
         for group in (self._senders, self._receivers, [self.tcp]):
             for p in group:
                 if p.poll() is None:
