@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ovsndu.ovs.sandbox import Sandbox
+from ovsndu.ovs.sandbox import Sandbox, _die_with_parent
 from ovsndu.testing.endpoints import Endpoint
 from ovsndu.testing.ovn import OvnStack
 from ovsndu.testing.workload import read_arrivals, read_counters
@@ -45,7 +45,8 @@ class ChurnLoad:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def _probe(self, ep: Endpoint, *args: str) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(ep.argv([sys.executable, "-m", WORKLOAD, *args]))
+        p = subprocess.Popen(ep.argv([sys.executable, "-m", WORKLOAD, *args]),
+                             preexec_fn=_die_with_parent)  # none outlives its creator
         self.procs.append(p)
         return p
 

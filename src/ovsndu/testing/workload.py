@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ovsndu.ovs.sandbox import _die_with_parent
 from ovsndu.testing.endpoints import Endpoint
 
 SPORT_BASE, SPORT_COUNT = 10000, 15000
@@ -222,7 +223,8 @@ class Churn:
     PORT, FORBIDDEN_PORT = 7100, 9998
 
     def _probe(self, ep: Endpoint, module: str, *args: str) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(ep.argv([sys.executable, "-m", module, *args]))
+        p = subprocess.Popen(ep.argv([sys.executable, "-m", module, *args]),
+                             preexec_fn=_die_with_parent)  # none outlives its creator
         self.procs.append(p)
         return p
 
