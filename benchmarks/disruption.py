@@ -87,6 +87,8 @@ def filler(n: int) -> list[str]:
 class Run:
     """One sandbox with endpoints, pipeline and traffic; measures one upgrade method."""
 
+    UPGRADE_TIMEOUT = 300  # [upgrade] timeout, seconds
+
     def __init__(self, work: Path, n_flows: int, conntrack: int = 0, churn: float = 0.0,
                  ovn: bool = False, *, dpdk_huge: Path | None = None):
         self.work = work
@@ -221,7 +223,7 @@ class Run:
             "ovs": {"rundir": str(self.sb.rundir), "db": self.sb.db,
                     "vswitchd": self.binary, "vswitchd_args": list(NETDEV_ARGS),
                     "netns": self.sb.netns or ""},
-            "upgrade": {"timeout": 300},
+            "upgrade": {"timeout": self.UPGRADE_TIMEOUT},
             "ovsndu": {"state_dir": str(self.work / "state")},
         })
         cfg_path = self.work / "ovsndu.toml"

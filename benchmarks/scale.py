@@ -54,6 +54,8 @@ def bridge_flows(bridge: int, n: int) -> list[str]:
 class ScaleRun(Run):
     """The disruption benchmark's run, with four bridges of state."""
 
+    UPGRADE_TIMEOUT = 1800
+
     def __init__(self, work: Path, flows: int, conntrack: int, fdb: int):
         super().__init__(work, flows // len(BRIDGES), conntrack)
         self.fdb = fdb
@@ -146,12 +148,15 @@ def main() -> None:
                 res = run.measured(method)
             res.pop("arrivals", None)
             per[method].append(res)
-            print(f"run {k + 1} {method}: exit {res['exit_code']}, {res['upgrade_s']:.1f} s, "
+            why = res.get("reason") or ""
+            print(f"run {k + 1} {method}: exit {res['exit_code']} {why}, "
+                  f"{res['upgrade_s']:.1f} s, "
                   f"gap {res['gap_ms']:.0f} ms, survived {res['established_survived']}, "
                   f"ct {res['ct_entries']}, raw equal {all(res['raw_equal'].values())}, "
                   f"missing {res['raw_missing']}, rss {res.get('peak_rss_mib')}, "
                   f"marks {json.dumps(res.get('marks', {}))}", flush=True)
-    fields = ("gap_ms", "lost", "tcp_survived", "established_survived", "ct_entries",
+    fields = ("gap_ms", "lost", "reason", "stalled_ms", "stalls", "tcp_survived",
+              "established_survived", "ct_entries",
               "upgrade_s", "exit_code", "peak_rss_mib", "raw_equal", "raw_missing",
               "counts_before", "marks", "phases", "forbidden_delivered")
     by: dict[str, Any] = {m: {f: [r.get(f) for r in per[m]] for f in fields} for m in methods}
