@@ -207,10 +207,13 @@ class Meter(Entry):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Group(Entry):
-    """An OpenFlow group: type, selection properties and buckets (ovs-ofctl text)."""
+    """An OpenFlow group: type, selection properties and buckets (ovs-ofctl text);
+    ``wire``, when set, the base64 OpenFlow 1.5 group-mod that creates it byte for byte
+    (:mod:`ovsndu.ovs.ofwire`), kept out of digests like a flow's."""
 
     CATEGORY: ClassVar[str] = "groups"
     IDENTITY: ClassVar[tuple[str, ...]] = ("bridge", "group_id")
+    VOLATILE: ClassVar[frozenset[str]] = frozenset({"wire"})
 
     bridge: str
     group_id: int
@@ -218,6 +221,7 @@ class Group(Entry):
     selection_method: str | None = None
     properties: str = ""
     buckets: tuple[str, ...] = ()
+    wire: str = ""
 
     def spec(self) -> str:
         """The ``ovs-ofctl add-group`` text."""

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ovsndu.errors import ModelError
-from ovsndu.model.state import METER_ID_NAMES, Entry, Flow, Meter, TlvMapping
+from ovsndu.model.state import METER_ID_NAMES, Entry, Flow, Group, Meter, TlvMapping
 
 U16, U32, U64 = 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -40,6 +40,8 @@ _INT_MAX: Mapping[tuple[str, str], int] = {
 _LOWEST: Mapping[tuple[str, str], int] = {("ports", "ofport"): -1, ("meters", "meter_id"): 1,
                                           ("tlv_mappings", "length"): 4}
 
+_BASE64 = r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
+
 # (category, field) -> full-match pattern of a string field
 _PATTERNS: Mapping[tuple[str, str], str] = {
     ("tunnel_neighbors", "mac"): _MAC, ("tunnel_neighbors", "ip"): r"[0-9a-fA-F.:]+",
@@ -47,7 +49,7 @@ _PATTERNS: Mapping[tuple[str, str], str] = {
     # a match is one comma-separated word: no blank, no second "actions="
     ("flows", "match"): r"(?!.*actions=)" + _NO_SPACE,
     ("flows", "actions"): r".+",
-    ("flows", "wire"): r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?",
+    ("flows", "wire"): _BASE64, ("groups", "wire"): _BASE64,
     ("groups", "type"): r"all|select|indirect|ff|fast_failover",
     ("groups", "properties"): _NO_SPACE, ("groups", "selection_method"): r"[a-z_]+",
     ("tlv_mappings", "tlv_class"): r"0x[0-9a-f]{1,4}",
@@ -144,5 +146,19 @@ def _flow(entry: Entry) -> None:
         raise _fail(entry, "wire", entry.wire[:40], "is not an OpenFlow flow-mod that adds")
 
 
+def _group(entry: Entry) -> None:
+    """A group's bytes must be one OpenFlow 1.5 ``GROUP_MOD`` that adds this very group."""
+    assert isinstance(entry, Group)
+    if not entry.wire:
+        return
+    msg = base64.b64decode(entry.wire)
+    ok = (len(msg) >= 24 and msg[0] == 6 and msg[1] == 15
+          and struct.unpack_from("!H", msg, 2)[0] == len(msg)
+          and struct.unpack_from("!H", msg, 8)[0] == 0
+          and struct.unpack_from("!I", msg, 12)[0] == entry.group_id)
+    if not ok:
+        raise _fail(entry, "wire", entry.wire[:40], "is not an OpenFlow group-mod that adds it")
+
+
 _EXTRA: Mapping[str, Callable[[Entry], None]] = {"meters": _meter, "tlv_mappings": _tlv,
-                                                 "flows": _flow}
+                                                 "flows": _flow, "groups": _group}

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ovsndu.errors import ParseError, VswitchdError
-from ovsndu.model import Flow
+from ovsndu.model import Flow, Group
 from ovsndu.ovs import ofwire, parsers
 from ovsndu.ovs.ofwire import HEADER
 
@@ -188,12 +188,25 @@ def _nx_mods(mgmt: Path, bridge: str) -> dict[tuple[int, int, str], bytes]:
             for f, e in zip(flows, entries, strict=True) if f is not None}
 
 
+def read_groups(mgmt: Path, bridge: str) -> list[Group]:
+    """Every group of *bridge* (one OpenFlow 1.5 group-desc dump), each with its text (what
+    ``ovs-ofctl`` prints for the same bytes) and the group-mod that creates it again."""
+    replies = _dump(mgmt, ofwire.OF15, ofwire.group_desc_request(1))
+    entries = {ofwire.group_id(e): e for r in replies for e in ofwire.group_entries(r)}
+    groups = parsers.parse_groups(bridge, _print_messages(replies)) if entries else []
+    if sorted(g.group_id for g in groups) != sorted(entries):
+        raise ParseError("groups", f"{bridge}: {len(entries)} groups",
+                         f"ovs-ofctl printed {len(groups)} for them")
+    return [dataclasses.replace(g, wire=_b64(ofwire.group_mod15(entries[g.group_id])))
+            for g in groups]
+
+
 def _b64(msg: bytes) -> str:
     return base64.b64encode(msg).decode()
 
 
-def message(flow: Flow) -> bytes:
-    """The flow-mod a flow carries (empty when it goes by its text)."""
+def message(flow: Flow | Group) -> bytes:
+    """The flow-mod (group-mod) an entry carries (empty when it goes by its text)."""
     return base64.b64decode(flow.wire, validate=True) if flow.wire else b""
 
 
@@ -228,7 +241,7 @@ def send_unbundled(mgmt: Path, flows: Sequence[Flow]) -> None:
         conn.close()
 
 
-def bundle_adds(flows: Sequence[Flow], template: bytes, first_xid: int) -> list[bytes]:
+def bundle_adds(flows: Sequence[Flow | Group], template: bytes, first_xid: int) -> list[bytes]:
     """OpenFlow 1.5 ``BUNDLE_ADD`` messages carrying *flows*' flow-mods, for the bundle
     whose open request is *template* (its bundle id and flags)."""
     bundle_id, _type, flags = struct.unpack_from("!IHH", template, HEADER.size)

@@ -126,6 +126,39 @@ def nx_flow_mod(entry: bytes, xid: int = 0, *, send_flow_rem: bool = False) -> b
     return HEADER.pack(OF10, VENDOR, HEADER.size + len(body), xid) + body
 
 
+OFPMP_GROUP_DESC, GROUP_MOD, OFPG_ALL, OFPG15_BUCKET_ALL = 7, 15, 0xFFFFFFFC, 0xFFFFFFFF
+_GDESC15 = struct.Struct("!HBxIH6x")             # ofp15_group_desc_stats, before buckets
+_GMOD15 = struct.Struct("!HBxIH2xI")              # ofp15_group_mod after the header
+
+
+def group_desc_request(xid: int) -> bytes:
+    """OpenFlow 1.5 request for the description of every group."""
+    body = struct.pack("!HH4xI4x", OFPMP_GROUP_DESC, 0, OFPG_ALL)
+    return HEADER.pack(OF15, MULTIPART_REQUEST, HEADER.size + len(body), xid) + body
+
+
+def group_entries(reply: bytes) -> Iterator[bytes]:
+    """The group-desc entries of one OpenFlow 1.5 multipart reply."""
+    if reply[0] != OF15 or reply[1] != MULTIPART_REPLY:
+        raise ParseError("group desc", reply[:16].hex(), "not an OpenFlow 1.5 multipart reply")
+    return _entries(reply, 16, _GDESC15.size)
+
+
+def group_mod15(entry: bytes, xid: int = 0) -> bytes:
+    """The OpenFlow 1.5 ``OFPGC_ADD`` that creates the group of a group-desc *entry*:
+    its type, id, buckets (with their ids, weights, watches) and properties (the
+    selection method) byte for byte."""
+    _length, gtype, group_id, buckets_len = _GDESC15.unpack_from(entry)
+    body = _GMOD15.pack(0, gtype, group_id, buckets_len, OFPG15_BUCKET_ALL) \
+        + entry[_GDESC15.size:]
+    return HEADER.pack(OF15, GROUP_MOD, HEADER.size + len(body), xid) + body
+
+
+def group_id(entry: bytes) -> int:
+    """The group id of a group-desc entry."""
+    return int(_GDESC15.unpack_from(entry)[2])
+
+
 def with_xid(msg: bytes, xid: int) -> bytes:
     """*msg* with its transaction id replaced."""
     return msg[:4] + struct.pack("!I", xid) + msg[8:]

@@ -156,6 +156,9 @@ class StateReader:
             def groups(b: BridgeInfo = b) -> tuple[str, list[Entry]]:
                 if b.of_version == "OpenFlow10":
                     return "groups", []
+                if b.of_version == "OpenFlow15":
+                    return "groups", list(ofdump.read_groups(rundir / f"{b.name}.mgmt",
+                                                             b.name))
                 text = ofctl(rundir, b.name, b.of_version, "dump-groups", extra=("--no-names",))
                 return "groups", list(parsers.parse_groups(b.name, text))
 

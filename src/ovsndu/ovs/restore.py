@@ -53,6 +53,7 @@ from ovsndu.ovs.unixctl import Unixctl
 
 CT_CHUNK = 10_000
 WIRE_XIDS = 0x40000000  # xids of bundle adds built from bytes (ovs-ofctl counts from 1)
+WIRE_GROUP_XIDS = 0x30000000  # xids of group-mods carried as bytes
 USERSPACE_DATAPATHS = ("netdev", "dummy")
 
 
@@ -213,6 +214,8 @@ class Restorer:
         wire: dict[str, list[Flow]] = {}
         nx_flows: dict[str, list[Flow]] = {}
         wire_at: dict[str, int] = {}
+        wire_groups: dict[str, list[Group]] = {}
+        groups_at: dict[str, int] = {}
         for bridge in bridges:
             name = bridge.name
             groups = [e for e in _of(snap, "groups", name) if isinstance(e, Group)]
@@ -220,7 +223,12 @@ class Restorer:
             lines = ["flow delete"]
             if bridge.of_version != "OpenFlow10":
                 lines.append("group delete group_id=all")
-            lines += [f"group add {g.spec()}" for g in _groups_in_order(groups)]
+            groups_at[name] = len(lines)
+            ordered = _groups_in_order(groups)
+            if bridge.of_version == "OpenFlow15" and ordered and all(g.wire for g in ordered):
+                wire_groups[name] = ordered   # spliced in as group-mod bytes, in this order
+            else:
+                lines += [f"group add {g.spec()}" for g in ordered]
             if bridge.of_version == "OpenFlow15":
                 by_version = _by_wire_version(flows)
                 flows = by_version.get(0, [])
@@ -237,7 +245,8 @@ class Restorer:
                       for e in snap.categories["conntrack"])
         encoded = {}
         for bridge in bridges:
-            if (encode or wire.get(bridge.name)) and bridge.of_version in ofbundle.VERSIONS:
+            if (encode or wire.get(bridge.name) or wire_groups.get(bridge.name)) \
+                    and bridge.of_version in ofbundle.VERSIONS:
                 try:
                     encoded[bridge.name] = ofbundle.capture(bundles[bridge.name],
                                                             bridge.of_version)
@@ -248,6 +257,11 @@ class Restorer:
                                 ofdump.bundle_adds(carried, encoded[bridge.name].open_msg,
                                                    WIRE_XIDS),
                                 [f"flow add {f.spec()}" for f in carried])
+                byte_groups = wire_groups.get(bridge.name, [])
+                ofbundle.splice(encoded[bridge.name], groups_at[bridge.name],
+                                ofdump.bundle_adds(byte_groups, encoded[bridge.name].open_msg,
+                                                   WIRE_GROUP_XIDS),
+                                [f"group add {g.spec()}" for g in byte_groups])
         plan = RestorePlan(snap, bridges, bundles, extra, ct_bridge, fdb, port_names, has_tcp,
                            encoded, uncarried, ct_later, later, nx_flows=nx_flows)
         for bridge in bridges if encode else ():
