@@ -169,7 +169,8 @@ def _cmd_reexec(args: argparse.Namespace) -> int:
             status = request(cfg.ovsndu.control_socket, {"op": "status"}, timeout=10)
         except OvsnduError:
             continue
-        if status.get("phase") == "idle":
+        if status.get("phase") == "idle" and \
+                status.get("supervisor_instance") != answer.get("supervisor_instance"):
             vs = status.get("vswitchd") or {}
             print(f"supervisor pid {status.get('supervisor_pid')} now runs ovsndu "
                   f"{status.get('ovsndu_version', '?')}; vswitchd pid {vs.get('pid')} "

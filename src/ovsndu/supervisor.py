@@ -26,27 +26,23 @@ import structlog
 
 from ovsndu import __version__
 from ovsndu.config import Config, reread
-from ovsndu.errors import ConfigError, HistoryError, OvsnduError, VswitchdError
-from ovsndu.model import Snapshot
-from ovsndu.ovs import daemon, ofdir
+from ovsndu.errors import ConfigError, OvsnduError, VswitchdError
+from ovsndu.ovs import daemon
 from ovsndu.ovs.ovsdb import Ovsdb
-from ovsndu.ovs.restore import Restorer
 from ovsndu.ovs.unixctl import pid_alive
 from ovsndu.systemd import lifecycle
 from ovsndu.systemd import notify as sdnotify
 from ovsndu.systemd.dbus import DbusService
-from ovsndu.upgrade import leftovers, machine
-from ovsndu.upgrade.conversion import revert_recorded
 from ovsndu.upgrade.history import HistoryStore, UpgradeRecord, ensure_private_dir
 from ovsndu.upgrade.keeper import StateKeeper
-from ovsndu.upgrade.machine import EXIT_REFUSED, Phase
+from ovsndu.upgrade.machine import EXIT_REFUSED
+from ovsndu.upgrade.recovery import Recovery
 from ovsndu.upgrade.runner import UpgradeRunner
 from ovsndu.upgrade.serving import (
     Serving,
     binary_of,
     record_version,
     restore_original,
-    snapshot_path,
     spec_of,
     vswitchd_version,
     who_serves,
@@ -73,6 +69,7 @@ class Supervisor:
         self.keeper = StateKeeper(self.spec)
         self.reexec = False
         self.released = False
+        self.instance = os.urandom(6).hex()  # tells a re-executed supervisor from this one
         self._stop = asyncio.Event()
 
     # --- life cycle --------------------------------------------------------------------------
@@ -282,122 +279,16 @@ class Supervisor:
             daemon.kill(pid)
             daemon.remove_stale_files(self.spec, pid)
 
-    # --- crash recovery -----------------------------------------------------------------------
-    def sweep(self) -> None:
-        """Remove what interrupted upgrades left (no upgrade runs at start)."""
-        removed = leftovers.sweep(self.state_dir)
-        if removed:
-            log.warning("supervisor.swept_leftovers", event_kind="recovery", removed=removed)
-
+    # --- crash recovery (upgrade/recovery.py) -------------------------------------------------
     def recover(self) -> None:
         """Finish or roll back an upgrade a killed supervisor left in flight."""
-        try:
-            rec = self.store.inflight()
-        except HistoryError as exc:
-            aside = self.store.inflight_path.with_name(f"inflight.corrupt.{int(time.time())}")
-            with contextlib.suppress(OSError):
-                self.store.inflight_path.rename(aside)
-            log.error("supervisor.inflight_unreadable", event_kind="anomaly", reason=str(exc),
-                      moved_to=str(aside))
-            return
-        if rec is None:
-            return
-        if leftovers.kill_client(rec.client_pid):
-            log.warning("supervisor.killed_orphan_client", event_kind="recovery",
-                        upgrade_id=rec.id, pid=rec.client_pid)
-        phase = Phase(rec.phase) if rec.phase else Phase.PREFLIGHT
-        action = machine.recovery_action(phase, rec.rollback_mode)  # type: ignore[arg-type]
-        log.warning(
-            "supervisor.recovering",
-            event_kind="recovery",
-            upgrade_id=rec.id,
-            phase=phase.value,
-            action=action,
-        )
-        snap = self._load_snapshot(rec)
-        try:
-            outcome = self._recover(rec, action, snap)
-            if outcome != "committed":  # a schema conversion goes back with the binary
-                rec.anomalies += revert_recorded(
-                    rec.schema, self.spec.rundir, self.spec.db, self.state_dir / "work" / rec.id,
-                    daemon.read_pid(self.spec.pidfile))
-            rec.outcome, rec.exit_code = outcome, (0 if outcome == "committed" else 1)
-            rec.reason = (
-                f"supervisor restarted during {phase.value}; "
-                f"{'finished' if outcome == 'committed' else 'rolled back'}"
-            )
-        except OvsnduError as exc:
-            rec.outcome, rec.exit_code, rec.reason = "failed", 3, f"recovery failed: {exc}"
-        rec.anomalies.append(f"supervisor killed during {phase.value}, recovered: {rec.outcome}")
-        try:
-            self.store.finish(rec)
-        except OSError as exc:
-            rec.anomalies.append(f"history record not written: {exc}")
-            with contextlib.suppress(OSError):
-                self.store.inflight_path.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            snapshot_path(self.state_dir, rec.id).unlink()
-        log.warning(
-            "upgrade.finished",
-            event_kind="recovered",
-            upgrade_id=rec.id,
-            outcome=rec.outcome,
-            reason=rec.reason,
-            phase=phase.value,
-        )
+        restored = Recovery(self.cfg, self.spec, self.store).run()
+        if restored is not None:
+            self.serving = restored
 
-    def _load_snapshot(self, rec: UpgradeRecord) -> Snapshot | None:
-        path = snapshot_path(self.state_dir, rec.id)
-        try:
-            return Snapshot.from_dict(json.loads(path.read_text()))
-        except (OSError, ValueError, OvsnduError):
-            return None
-
-    def _recover(self, rec: UpgradeRecord, action: str, snap: Snapshot | None) -> str:
-        old = rec.from_pid if rec.from_pid and pid_alive(rec.from_pid) else None
-        new = rec.standby_pid if rec.standby_pid and pid_alive(rec.standby_pid) else None
-        ofdir.settle(self.spec.rundir, old_alive=old is not None)
-        finishable = action in ("commit", "handover") and old is None and new is not None
-        if finishable and new is not None and self._finish_on_new(new, snap):
-            return "committed"
-        if new is not None and new != old:
-            daemon.kill(new)
-            daemon.remove_stale_files(self.spec, new)
-        if old is not None:
-            if daemon.read_pid(self.spec.pidfile) != old:
-                raise VswitchdError(f"the original vswitchd {old} lost its pidfile")
-            return "rolled_back"
-        if snap is None:
-            raise VswitchdError("no vswitchd serves and the snapshot is lost")
-        binary = rec.rollback_binary or rec.from_binary or self.cfg.ovs.vswitchd
-        self.serving = restore_original(
-            self.spec, binary, snap, tcp_seq_check=self.cfg.upgrade.tcp_seq_check
-        )
-        return "rolled_back"
-
-    def _finish_on_new(self, pid: int, snap: Snapshot | None) -> bool:
-        """The old process is gone and the new one lives: install, lift, verify, keep it."""
-        if snap is None:
-            return False
-        try:
-            os.kill(pid, signal.SIGCONT)
-            daemon.wait_until(
-                lambda: daemon.bridges_built(self.spec.rundir, self.spec.db, pid),
-                30,
-                "the new vswitchd's bridges",
-            )
-            if daemon.read_pid(self.spec.pidfile) != pid:
-                daemon.promote_standby_pidfile(self.spec, pid)
-            Restorer(
-                self.spec.rundir,
-                self.spec.db,
-                pid=pid,
-                tcp_seq_check=self.cfg.upgrade.tcp_seq_check,
-            ).restore_and_release(snap)
-        except OvsnduError as exc:
-            log.warning("supervisor.finish_failed", event_kind="anomaly", reason=str(exc))
-            return False
-        return True
+    def sweep(self) -> None:
+        """Remove what interrupted upgrades left (no upgrade runs at start)."""
+        Recovery(self.cfg, self.spec, self.store).sweep()
 
     # --- control socket -----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -408,6 +299,7 @@ class Supervisor:
             "phase": self.phase,
             "upgrade_id": self.runner.upgrade_id if self.runner else None,
             "supervisor_pid": os.getpid(),
+            "supervisor_instance": self.instance,
             "ovsndu_version": __version__,
             "last_known_state": self._keeper_status(),
             "vswitchd": {"pid": s.pid, "version": s.version, "binary": s.binary} if s else None,
@@ -533,8 +425,7 @@ class Supervisor:
         s = self.serving
         await _send(writer, {"event": "result", "outcome": "reexec", "exit_code": 0,
                              "supervisor_pid": os.getpid(),
-            "ovsndu_version": __version__,
-            "last_known_state": self._keeper_status(),
+                             "supervisor_instance": self.instance,
                              "vswitchd_pid": s.pid if s else None,
                              "reason": "re-executing the installed ovsndu"})
         self.reexec = True

@@ -447,7 +447,7 @@ class UpgradeRunner:
                 *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=client_log)
         self.record.client_pid = self.client.pid
         self._write_inflight()
-        result = await serve_state(
+        serving = asyncio.ensure_future(serve_state(
             sock,
             self.snapshot,
             token,
@@ -455,8 +455,23 @@ class UpgradeRunner:
             expected_pid=self.client.pid,
             vswitchd_versions=[self.record.from_version],
             accept_timeout=30,
-        )
-        self.session = result.session
+        ))
+        # A client that dies before it connects is seen at once, not after accept_timeout.
+        exited = asyncio.ensure_future(self.client.wait())
+        try:
+            await asyncio.wait({serving, exited}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+            if not serving.done():
+                serving.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await serving
+        if serving.cancelled():
+            said = _last_lines(self._workdir / "client.log")
+            raise VswitchdError(f"the client exited with "
+                                f"{daemon.exit_description(self.client.returncode)} before "
+                                f"it connected" + (f": {said}" if said else ""))
+        self.session = serving.result().session
 
     async def check_validation(self) -> None:
         """The rehearsal's read-back digests (the client's acknowledgements) equal ours."""
