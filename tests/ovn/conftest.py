@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,21 @@ def make_ovn_rig(tmp_path: Path) -> Iterator[OvnRig]:
                     os.kill(pid, signal.SIGKILL)
 
 
+_SPENT: list[float] = []
+
+
 @pytest.fixture(name="ovn_rig")
 def _ovn_rig(tmp_path: Path) -> Iterator[OvnRig]:
-    with make_ovn_rig(tmp_path) as r:
-        yield r
+    started = time.monotonic()
+    try:
+        with make_ovn_rig(tmp_path) as r:
+            yield r
+    finally:
+        _SPENT.append(time.monotonic() - started)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """A heavy group says what it cost."""
+    if _SPENT:
+        terminalreporter.write_line(f"tests/ovn: {len(_SPENT)} OVN rigs, "
+                                    f"{sum(_SPENT):.0f} s in all")
