@@ -63,16 +63,3 @@ def test_database_restart_keeps_vswitchd(switch: Container, command: tuple[str, 
     assert _vswitchd_pid(box) == pid
     _reconnected(box)
     assert _flows(box) == flows
-
-
-def test_stopping_the_switch_still_stops_vswitchd(switch: Container) -> None:
-    """`systemctl stop openvswitch-switch` means all of OVS (StopPropagatedFrom=)."""
-    box = switch
-    box.run("systemctl", "stop", "openvswitch-switch", timeout=300)
-    deadline = time.monotonic() + 60
-    for unit in (UNIT, "ovsdb-server.service"):  # stop jobs of their own, still running
-        while box.show(unit, "ActiveState")["ActiveState"] != "inactive":
-            assert time.monotonic() < deadline, box.show(unit, "ActiveState", "SubState")
-            time.sleep(0.2)
-    box.run("systemctl", "start", "openvswitch-switch", timeout=300)
-    assert box.show(UNIT, "ActiveState")["ActiveState"] == "active"

@@ -79,7 +79,6 @@ def test_override_drops_the_propagating_dependencies(tmp_path: Path) -> None:
     for dropped in units.DROPPED:
         assert dropped not in lines
     assert "Wants=ovsdb-server.service" in lines
-    assert "StopPropagatedFrom=openvswitch-switch.service" in lines
     assert "After=ovsdb-server.service network-pre.target systemd-udev-settle.service" in lines
     assert "ExecStart=/usr/share/openvswitch/scripts/ovs-ctl start" in lines
     systemd_unit.uninstall(tmp_path)

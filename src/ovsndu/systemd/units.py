@@ -6,9 +6,7 @@ restarting ovsdb-server (or openvswitch-switch, whose own ``Requires=ovsdb-serve
 carries the restart on) restarts vswitchd, and reloading ovsdb-server reloads it.  A
 drop-in cannot take a dependency away, so ``ovsndu install-systemd`` writes a full
 ``/etc/systemd/system/ovs-vswitchd.service``: the installed stock unit with those three
-lines replaced by ``Wants=ovsdb-server.service`` (start order stays ``After=``) and
-``StopPropagatedFrom=openvswitch-switch.service`` (``systemctl stop openvswitch-switch``
-still stops vswitchd; its restart restarts only ovsdb-server).  The
+lines replaced by ``Wants=ovsdb-server.service`` (start order stays ``After=``).  The
 supervisor keeps vswitchd running while ovsdb-server restarts; vswitchd reconnects by
 itself.  ``ovsdb-server.service`` gets a drop-in with ``PIDFile=`` so that its stock
 ``systemctl reload`` (``ovs-ctl restart``) does not leave the unit dead.
@@ -46,8 +44,7 @@ def render_override(stock: str) -> str:
     """*stock* with the propagating dependencies replaced (see the module docstring)."""
     out = [f"{MARK} from the packaged unit; removed by `ovsndu uninstall-systemd`.",
            "# Requires=, ReloadPropagatedFrom=ovsdb-server and PartOf=openvswitch-switch are",
-           "# left out: restarting or reloading ovsdb-server leaves vswitchd running; stopping",
-           "# openvswitch-switch still stops it (StopPropagatedFrom=)."]
+           "# left out: restarting or reloading ovsdb-server leaves vswitchd running."]
     section = ""
     for line in stock.splitlines():
         stripped = line.strip()
@@ -56,8 +53,6 @@ def render_override(stock: str) -> str:
         if section == "[Unit]" and stripped in DROPPED:
             if stripped.startswith("Requires="):
                 out.append("Wants=ovsdb-server.service")
-            if stripped.startswith("PartOf="):  # a stop of the whole switch still stops it
-                out.append("StopPropagatedFrom=openvswitch-switch.service")
             continue
         out.append(line)
     return "\n".join(out) + "\n"
