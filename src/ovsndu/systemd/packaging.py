@@ -173,7 +173,8 @@ def run_hook(cfg: Any, unit: str, action: str, env: dict[str, str] | None = None
         return HookResult("allow", ALLOW)
     try:  # only a running supervisor makes this a live upgrade
         request(cfg.ovsndu.control_socket, {"op": "status"}, timeout=10)
-    except (SupervisorUnreachable, OvsnduError, OSError):
+    except (SupervisorUnreachable, OvsnduError, OSError) as exc:
+        say(f"no ovsndu supervisor answers ({exc}): {unit} {action} proceeds as packaged")
         return HookResult("allow", ALLOW, "no ovsndu supervisor runs: stock behaviour")
     if decision == "deny":
         say(f"keeping {unit} running while {env.get('DPKG_MAINTSCRIPT_PACKAGE')} is "
