@@ -3,7 +3,8 @@
 ``openvswitch-switch-dpdk`` installs ``ovs-vswitchd-dpdk`` beside the plain build (as a
 lower-priority alternative: /usr/sbin/ovs-vswitchd stays the plain build).  DPDK needs
 hugepages: :func:`hugepages` raises ``vm.nr_hugepages`` by what a test needs and mounts a
-private hugetlbfs, and puts both back as found afterwards.  :func:`enable_dpdk` writes the
+private hugetlbfs, and takes both back afterwards (relative to what it added, under a
+lock, so concurrent runs compose).  :func:`enable_dpdk` writes the
 ``other_config`` keys that make the DPDK build initialise DPDK (EAL) without a PCI bus;
 the plain build ignores them (it logs that it has no DPDK support).  OVS always passes
 ``--in-memory``, so an old and a new DPDK process never share hugepage files.
@@ -12,6 +13,7 @@ the plain build ignores them (it logs that it has no DPDK support).  OVS always 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -23,15 +25,39 @@ NR_HUGEPAGES = Path("/proc/sys/vm/nr_hugepages")
 SOCKET_MEM_MB = 128
 
 
+LOCK = Path("/run/lock/ovsndu-hugepages.lock")
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _add_pages(delta: int) -> int:
+    """Change ``vm.nr_hugepages`` by *delta* (under the lock: concurrent test runs, each
+    adding and later removing its own pages, compose); returns the new value."""
+    with _locked():
+        now = int(NR_HUGEPAGES.read_text())
+        NR_HUGEPAGES.write_text(f"{max(0, now + delta)}\n")
+        return int(NR_HUGEPAGES.read_text())
+
+
 @contextlib.contextmanager
 def hugepages(pages: int) -> Iterator[Path]:
-    """*pages* more 2 MiB hugepages and a private hugetlbfs mount (its path); both
-    restored on exit."""
-    before = int(NR_HUGEPAGES.read_text())
+    """*pages* more 2 MiB hugepages and a private hugetlbfs mount (its path); on exit the
+    mount goes and the same number of pages is given back (relative, so that another run
+    doing the same meanwhile is not undone)."""
     mount = Path(tempfile.mkdtemp(prefix="ovsndu-huge-"))
-    NR_HUGEPAGES.write_text(f"{before + pages}\n")
+    with _locked():
+        before = int(NR_HUGEPAGES.read_text())
+    got = _add_pages(pages)
     try:
-        got = int(NR_HUGEPAGES.read_text())
         if got < before + pages:
             raise RuntimeError(f"asked for {before + pages} hugepages, the kernel gave {got}")
         subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", str(mount)],
@@ -41,7 +67,7 @@ def hugepages(pages: int) -> Iterator[Path]:
         finally:
             subprocess.run(["umount", str(mount)], check=False, capture_output=True)
     finally:
-        NR_HUGEPAGES.write_text(f"{before}\n")
+        _add_pages(-pages)
         with contextlib.suppress(OSError):
             mount.rmdir()
 
