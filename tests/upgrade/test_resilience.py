@@ -100,6 +100,16 @@ def finish(proc: subprocess.Popen[str]) -> tuple[int, dict[str, Any]]:
     return proc.returncode, (json.loads(out) if out.strip() else {"stderr": err})
 
 
+def _ppid(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def last_record(rig: Rig) -> dict[str, Any]:
     records: list[dict[str, Any]] = json.loads(rig.cli("history", "--json").stdout)
     return records[-1]
@@ -169,7 +179,9 @@ def test_supervisor_killed_mid_client_kills_the_orphan_and_sweeps(tmp_path: Path
         state = Path(rig.cfg.ovsndu.state_dir)
         proc = reload_in_background(rig, "--vswitchd", str(slow))
         wait("the client's rehearsal", lambda: any(state.glob("work/*/rehearsal")))
-        (client,) = clients_of(state)
+        # The supervisor's child (a fork the client makes shows the same command line
+        # until it execs).
+        (client,) = [pid for pid in clients_of(state) if _ppid(pid) == rig.supervisor.pid]
         rehearsal = Path(next(state.glob("work/*/rehearsal")).read_text().strip())
         assert rehearsal.is_dir() and any(state.glob("rollback/*/ovs-vswitchd"))
         rig.supervisor.kill()
