@@ -12,7 +12,7 @@ def test_reload_keeps_every_rule(rig: Rig) -> None:
     assert len(added) >= 1000
     before = raw_openflow(rig.sb)
     code, result = rig.reload()
-    assert code == 0, result.get("reason")
+    assert code == 0, (result.get("reason"), result.get("record", {}).get("anomalies"))
     after = raw_openflow(rig.sb)
     for name in before:
         assert after[name] == before[name], name

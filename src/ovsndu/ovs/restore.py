@@ -405,14 +405,15 @@ class Restorer:
                                        f"replay: {_reason(exc)}") from None
             # Zone by zone: each dump holds vswitchd's main thread (which polls the non-PMD
             # ports) only for that zone's entries, not for the whole table at once.
+            dp = self._datapath_of(appctl, plan)
             found = [e for zone in sorted({e.zone for e in plan.ct_later})
-                     for e in parsers.parse_conntrack(appctl("dpctl/dump-conntrack", "-m",
+                     for e in parsers.parse_conntrack(appctl("dpctl/dump-conntrack", dp, "-m",
                                                              "-s", f"zone={zone}"))]
             wrong = misjudged(plan.ct_later, found)
             for e in wrong:
                 for direction in ("orig", "reply"):
                     with contextlib.suppress(VswitchdError):
-                        appctl("dpctl/flush-conntrack", f"zone={e.zone}",
+                        appctl("dpctl/flush-conntrack", dp, f"zone={e.zone}",
                                flush_tuple(e, direction))
             if wrong:
                 assert plan.ct_bridge is not None
@@ -420,6 +421,14 @@ class Restorer:
                 self._checked_bundle(plan.ct_bridge, self._version(plan, plan.ct_bridge),
                                      lines, "conntrack", what="the repair replay")
         return {"deferred": len(plan.ct_later), "repaired": len(wrong)}
+
+    @staticmethod
+    def _datapath_of(appctl: Unixctl, plan: RestorePlan) -> str:
+        """The datapath (``TYPE@ovs-TYPE``) of the conntrack bridge: with bridges of two
+        datapath types, dpctl commands must name theirs."""
+        dp_type = next(b.datapath_type for b in plan.bridges if b.name == plan.ct_bridge)
+        names = appctl("dpctl/dump-dps").split()
+        return next((n for n in names if n.endswith(f"@ovs-{dp_type}")), names[0])
 
     @staticmethod
     def _kernel_conntrack(snap: Snapshot) -> None:
