@@ -49,7 +49,9 @@ class Writer(threading.Thread):
                 self.acked["bytes"].append((n, time.monotonic()))
             if n % 5 == 0:
                 gid = 1000 + n
-                if self._ofctl("add-group", f"group_id={gid},type=all,bucket=actions=drop"):
+                # Printed as set_field:N/0xfffff->mpls_label: only its bytes carry it.
+                if self._ofctl("add-group", f"group_id={gid},type=all,bucket=actions="
+                                            f"load:{n}->OXM_OF_MPLS_LABEL[0..19]"):
                     self.acked["group"].append((gid, time.monotonic()))
                 mid = 100 + n
                 if self._ofctl("add-meter", f"meter={mid},kbps,bands=type=drop,rate={mid}"):

@@ -39,8 +39,7 @@ def bundle_lines(delta: Delta, bridge: str, *, groups: bool = True) -> list[str]
     if groups:
         lines += [f"group delete group_id={g.group_id}"
                   for g in delta.of_bridge("removed", "groups", bridge) if isinstance(g, Group)]
-        lines += [f"group add {g.spec()}"
-                  for g in delta.of_bridge("added", "groups", bridge) if isinstance(g, Group)]
+        lines += [f"group add {g.spec()}" for g in _added_groups(delta, bridge) if not g.wire]
         lines += [f"group mod {g.spec()}"
                   for g in delta.of_bridge("changed", "groups", bridge) if isinstance(g, Group)]
     lines += [f"flow add {f.spec()}"
@@ -53,19 +52,26 @@ def _added_flows(delta: Delta, bridge: str) -> list[Flow]:
             for f in delta.of_bridge(kind, "flows", bridge) if isinstance(f, Flow)]
 
 
+def _added_groups(delta: Delta, bridge: str) -> list[Group]:
+    return [g for g in delta.of_bridge("added", "groups", bridge) if isinstance(g, Group)]
+
+
 def _wire15(flow: Flow) -> bool:
     return bool(flow.wire) and ofdump.message(flow)[0] == ofwire.OF15
 
 
 def _send_wire_flows(restorer: Restorer, delta: Delta, bridge: str) -> None:
-    """Rules that carry bytes (ovsndu.ovs.ofwire) go as bytes, after the text bundle."""
+    """Groups and rules that carry bytes (ovsndu.ovs.ofwire) go as bytes, after the text
+    bundle: one bundle, new groups before the rules that may use them."""
     flows = _added_flows(delta, bridge)
-    by_bytes = [f for f in flows if _wire15(f)]
+    by_bytes: list[Flow | Group] = [g for g in _added_groups(delta, bridge) if g.wire]
+    by_bytes += [f for f in flows if _wire15(f)]
     if by_bytes:
-        adds = [ofwire.with_xid(ofdump.message(f), 0x40000000 + i)
-                for i, f in enumerate(by_bytes)]
-        ofbundle.replay(restorer.of_dir / f"{bridge}.mgmt",
-                        ofbundle.from_adds(adds, [f"flow add {f.spec()}" for f in by_bytes]))
+        adds = [ofwire.with_xid(ofdump.message(e), 0x40000000 + i)
+                for i, e in enumerate(by_bytes)]
+        lines = [f"{'group' if isinstance(e, Group) else 'flow'} add {e.spec()}"
+                 for e in by_bytes]
+        ofbundle.replay(restorer.of_dir / f"{bridge}.mgmt", ofbundle.from_adds(adds, lines))
     ofdump.send_unbundled(restorer.of_dir / f"{bridge}.mgmt",
                           [f for f in flows if f.wire and not _wire15(f)])
 
