@@ -407,13 +407,13 @@ class Restorer:
             # ports) only for that zone's entries, not for the whole table at once.
             dp = self._datapath_of(appctl, plan)
             found = [e for zone in sorted({e.zone for e in plan.ct_later})
-                     for e in parsers.parse_conntrack(appctl("dpctl/dump-conntrack", dp, "-m",
-                                                             "-s", f"zone={zone}"))]
+                     for e in parsers.parse_conntrack(appctl("dpctl/dump-conntrack", "-m",
+                                                             "-s", *dp, f"zone={zone}"))]
             wrong = misjudged(plan.ct_later, found)
             for e in wrong:
                 for direction in ("orig", "reply"):
                     with contextlib.suppress(VswitchdError):
-                        appctl("dpctl/flush-conntrack", dp, f"zone={e.zone}",
+                        appctl("dpctl/flush-conntrack", *dp, f"zone={e.zone}",
                                flush_tuple(e, direction))
             if wrong:
                 assert plan.ct_bridge is not None
@@ -423,12 +423,14 @@ class Restorer:
         return {"deferred": len(plan.ct_later), "repaired": len(wrong)}
 
     @staticmethod
-    def _datapath_of(appctl: Unixctl, plan: RestorePlan) -> str:
-        """The datapath (``TYPE@ovs-TYPE``) of the conntrack bridge: with bridges of two
-        datapath types, dpctl commands must name theirs."""
-        dp_type = next(b.datapath_type for b in plan.bridges if b.name == plan.ct_bridge)
+    def _datapath_of(appctl: Unixctl, plan: RestorePlan) -> tuple[str, ...]:
+        """The datapath argument for dpctl commands about the conntrack bridge: none with
+        one datapath; its ``TYPE@ovs-TYPE`` with several (dpctl refuses to guess)."""
         names = appctl("dpctl/dump-dps").split()
-        return next((n for n in names if n.endswith(f"@ovs-{dp_type}")), names[0])
+        if len(names) < 2:
+            return ()
+        dp_type = next(b.datapath_type for b in plan.bridges if b.name == plan.ct_bridge)
+        return tuple(n for n in names if n.endswith(f"@ovs-{dp_type}"))[:1]
 
     @staticmethod
     def _kernel_conntrack(snap: Snapshot) -> None:
