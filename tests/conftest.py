@@ -50,3 +50,21 @@ def _populated() -> Iterator[Sandbox]:
     with Sandbox() as sb:
         populate(sb)
         yield sb
+
+
+_GROUP_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Add each test's setup, call and teardown time to its group (tests/<group>/)."""
+    parts = report.nodeid.split("/")
+    group = parts[1] if len(parts) > 2 else "tests"
+    _GROUP_SECONDS[group] = _GROUP_SECONDS.get(group, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How long each group took, heaviest first (CI has a time budget)."""
+    if _GROUP_SECONDS:
+        terminalreporter.section("time per test group")
+        for group, seconds in sorted(_GROUP_SECONDS.items(), key=lambda kv: -kv[1]):
+            terminalreporter.write_line(f"tests/{group}: {seconds:7.1f} s")
