@@ -112,3 +112,6 @@ def inject_traffic(sb: Sandbox) -> None:
     for port, flow in frames:
         sb.appctl("netdev-dummy/receive", port, flow)
     sb.appctl("netdev-dummy/receive", "p4", f"{_eth(0x41, 0x42)},eth_type(0x88b5)")
+    # Packets of a datapath flow reach their rule's counters when the revalidators run:
+    # wait for a round, so what the sample shows does not depend on timing.
+    sb.appctl("revalidator/wait")
