@@ -66,6 +66,19 @@ def _read_msg(conn: socket.socket, buf: bytearray) -> bytes:
         buf += chunk
 
 
+def handshake(conn: socket.socket, mgmt: Path, version: int) -> bytearray:
+    """Connect *conn* to the switch at *mgmt* and exchange hellos; the receive buffer.
+    VswitchdError when the switch does not speak *version*."""
+    conn.connect(str(mgmt))
+    conn.sendall(HEADER.pack(version, HELLO, HEADER.size, 0))
+    buf = bytearray()
+    hello = _read_msg(conn, buf)
+    if hello[1] != HELLO or hello[0] < version:
+        raise VswitchdError(f"{mgmt.name}: the switch does not speak OpenFlow version "
+                            f"{version} (hello {hello[0]})")
+    return buf
+
+
 def _reply(msg: bytes, msg_type: int, body: bytes = b"") -> bytes:
     version, _, _, xid = HEADER.unpack_from(msg)
     return HEADER.pack(version, msg_type, HEADER.size + len(body), xid) + body
@@ -169,13 +182,7 @@ def replay(mgmt: Path, bundle: CapturedBundle, *, timeout: float = 600.0) -> Non
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.settimeout(timeout)
     try:
-        conn.connect(str(mgmt))
-        conn.sendall(HEADER.pack(bundle.version, HELLO, HEADER.size, 0))
-        buf = bytearray()
-        hello = _read_msg(conn, buf)
-        if hello[1] != HELLO or hello[0] < bundle.version:
-            raise VswitchdError(f"{mgmt.name}: the switch does not speak OpenFlow version "
-                                f"{bundle.version} (hello {hello[0]})")
+        buf = handshake(conn, mgmt, bundle.version)
         errors: list[bytes] = []
         _transact(conn, buf, bundle.open_msg, errors)
         if errors:

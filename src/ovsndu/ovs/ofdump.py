@@ -26,6 +26,7 @@ from pathlib import Path
 from ovsndu.errors import ParseError, VswitchdError
 from ovsndu.model import Flow, Group
 from ovsndu.ovs import ofwire, parsers
+from ovsndu.ovs.ofbundle import handshake
 from ovsndu.ovs.ofwire import HEADER
 
 ERROR, ECHO_REQUEST, ECHO_REPLY, HELLO, BARRIER_REQUEST, BARRIER_REPLY = 1, 2, 3, 0, 20, 21
@@ -44,16 +45,13 @@ class _Conn:
         self.buf = bytearray()
         self.version = version
         try:
-            self.sock.connect(str(path))
-            self.sock.sendall(HEADER.pack(version, HELLO, HEADER.size, 0))
-            hello = self.recv()
-        except OSError as exc:
+            self.buf = handshake(self.sock, path, version)
+        except VswitchdError:
             self.sock.close()
-            raise VswitchdError(f"{path.name}: {exc}") from None
-        if hello[1] != HELLO or hello[0] < version:
+            raise
+        except (OSError, EOFError) as exc:
             self.sock.close()
-            raise VswitchdError(f"{path.name}: the switch does not speak OpenFlow version "
-                                f"{version} (hello {hello[0]})")
+            raise VswitchdError(f"{path.name}: {exc or 'closed at hello'}") from None
 
     def recv(self) -> bytes:
         while True:

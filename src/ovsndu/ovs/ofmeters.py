@@ -31,6 +31,7 @@ from ovsndu.ovs.ofbundle import (
     _describe,
     _read_msg,
     _reply,
+    handshake,
 )
 
 METER_MOD = 29  # OpenFlow 1.3 and later
@@ -105,13 +106,7 @@ def send(mgmt: Path, messages: list[bytes], specs: list[str], *, timeout: float 
     conn.settimeout(timeout)
     by_xid = {HEADER.unpack_from(m)[3]: spec for m, spec in zip(messages, specs, strict=True)}
     try:
-        conn.connect(str(mgmt))
-        conn.sendall(HEADER.pack(version, HELLO, HEADER.size, 0))
-        buf = bytearray()
-        hello = _read_msg(conn, buf)
-        if hello[1] != HELLO or hello[0] < version:
-            raise VswitchdError(f"{mgmt.name}: the switch does not speak OpenFlow version "
-                                f"{version} (hello {hello[0]})")
+        buf = handshake(conn, mgmt, version)
         conn.sendall(b"".join(messages)
                      + HEADER.pack(version, BARRIER_REQUEST, HEADER.size, barrier_xid))
         first: bytes | None = None

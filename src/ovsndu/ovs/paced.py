@@ -24,11 +24,11 @@ from ovsndu.ovs.ofbundle import (
     ECHO_REQUEST,
     ERROR,
     HEADER,
-    HELLO,
     CapturedBundle,
     _describe,
     _read_msg,
     _reply,
+    handshake,
 )
 
 #: Messages sent before waiting for a barrier (bounds what is queued in the switch).
@@ -55,13 +55,7 @@ def send_unbundled(mgmt: Path, bundle: CapturedBundle, *, timeout: float = 600.0
     sent, barrier_xid = 0, 0xFFFF0000
     by_inner: dict[int, int] = {}
     try:
-        conn.connect(str(mgmt))
-        conn.sendall(HEADER.pack(bundle.version, HELLO, HEADER.size, 0))
-        buf = bytearray()
-        hello = _read_msg(conn, buf)
-        if hello[1] != HELLO or hello[0] < bundle.version:
-            raise VswitchdError(f"{mgmt.name}: the switch does not speak OpenFlow version "
-                                f"{bundle.version} (hello {hello[0]})")
+        buf = handshake(conn, mgmt, bundle.version)
         batch: list[bytes] = []
         messages = list(inner_messages(bundle))
         for i, (outer, msg) in enumerate(messages):
