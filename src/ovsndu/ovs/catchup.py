@@ -20,7 +20,8 @@ from ovsndu.ovs import ofbundle, ofdump, ofwire
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import read_bridges
 from ovsndu.ovs.replay import conntrack_lines, fdb_plan
-from ovsndu.ovs.restore import USERSPACE_DATAPATHS, Restorer
+from ovsndu.ovs.restore import Restorer
+from ovsndu.ovs.restore_plan import USERSPACE_DATAPATHS, port_names_of
 from ovsndu.ovs.uncarried import carriable
 from ovsndu.ovs.unixctl import Unixctl
 
@@ -85,7 +86,7 @@ def apply_catchup(restorer: Restorer, delta: Delta, final: Snapshot) -> dict[str
     started = time.monotonic()
     with Ovsdb(restorer.db) as db:
         bridges = read_bridges(db)
-        port_names, access = restorer._port_names(final, db)
+        port_names, access = port_names_of(final, db)
     # What cannot be carried (ovs/uncarried.py) is left out; the supervisor names it.
     fdb_new = [e for e in carriable(final, "fdb", delta.added.get("fdb", ()))[0]
                if isinstance(e, FdbEntry)]

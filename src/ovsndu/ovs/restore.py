@@ -12,6 +12,7 @@ the atomic bundle; meters and TLV mappings the restore added removed again), and
 the restore stops with an error naming the rejected entry.
 """
 
+
 from __future__ import annotations
 
 import contextlib
@@ -24,37 +25,57 @@ from pathlib import Path
 
 from ovsndu.errors import OvsnduError, RestoreError, VswitchdError
 from ovsndu.model import (
-    CATEGORIES,
     Conntrack,
-    Entry,
     FdbEntry,
     Flow,
-    Group,
     Meter,
     Port,
     Route,
     Snapshot,
     TlvMapping,
     TunnelNeighbor,
-    diff_category,
 )
-from ovsndu.model.carried import check_carried
 from ovsndu.ovs import ofbundle, ofdump, ofmeters, parsers
-from ovsndu.ovs.ct_defer import flush_tuple, misjudged, split_for_gap
+from ovsndu.ovs.ct_defer import flush_tuple, misjudged
 from ovsndu.ovs.ofbundle import CapturedBundle
 from ovsndu.ovs.ofctl import ofctl
-from ovsndu.ovs.ofwire import OF10, OF15
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.paced import send_unbundled
-from ovsndu.ovs.readers import BridgeInfo, StateReader, default_rundir, read_bridges, read_ports
-from ovsndu.ovs.replay import FdbPlan, conntrack_lines, fdb_plan, with_parents_first
-from ovsndu.ovs.uncarried import Uncarried, carried_only, find_uncarried, refuse_if_any
+from ovsndu.ovs.readers import BridgeInfo, StateReader, default_rundir
+from ovsndu.ovs.replay import conntrack_lines
+from ovsndu.ovs.restore_plan import (
+    USERSPACE_DATAPATHS,
+    RestorePlan,
+    bond_members,
+    build_plan,
+    version_of,
+)
+from ovsndu.ovs.restore_plan import entries_of as _of
+from ovsndu.ovs.restore_plan import reason_of as _reason
+from ovsndu.ovs.uncarried import refuse_if_any
 from ovsndu.ovs.unixctl import Unixctl
+from ovsndu.ovs.verify import (
+    controlled_bridges,
+    describe_difference,
+    mac_aging_times,
+    user_routes_only,
+    verify_readback,
+    without_bridges,
+)
 
-CT_CHUNK = 10_000
-WIRE_XIDS = 0x40000000  # xids of bundle adds built from bytes (ovs-ofctl counts from 1)
-WIRE_GROUP_XIDS = 0x30000000  # xids of group-mods carried as bytes
-USERSPACE_DATAPATHS = ("netdev", "dummy")
+__all__ = [  # names other modules import from here
+    "USERSPACE_DATAPATHS",
+    "RestorePlan",
+    "RestoreReport",
+    "Restorer",
+    "bond_members",
+    "controlled_bridges",
+    "describe_difference",
+    "mac_aging_times",
+    "restore_snapshot",
+    "user_routes_only",
+    "without_bridges",
+]
 
 
 @dataclass
@@ -65,38 +86,6 @@ class RestoreReport:
     counts: dict[str, int] = field(default_factory=dict)
     after: Snapshot | None = None
     anomalies: list[str] = field(default_factory=list)
-
-
-def _of(snap: Snapshot, category: str, bridge: str) -> list[Entry]:
-    return [e for e in snap.categories[category] if getattr(e, "bridge", None) == bridge]
-
-
-@dataclass
-class RestorePlan:
-    """Everything a restore will send, computed from the snapshot and the database alone.
-
-    Built before the handover (nothing in it needs the new vswitchd), so the gap only
-    pays for sending it.  Per bridge one bundle holds the flow and group replacement and,
-    on the bridge chosen for it, the conntrack replay and FDB learning packet-outs.
-    """
-
-    snapshot: Snapshot
-    bridges: list[BridgeInfo]
-    bundles: dict[str, list[str]]
-    ct_extra: list[list[str]]          # conntrack packet-outs beyond the first bundle's share
-    ct_bridge: str | None
-    fdb: FdbPlan
-    port_names: dict[tuple[str, str], str]
-    has_tcp: bool
-    encoded: dict[str, CapturedBundle] = field(default_factory=dict)
-    uncarried: tuple[Uncarried, ...] = ()
-    # Deferred conntrack replay (ovsndu.ovs.ct_defer): sent after forwarding resumed.
-    ct_later: list[Conntrack] = field(default_factory=list)
-    ct_later_chunks: list[list[str]] = field(default_factory=list)
-    ct_encoded: dict[int, CapturedBundle] = field(default_factory=dict)  # id(chunk) -> bytes
-    meter_msgs: dict[str, list[bytes]] = field(default_factory=dict)  # bridge -> METER_MODs
-    # Rules only OpenFlow 1.0 can carry (NXT_FLOW_MOD bytes), sent after the bundle.
-    nx_flows: dict[str, list[Flow]] = field(default_factory=dict)
 
 
 class Restorer:
@@ -182,124 +171,10 @@ class Restorer:
     # --- planning (reads only the database; nothing installed) ----------------------------
     def plan(self, snap: Snapshot, *, encode: bool = False,
              defer_window: float | None = None) -> RestorePlan:
-        """Check bridges and OpenFlow port numbers, and build every line to send.
-
-        *encode*: also encode each OpenFlow 1.4+ bundle now (ovs-ofctl's parsing, ~20 µs a
-        rule), so that applying the plan only sends bytes.  *defer_window*: conntrack
-        entries idle at least this long go to ``ct_later`` (:mod:`ovsndu.ovs.ct_defer`),
-        replayed by :meth:`replay_later` once forwarding resumed.
-        """
-        with Ovsdb(self.db) as db:
-            bridges = self._check_bridges(snap, read_bridges(db))
-            self._check_ofports(snap, db)
-            port_names, access = self._port_names(snap, db)
-        userspace = [b for b in bridges if b.datapath_type in USERSPACE_DATAPATHS]
-        uncarried = find_uncarried(snap, replay_conntrack=bool(userspace))
-        refuse_if_any(uncarried, self.uncarried)
-        skip = {u.entry.canonical() for u in uncarried}
-        fdb_entries = [e for e in snap.categories["fdb"] if isinstance(e, FdbEntry)
-                       and e.canonical() not in skip]
-        fdb = fdb_plan(fdb_entries, port_names, access, bond_members(snap))
-        ct_all = [e for e in snap.categories["conntrack"] if isinstance(e, Conntrack)
-                  and e.canonical() not in skip]
-        ct_first, ct_later = (split_for_gap(ct_all, defer_window) if defer_window is not None
-                              and userspace else (ct_all, []))
-        ct_first, ct_later = with_parents_first(ct_first, ct_later)
-        ct_lines = conntrack_lines(ct_first, related_to=ct_all)
-        later_lines = conntrack_lines(ct_later, related_to=ct_all)
-        ct_bridge = userspace[0].name if userspace and (ct_lines or later_lines) else None
-        bundles: dict[str, list[str]] = {}
-        # Rules carried as bytes (ovsndu.ovs.ofwire): OpenFlow 1.5 ones join the bundle
-        # after the rules encoded from text; OpenFlow 1.0 ones follow it.
-        wire: dict[str, list[Flow]] = {}
-        nx_flows: dict[str, list[Flow]] = {}
-        wire_at: dict[str, int] = {}
-        wire_groups: dict[str, list[Group]] = {}
-        groups_at: dict[str, int] = {}
-        for bridge in bridges:
-            name = bridge.name
-            groups = [e for e in _of(snap, "groups", name) if isinstance(e, Group)]
-            flows = [e for e in _of(snap, "flows", name) if isinstance(e, Flow)]
-            lines = ["flow delete"]
-            if bridge.of_version != "OpenFlow10":
-                lines.append("group delete group_id=all")
-            groups_at[name] = len(lines)
-            ordered = _groups_in_order(groups)
-            if bridge.of_version == "OpenFlow15" and ordered and all(g.wire for g in ordered):
-                wire_groups[name] = ordered   # spliced in as group-mod bytes, in this order
-            else:
-                lines += [f"group add {g.spec()}" for g in ordered]
-            if bridge.of_version == "OpenFlow15":
-                by_version = _by_wire_version(flows)
-                flows = by_version.get(0, [])
-                wire[name], nx_flows[name] = by_version.get(OF15, []), by_version.get(OF10, [])
-            lines += [f"flow add {f.spec()}" for f in flows]
-            wire_at[name] = len(lines)
-            lines += fdb.lines.get(name, ())
-            if name == ct_bridge:
-                lines += ct_lines[:CT_CHUNK]
-            bundles[name] = lines
-        extra = [ct_lines[i:i + CT_CHUNK] for i in range(CT_CHUNK, len(ct_lines), CT_CHUNK)]
-        later = [later_lines[i:i + CT_CHUNK] for i in range(0, len(later_lines), CT_CHUNK)]
-        has_tcp = any(isinstance(e, Conntrack) and e.protocol == "tcp"
-                      for e in snap.categories["conntrack"])
-        encoded = {}
-        for bridge in bridges:
-            if (encode or wire.get(bridge.name) or wire_groups.get(bridge.name)) \
-                    and bridge.of_version in ofbundle.VERSIONS:
-                try:
-                    encoded[bridge.name] = ofbundle.capture(bundles[bridge.name],
-                                                            bridge.of_version)
-                except VswitchdError as exc:
-                    raise RestoreError("flows", f"{bridge.name}: {_reason(exc)}") from None
-                carried = wire.get(bridge.name, [])
-                ofbundle.splice(encoded[bridge.name], wire_at[bridge.name],
-                                ofdump.bundle_adds(carried, encoded[bridge.name].open_msg,
-                                                   WIRE_XIDS),
-                                [f"flow add {f.spec()}" for f in carried])
-                byte_groups = wire_groups.get(bridge.name, [])
-                ofbundle.splice(encoded[bridge.name], groups_at[bridge.name],
-                                ofdump.bundle_adds(byte_groups, encoded[bridge.name].open_msg,
-                                                   WIRE_GROUP_XIDS),
-                                [f"group add {g.spec()}" for g in byte_groups])
-        plan = RestorePlan(snap, bridges, bundles, extra, ct_bridge, fdb, port_names, has_tcp,
-                           encoded, uncarried, ct_later, later, nx_flows=nx_flows)
-        for bridge in bridges if encode else ():
-            specs = [e.spec() for e in _of(snap, "meters", bridge.name) if isinstance(e, Meter)]
-            if specs and bridge.meter_version is not None:
-                try:
-                    plan.meter_msgs[bridge.name] = ofmeters.capture(specs)
-                except VswitchdError as exc:
-                    raise RestoreError("meters", f"{bridge.name}: {_reason(exc)}") from None
-        if encode and ct_bridge is not None:
-            version = self._version(plan, ct_bridge)
-            for chunk in (extra + later) if version in ofbundle.VERSIONS else ():
-                try:
-                    plan.ct_encoded[id(chunk)] = ofbundle.capture(chunk, version)
-                except VswitchdError as exc:
-                    raise RestoreError("conntrack", _reason(exc)) from None
-        return plan
-
-    def _check_bridges(self, snap: Snapshot, bridges: list[BridgeInfo]) -> list[BridgeInfo]:
-        present = {b.name: b for b in bridges}
-        wanted = {getattr(e, "bridge", "") for name in CATEGORIES
-                  for e in snap.categories[name]} - {""}
-        missing = sorted(wanted - present.keys())
-        if missing:
-            raise RestoreError("ports", f"bridge {missing[0]} does not exist in the target")
-        return [present[name] for name in sorted(present)]
-
-    def _check_ofports(self, snap: Snapshot, db: Ovsdb) -> None:
-        have = {(p.bridge, p.port, p.interface): p for p in read_ports(db, {})}
-        for want in snap.categories["ports"]:
-            assert isinstance(want, Port)
-            got = have.get((want.bridge, want.port, want.interface))
-            where = f"interface {want.interface} of {want.bridge}"
-            if got is None:
-                raise RestoreError("ports", f"{where} does not exist in the target")
-            if got.ofport != want.ofport:
-                raise RestoreError("ports", f"{where} has OpenFlow port {got.ofport}, "
-                                   f"the snapshot {want.ofport}")
+        """Check bridges and OpenFlow port numbers, and build every line to send
+        (:func:`ovsndu.ovs.restore_plan.build_plan`)."""
+        return build_plan(snap, self.db, self.uncarried, encode=encode,
+                          defer_window=defer_window)
 
     def _check_dp_ports(self, snap: Snapshot, bridges: list[BridgeInfo]) -> None:
         """The kernel keeps datapath port numbers: they must not have changed."""
@@ -314,22 +189,6 @@ class Restorer:
                 raise RestoreError("ports", f"interface {want.interface} of {want.bridge} has "
                                    f"datapath port {got}, the snapshot {want.dp_port}")
 
-    def _port_names(self, snap: Snapshot, db: Ovsdb
-                    ) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], int]]:
-        """(bridge, OpenFlow port) → interface name (what ``fdb/add`` takes; a bond's port
-        name is not one), and → the VLAN its untagged frames are in (access ports, the
-        native VLAN of native-tagged/-untagged ports, dot1q-tunnel)."""
-        names: dict[tuple[str, str], str] = {}
-        port_of: dict[tuple[str, str], str] = {}
-        for p in snap.categories["ports"]:
-            assert isinstance(p, Port)
-            key = "LOCAL" if p.ofport == 65534 else str(p.ofport)
-            names[(p.bridge, key)], port_of[(p.bridge, key)] = p.interface, p.port
-        modes: tuple[object, ...] = ("access", [], None, "native-tagged", "native-untagged",
-                                     "dot1q-tunnel")
-        untagged = {r["name"]: r["tag"] for r in db.select("Port", ["name", "tag", "vlan_mode"])
-                    if isinstance(r["tag"], int) and r["vlan_mode"] in modes}
-        return names, {k: untagged[name] for k, name in port_of.items() if name in untagged}
 
     # --- applying -------------------------------------------------------------------------
     def apply(self, plan: RestorePlan, *, fresh: bool = False) -> RestoreReport:
@@ -380,7 +239,7 @@ class Restorer:
     def _ct_chunks(self, plan: RestorePlan, chunks: list[list[str]]) -> None:
         for chunk in chunks:
             assert plan.ct_bridge is not None
-            self._checked_bundle(plan.ct_bridge, self._version(plan, plan.ct_bridge), chunk,
+            self._checked_bundle(plan.ct_bridge, version_of(plan, plan.ct_bridge), chunk,
                                  "conntrack", encoded=plan.ct_encoded.get(id(chunk)))
 
     def replay_later(self, plan: RestorePlan) -> dict[str, int]:
@@ -418,7 +277,7 @@ class Restorer:
             if wrong:
                 assert plan.ct_bridge is not None
                 lines = conntrack_lines(wrong)
-                self._checked_bundle(plan.ct_bridge, self._version(plan, plan.ct_bridge),
+                self._checked_bundle(plan.ct_bridge, version_of(plan, plan.ct_bridge),
                                      lines, "conntrack", what="the repair replay")
         return {"deferred": len(plan.ct_later), "repaired": len(wrong)}
 
@@ -447,10 +306,6 @@ class Restorer:
             raise RestoreError("conntrack", f"{len(missing)} of {len(entries)} entries are no "
                                f"longer in the kernel, e.g. zone {first.zone} "
                                f"{first.protocol} {first.orig}")
-
-    @staticmethod
-    def _version(plan: RestorePlan, bridge: str) -> str:
-        return next(b.of_version for b in plan.bridges if b.name == bridge)
 
     def _tlv_and_meters(self, snap: Snapshot, bridge: BridgeInfo, *, fresh: bool,
                         encoded_meters: list[bytes] | None = None) -> None:
@@ -586,42 +441,10 @@ class Restorer:
     # --- verification -------------------------------------------------------------------
     def verify(self, snap: Snapshot, anomalies: list[str] | None = None, *,
                elapsed: float = 0.0) -> Snapshot:
-        """Read everything back; RestoreError naming the first category that lost something.
-
-        The rule is :func:`ovsndu.model.carried.check_carried`: the control plane equal,
-        every conntrack and FDB entry present unless it expired within *elapsed* seconds
-        (since *snap* was read); entries traffic created since are expected.
-        Routes cached from the kernel are re-read by the new process from the kernel,
-        which may have changed meanwhile (an IPv6 link-local address finishing DAD):
-        only user routes must match; cached differences are reported in *anomalies*.
-        Entries that cannot be carried (:mod:`ovsndu.ovs.uncarried`) are left out of
-        *snap* first: everything else must match.
-        """
-        with Ovsdb(self.db) as db:
-            userspace = any(b.datapath_type in USERSPACE_DATAPATHS for b in read_bridges(db))
-            aging = mac_aging_times(db)
-            controlled = [] if db.flow_restore_wait()[0] else controlled_bridges(db)
-        snap = carried_only(snap, find_uncarried(snap, replay_conntrack=userspace))
-        after = StateReader(self.rundir, self.db, pid=self.pid, of_dir=self.of_dir).snapshot()
-        if after.digest("routes") != snap.digest("routes") and anomalies is not None:
-            anomalies.append("routes cached from the kernel changed: "
-                             + describe_difference("routes", snap, after))
-        want, got = user_routes_only(snap), user_routes_only(after)
-        if controlled:
-            # Their controllers (Controller table) connect once flow-restore-wait is lifted
-            # and may rightly have written already: their OpenFlow state is theirs.
-            want, got = without_bridges(want, controlled), without_bridges(got, controlled)
-            if anomalies is not None:
-                anomalies.append("OpenFlow state of " + ", ".join(controlled) + " read back "
-                                 "before flow-restore-wait was lifted only: its "
-                                 "Controller-table controllers may write to it since")
-        lost = check_carried(want, got, elapsed=elapsed, mac_aging=aging)
-        if lost:
-            from ovsndu.render import entry_text
-
-            raise RestoreError(lost[0].category, "read-back lost state: "
-                               + lost[0].describe(entry_text))
-        return after
+        """Read everything back; RestoreError naming the first category that lost something
+        (:func:`ovsndu.ovs.verify.verify_readback`)."""
+        return verify_readback(snap, self.rundir, self.db, pid=self.pid, of_dir=self.of_dir,
+                               anomalies=anomalies, elapsed=elapsed)
 
     # --- plumbing ---------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -648,82 +471,9 @@ class Restorer:
             self._ofctl(bridge, version, "bundle", f.name)
 
 
-def mac_aging_times(db: Ovsdb) -> dict[str, int]:
-    """bridge → ``other_config:mac-aging-time`` (seconds; OVS's default 300)."""
-    out = {}
-    for row in db.select("Bridge", ["name", "other_config"]):
-        with contextlib.suppress(ValueError):
-            out[row["name"]] = int(row["other_config"].get("mac-aging-time", 300))
-    return out
-
-
-OPENFLOW = ("flows", "groups", "meters", "tlv_mappings")
-
-
-def controlled_bridges(db: Ovsdb) -> list[str]:
-    """Bridges with a row in the ``Controller`` table (connected once forwarding starts)."""
-    return sorted(r["name"] for r in db.select("Bridge", ["name", "controller"])
-                  if r["controller"])
-
-
-def without_bridges(snap: Snapshot, bridges: Iterable[str]) -> Snapshot:
-    """*snap* without the OpenFlow state of *bridges*."""
-    names = set(bridges)
-    for category in OPENFLOW:
-        snap = snap.replace(category, [e for e in snap.categories[category]
-                                       if getattr(e, "bridge", None) not in names])
-    return snap
-
-
-def bond_members(snap: Snapshot) -> dict[tuple[str, str], tuple[str, ...]]:
-    """(bridge, OpenFlow port) of a bond's member → the OpenFlow ports of all its members."""
-    groups: dict[tuple[str, str], list[str]] = {}
-    for p in snap.categories["ports"]:
-        if isinstance(p, Port) and p.ofport > 0:
-            groups.setdefault((p.bridge, p.port), []).append(str(p.ofport))
-    return {(bridge, ofport): tuple(ofports) for (bridge, _), ofports in groups.items()
-            if len(ofports) > 1 for ofport in ofports}
-
-
-def user_routes_only(snap: Snapshot) -> Snapshot:
-    """*snap* without the routes cached from the kernel."""
-    return snap.replace("routes", [r for r in snap.categories["routes"]
-                                   if isinstance(r, Route) and r.kind == "user"])
-
-
 def plan_seconds(started: float, report: RestoreReport) -> float:
     """Time spent planning: the total so far minus what applying took."""
     return max(0.0, time.monotonic() - started - sum(report.durations.values()))
-
-
-def _by_wire_version(flows: list[Flow]) -> dict[int, list[Flow]]:
-    """Flows by the OpenFlow version of the bytes they carry (0: none, they go as text)."""
-    out: dict[int, list[Flow]] = {}
-    for f in flows:
-        out.setdefault(ofdump.message(f)[0] if f.wire else 0, []).append(f)
-    return out
-
-
-def _groups_in_order(groups: list[Group]) -> list[Group]:
-    """Groups that chain to other groups go after the ones they name."""
-    return sorted(groups, key=lambda g: any("group:" in b for b in g.buckets))
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc)
-    return text.split(": ", 1)[1] if ": " in text else text
-
-
-def describe_difference(category: str, want: Snapshot, got: Snapshot, limit: int = 3) -> str:
-    """A one-line account of the first differing entries of one category."""
-    from ovsndu.render import entry_text
-
-    d = diff_category(category, want.categories[category], got.categories[category])
-    parts = [f"{len(d.removed)} missing, {len(d.added)} extra, {len(d.changed)} changed"]
-    parts += [f"missing {entry_text(e)}" for e in d.removed[:limit]]
-    parts += [f"extra {entry_text(e)}" for e in d.added[:limit]]
-    parts += [f"changed {entry_text(a)} -> {entry_text(b)}" for a, b in d.changed[:limit]]
-    return "; ".join(parts)
 
 
 def restore_snapshot(snap: Snapshot, rundir: str | Path | None = None, db: str | None = None,
