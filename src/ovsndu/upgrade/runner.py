@@ -5,6 +5,9 @@ state) → validation (the client's rehearsal digests) → standby (new vswitchd
 OVSDB lock) → handover (flow-restore-wait, ordered takeover, the client installs
 and verifies, the standard tools reach the new process) → commit.  Every failure or
 deadline is fed to :mod:`ovsndu.upgrade.machine`, which decides the rollback.
+This module owns the phase loop, the record's bookkeeping and the early phases; the
+standby and handover are :mod:`ovsndu.upgrade.handover`'s, the rollback
+:mod:`ovsndu.upgrade.rollback`'s.
 """
 
 from __future__ import annotations
@@ -28,19 +31,15 @@ import structlog
 from ovsndu.config import Config
 from ovsndu.errors import OvsnduError, VswitchdError
 from ovsndu.model import CATEGORIES, Snapshot
-from ovsndu.model.carried import CONTROL_PLANE, check_carried
-from ovsndu.model.delta import delta_between
 from ovsndu.ovs import daemon, ofdir, uncarried
-from ovsndu.ovs.catchup import CATCHUP_FILE
 from ovsndu.ovs.ofdir import PREFIX, PrivateRundir
 from ovsndu.ovs.ovsdb import Ovsdb
-from ovsndu.ovs.readers import StateReader, read_snapshot
-from ovsndu.ovs.restore import USERSPACE_DATAPATHS, Restorer, user_routes_only
-from ovsndu.ovs.unixctl import pid_alive
+from ovsndu.ovs.readers import read_snapshot
+from ovsndu.ovs.restore import USERSPACE_DATAPATHS
 from ovsndu.protocol.transport import ServerSession, serve_state
-from ovsndu.render import entry_text
 from ovsndu.upgrade import machine
 from ovsndu.upgrade.conversion import SchemaStep, target_schema_file
+from ovsndu.upgrade.handover import last_lines, start_standby, take_over
 from ovsndu.upgrade.history import (
     HistoryStore,
     PhaseEntry,
@@ -49,10 +48,9 @@ from ovsndu.upgrade.history import (
     write_private,
 )
 from ovsndu.upgrade.machine import Phase
+from ovsndu.upgrade.rollback import roll_back
 from ovsndu.upgrade.serving import (
     Serving,
-    record_version,
-    restore_original,
     snapshot_path,
     spec_of,
     vswitchd_version,
@@ -62,8 +60,6 @@ from ovsndu.upgrade.serving import (
 log = structlog.get_logger("ovsndu.upgrade")
 
 SUPPORTED_DATAPATHS = ("netdev", "system", "dummy")
-UNRESPONSIVE_WAIT = 5.0
-"""Seconds a living original vswitchd may take to answer before a rollback replaces it."""
 
 
 Progress = Callable[[dict[str, Any]], None]
@@ -467,7 +463,7 @@ class UpgradeRunner:
                 with contextlib.suppress(asyncio.CancelledError):
                     await serving
         if serving.cancelled():
-            said = _last_lines(self._workdir / "client.log")
+            said = last_lines(self._workdir / "client.log")
             raise VswitchdError(f"the client exited with "
                                 f"{daemon.exit_description(self.client.returncode)} before "
                                 f"it connected" + (f": {said}" if said else ""))
@@ -486,151 +482,13 @@ class UpgradeRunner:
                 )
 
     async def start_standby(self) -> None:
-        """Start the new vswitchd on the live database; it must wait on the OVSDB lock."""
-        with contextlib.suppress(FileNotFoundError):
-            self.spec.standby_pidfile.unlink()
-        self.schema.mark_log(self.spec.log_file)
-        self._workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        of_dir = await asyncio.to_thread(PrivateRundir.create, self.spec.rundir,
-                                         self.of_dir.name.removeprefix(PREFIX))
-        stderr_path = self._workdir / "standby.stderr"
-        with open(stderr_path, "wb") as stderr:
-            self.standby = proc = daemon.spawn(self.spec, self.new_binary, standby=True,
-                                               stderr=stderr, ovs_rundir=of_dir.link)
-        self.record.standby_pid = proc.pid
-        self._write_inflight()
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                said = _last_lines(stderr_path)
-                raise VswitchdError(
-                    f"the new vswitchd exited at start with "
-                    f"{daemon.exit_description(proc.returncode)}"
-                    + (f"; its last words: {said}" if said else ""))
-            return of_dir.share_ctl(proc.pid) and daemon.answers(self.spec, proc.pid)
-
-        await asyncio.to_thread(daemon.wait_until, ready, 20, "the standby vswitchd to answer")
-        if not daemon.answers(self.spec, self.serving.pid):
-            raise VswitchdError("the serving vswitchd stopped answering while the standby started")
+        """Start the new vswitchd on the live database (:mod:`ovsndu.upgrade.handover`)."""
+        await start_standby(self)
 
     async def handover(self) -> None:
-        """Ordered takeover, install by the client, and proof the new process serves."""
-        assert self.standby is not None
-        assert self.session is not None
-        assert self.snapshot is not None
-        spec, standby = self.spec, self.standby
-        names = await asyncio.to_thread(lambda: sorted(daemon.dp_types(spec.db)))
-        await asyncio.to_thread(self._set_frw, True)
-        marks = self.record.marks
-        # The final catch-up: read the old process once more, at the last moment it
-        # answers, and stop it right after; what changed since the snapshot goes to the
-        # client (docs/upgrade.md, "Sync until the handover").
-        # Everything first; then, with its OpenFlow sockets out of sight (no new
-        # connection reaches it: ovs/ofdir.py, hide), the OpenFlow state again, which is
-        # quick, so that the window for writes it still accepts is short.
-        read_started = time.monotonic()
-        final = await asyncio.to_thread(read_snapshot, spec.rundir, spec.db,
-                                        pid=self.serving.pid)
-        of_started = time.monotonic()
-        self.hidden = hidden = await asyncio.to_thread(
-            ofdir.hide, spec.rundir, self.of_dir.name.removeprefix(PREFIX))
-        openflow = await asyncio.to_thread(lambda: StateReader(
-            spec.rundir, spec.db, pid=self.serving.pid, of_dir=hidden.directory).openflow())
-        for category, entries in openflow.items():
-            final = final.replace(category, entries)
-        t0 = time.monotonic()
-        marks["catchup_read_ms"] = round((of_started - read_started) * 1000, 2)
-        marks["catchup_openflow_read_ms"] = round((t0 - of_started) * 1000, 2)
-
-        def mark(name: str) -> None:
-            marks[name] = round((time.monotonic() - t0) * 1000, 2)
-
-        gone = await asyncio.to_thread(daemon.ordered_takeover, spec, self.serving.pid,
-                                       self.serving.proc, standby.pid)
-        marks["old_gone"] = round((gone - t0) * 1000, 2)
-        hidden.remove()
-        self.hidden = None
-        self.final, self._final_read_at = final, read_started
-        old = self.serving
-        self.serving = Serving(standby.pid, standby, self.new_binary, self.record.to_version)
-        self.on_serving(self.serving)
-        # The delta (~0.7 s of Python at 100k conntrack entries) is computed while the
-        # standby builds its bridges, not after.
-        delta, _ = await asyncio.gather(
-            asyncio.to_thread(delta_between, self.snapshot, final),
-            asyncio.to_thread(daemon.wait_bridges, spec, standby, names, 30,
-                              of_dir=self.of_dir.private))
-        mark("bridges_ready")
-        marks.update({f"catchup.{k}": float(n) for k, n in delta.counts().items()})
-        if not delta.empty:
-            path = self._workdir / CATCHUP_FILE
-            await asyncio.to_thread(path.write_text, json.dumps(delta.to_dict()))
-        mark("catchup_written")
-        await asyncio.to_thread(daemon.promote_standby_pidfile, spec, standby.pid)
-        await asyncio.to_thread(daemon.enable_syslog, spec, standby.pid)
-        await self.session.handover()
-        mark("handover_sent")
-        await self.session.wait_ready()
-        mark("client_ready")
-        marks.update(self._client_timings())
-        # The client lifts flow-restore-wait before its deferred conntrack replay.
-        lifted = marks.get("install_lifted_ms")
-        marks["flow_restore_wait_lifted"] = (round(marks["handover_sent"] + lifted, 2)
-                                             if lifted is not None else marks["client_ready"])
-        self.record.handover_gap_ms = marks["flow_restore_wait_lifted"]
-        log.info("upgrade.takeover", upgrade_id=self.upgrade_id, phase="handover",
-                 event_kind="taken_over", old_pid=old.pid, new_pid=standby.pid, **marks)
-        self.frw_set = False
-        self.record.to_pid = standby.pid
-        await asyncio.to_thread(record_version, self.spec, self.record.to_version)
-        await asyncio.to_thread(self._prove_serving, standby.pid)
-        await asyncio.to_thread(self.schema.check_log, self.spec.log_file)
-        # Restored and verified: only now may controllers reach it (docs/upgrade.md).
-        published = await asyncio.to_thread(self.of_dir.publish)
-        mark("openflow_published")
-        log.info("upgrade.openflow_published", upgrade_id=self.upgrade_id, phase="handover",
-                 event_kind="openflow_published", sockets=published)
-        await asyncio.to_thread(ofdir.remove_unused, spec.rundir)
-
-    def _set_frw(self, on: bool) -> None:
-        with Ovsdb(self.spec.db) as db:
-            db.set_flow_restore_wait(on)
-        self.frw_set = on
-
-    def _prove_serving(self, pid: int) -> None:
-        """The standard tools reach *pid*; the database shows its version; state equal."""
-        assert self.snapshot is not None
-        if self.standby is not None and self.standby.poll() is not None:
-            raise VswitchdError(f"the new vswitchd exited with status {self.standby.returncode}")
-        if daemon.read_pid(self.spec.pidfile) != pid:
-            raise VswitchdError(f"{self.spec.pidfile} does not name the new vswitchd {pid}")
-        tool = subprocess.run(
-            ["ovs-appctl", "version"],
-            env=self.spec.env,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        number = self.record.to_version.split()[-1]
-        if tool.returncode != 0 or f"Open vSwitch) {number}" not in tool.stdout:
-            raise VswitchdError(
-                f"ovs-appctl does not reach the new vswitchd: "
-                f"{(tool.stderr or tool.stdout).strip()[:200]}"
-            )
-        with Ovsdb(self.spec.db) as db:
-            (row,) = db.select("Open_vSwitch", ["ovs_version"])
-        if row["ovs_version"] != number:
-            raise VswitchdError(
-                f"the database shows ovs_version {row['ovs_version']!r}, not {number!r}"
-            )
-        # What the old process held when it stopped: its final read (else the snapshot).
-        held, read_at = self.final or self.snapshot, self._final_read_at or self._snapshot_read_at
-        elapsed = time.monotonic() - (read_at or time.monotonic())
-        Restorer(self.spec.rundir, self.spec.db, pid=pid, of_dir=self.of_dir.private).verify(
-            held, self.record.anomalies, elapsed=elapsed)
-        if self.final is not None:  # entries the final catch-up found that were not carried
-            self._note_uncarried(self.final, refuse=False)
+        """Ordered takeover, install by the client, and proof the new process serves
+        (:mod:`ovsndu.upgrade.handover`)."""
+        await take_over(self)
 
     async def commit(self) -> None:
         """Tell the client; let it exit; the record is finished by the loop."""
@@ -650,140 +508,6 @@ class UpgradeRunner:
 
     # --- rollback -------------------------------------------------------------------------
     async def rollback(self, mode: str, reason: str) -> None:
-        """Return to the original process, and prove it by read-back."""
-        log.warning(
-            "upgrade.rollback",
-            upgrade_id=self.upgrade_id,
-            phase="rollback",
-            event_kind="rollback_started",
-            mode=mode,
-            reason=reason,
-        )
-        if self.session is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.session.abort(reason[:500]), 5)
-        if self.client is not None and self.client.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.client.kill()
-            await self.client.wait()
-        original_alive = self.serving.pid == self.record.from_pid and (
-            self.serving.proc.poll() is None
-            if self.serving.proc is not None
-            else pid_alive(self.serving.pid)
-        )
-        if self.standby is not None:
-            await asyncio.to_thread(daemon.kill, self.standby.pid, self.standby)
-            await asyncio.to_thread(daemon.remove_stale_files, self.spec, self.standby.pid)
-        if original_alive and self.snapshot is not None and not await asyncio.to_thread(
-                self._answers_within, self.serving.pid, UNRESPONSIVE_WAIT):
-            # Frozen (SIGSTOP, a hang): it cannot serve; replace it from the snapshot.
-            why = (f"the original vswitchd {self.serving.pid} did not answer within "
-                   f"{UNRESPONSIVE_WAIT:g} s; replaced from the snapshot")
-            self.record.anomalies.append(why)
-            log.warning("upgrade.original_unresponsive", upgrade_id=self.upgrade_id,
-                        phase="rollback", event_kind="anomaly", reason=why)
-            await asyncio.to_thread(daemon.kill, self.serving.pid, self.serving.proc)
-            await asyncio.to_thread(daemon.remove_stale_files, self.spec, self.serving.pid)
-            original_alive = False
-        if self.hidden is not None:
-            if original_alive:
-                await asyncio.to_thread(self.hidden.unhide)
-            else:
-                await asyncio.to_thread(self.hidden.remove)
-        await asyncio.to_thread(ofdir.remove_unused, self.spec.rundir)
-        await asyncio.to_thread(self.schema.revert,
-                                self.serving.pid if original_alive else None)
-        if original_alive:
-            await asyncio.to_thread(self._discard_verify)
-            return
-        if self.snapshot is None:
-            raise VswitchdError("the original vswitchd is gone and no snapshot was taken")
-        binary = self.record.rollback_binary or self.serving.binary
-
-        def started(serving: Serving) -> None:
-            serving.binary = self.record.from_binary or binary
-            self.serving = serving
-            self.on_serving(serving)
-
-        try:
-            restored = await asyncio.to_thread(
-                restore_original,
-                self.spec,
-                binary,
-                self.final or self.snapshot,  # what it held when it stopped
-                tcp_seq_check=self.cfg.upgrade.tcp_seq_check,
-                read_at=self._final_read_at or self._snapshot_read_at,
-                on_started=started,
-            )
-        except OvsnduError as exc:
-            await asyncio.to_thread(self._serve_empty, binary)
-            raise VswitchdError(f"restoring the snapshot failed ({exc}); {binary} serves "
-                                f"without the state") from None
-        self.frw_set = False
-        restored.binary = self.record.from_binary or binary
-        self.serving = restored
-        self.on_serving(restored)
-        self.record.to_pid = None
-        log.warning(
-            "upgrade.restored_original",
-            upgrade_id=self.upgrade_id,
-            phase="rollback",
-            event_kind="rollback_restored",
-            pid=restored.pid,
-        )
-
-    def _answers_within(self, pid: int, seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while not daemon.answers(self.spec, pid):
-            if time.monotonic() > deadline or not pid_alive(pid):
-                return False
-            time.sleep(0.1)
-        return True
-
-    def _serve_empty(self, binary: str) -> None:
-        """Last resort after a failed restore: someone serves, without the state."""
-        pid = daemon.read_pid(self.spec.pidfile)
-        if pid is not None:
-            daemon.kill(pid)
-            daemon.remove_stale_files(self.spec, pid)
-        with Ovsdb(self.spec.db) as db:
-            db.set_flow_restore_wait(False)
-        proc = daemon.spawn(self.spec, binary)
-        daemon.wait_until(lambda: proc.poll() is None and daemon.answers(self.spec, proc.pid),
-                          30, f"{binary} to answer")
-        self.serving = Serving(proc.pid, proc, self.record.from_binary or binary,
-                               vswitchd_version(self.spec, proc.pid))
-        self.on_serving(self.serving)
-
-    def _discard_verify(self) -> None:
-        """The original never stopped: it answers and still holds the datapath.
-
-        ovsndu writes nothing to a serving vswitchd before the handover, so its state is
-        whatever its controllers and traffic made it: control-plane changes since the
-        snapshot are recorded (anomalies), not failures; traffic state is not compared.
-        """
-        if self.frw_set:
-            self._set_frw(False)
-        if not daemon.answers(self.spec, self.serving.pid):
-            raise VswitchdError(f"the original vswitchd {self.serving.pid} does not answer")
-        if daemon.read_pid(self.spec.pidfile) != self.serving.pid:
-            raise VswitchdError(f"{self.spec.pidfile} does not name the original vswitchd "
-                                f"{self.serving.pid}")
-        if self.snapshot is None:
-            return
-        now = read_snapshot(self.spec.rundir, self.spec.db, pid=self.serving.pid)
-        for lost in check_carried(user_routes_only(self.snapshot), user_routes_only(now),
-                                  categories=CONTROL_PLANE):
-            self.record.anomalies.append(
-                f"{lost.category} of the original vswitchd changed during the upgrade "
-                f"(not by ovsndu): {lost.describe(entry_text)}")
-
-
-def _last_lines(path: Path, count: int = 5) -> str:
-    """The last *count* non-empty lines of a process's stderr file, joined by " | "."""
-    try:
-        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()
-                 if ln.strip()]
-    except OSError:
-        return ""
-    return " | ".join(lines[-count:])[:500]
+        """Return to the original process, and prove it by read-back
+        (:mod:`ovsndu.upgrade.rollback`)."""
+        await roll_back(self, mode, reason)

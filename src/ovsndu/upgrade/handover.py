@@ -1,0 +1,199 @@
+"""The handover: the standby vswitchd, the ordered takeover, and proof the new one serves.
+
+:func:`start_standby` starts the new vswitchd on the live database (it waits on the
+OVSDB lock, its OpenFlow sockets private); :func:`take_over` sets flow-restore-wait,
+reads the old process a last time (the final catch-up, its OpenFlow sockets hidden),
+stops it, lets the client install and verify, and :func:`prove_serving` checks that
+the standard tools reach the new process and that it holds the state, before its
+OpenFlow sockets are published (docs/upgrade.md).  Functions of an
+:class:`~ovsndu.upgrade.runner.UpgradeRunner`, whose attributes they update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from ovsndu.errors import VswitchdError
+from ovsndu.model.delta import delta_between
+from ovsndu.ovs import daemon, ofdir
+from ovsndu.ovs.catchup import CATCHUP_FILE
+from ovsndu.ovs.ofdir import PREFIX, PrivateRundir
+from ovsndu.ovs.ovsdb import Ovsdb
+from ovsndu.ovs.readers import StateReader, read_snapshot
+from ovsndu.ovs.restore import Restorer
+from ovsndu.upgrade.serving import Serving, record_version
+
+if TYPE_CHECKING:
+    from ovsndu.upgrade.runner import UpgradeRunner
+
+log = structlog.get_logger("ovsndu.upgrade")
+
+
+async def start_standby(run: UpgradeRunner) -> None:
+    """Start the new vswitchd on the live database; it must wait on the OVSDB lock."""
+    with contextlib.suppress(FileNotFoundError):
+        run.spec.standby_pidfile.unlink()
+    run.schema.mark_log(run.spec.log_file)
+    run._workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    of_dir = await asyncio.to_thread(PrivateRundir.create, run.spec.rundir,
+                                     run.of_dir.name.removeprefix(PREFIX))
+    stderr_path = run._workdir / "standby.stderr"
+    with open(stderr_path, "wb") as stderr:
+        run.standby = proc = daemon.spawn(run.spec, run.new_binary, standby=True,
+                                           stderr=stderr, ovs_rundir=of_dir.link)
+    run.record.standby_pid = proc.pid
+    run._write_inflight()
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            said = last_lines(stderr_path)
+            raise VswitchdError(
+                f"the new vswitchd exited at start with "
+                f"{daemon.exit_description(proc.returncode)}"
+                + (f"; its last words: {said}" if said else ""))
+        return of_dir.share_ctl(proc.pid) and daemon.answers(run.spec, proc.pid)
+
+    await asyncio.to_thread(daemon.wait_until, ready, 20, "the standby vswitchd to answer")
+    if not daemon.answers(run.spec, run.serving.pid):
+        raise VswitchdError("the serving vswitchd stopped answering while the standby started")
+
+
+async def take_over(run: UpgradeRunner) -> None:
+    """Ordered takeover, install by the client, and proof the new process serves."""
+    assert run.standby is not None
+    assert run.session is not None
+    assert run.snapshot is not None
+    spec, standby = run.spec, run.standby
+    names = await asyncio.to_thread(lambda: sorted(daemon.dp_types(spec.db)))
+    await asyncio.to_thread(set_frw, run, True)
+    marks = run.record.marks
+    # The final catch-up: read the old process once more, at the last moment it
+    # answers, and stop it right after; what changed since the snapshot goes to the
+    # client (docs/upgrade.md, "Sync until the handover").
+    # Everything first; then, with its OpenFlow sockets out of sight (no new
+    # connection reaches it: ovs/ofdir.py, hide), the OpenFlow state again, which is
+    # quick, so that the window for writes it still accepts is short.
+    read_started = time.monotonic()
+    final = await asyncio.to_thread(read_snapshot, spec.rundir, spec.db,
+                                    pid=run.serving.pid)
+    of_started = time.monotonic()
+    run.hidden = hidden = await asyncio.to_thread(
+        ofdir.hide, spec.rundir, run.of_dir.name.removeprefix(PREFIX))
+    openflow = await asyncio.to_thread(lambda: StateReader(
+        spec.rundir, spec.db, pid=run.serving.pid, of_dir=hidden.directory).openflow())
+    for category, entries in openflow.items():
+        final = final.replace(category, entries)
+    t0 = time.monotonic()
+    marks["catchup_read_ms"] = round((of_started - read_started) * 1000, 2)
+    marks["catchup_openflow_read_ms"] = round((t0 - of_started) * 1000, 2)
+
+    def mark(name: str) -> None:
+        marks[name] = round((time.monotonic() - t0) * 1000, 2)
+
+    gone = await asyncio.to_thread(daemon.ordered_takeover, spec, run.serving.pid,
+                                   run.serving.proc, standby.pid)
+    marks["old_gone"] = round((gone - t0) * 1000, 2)
+    hidden.remove()
+    run.hidden = None
+    run.final, run._final_read_at = final, read_started
+    old = run.serving
+    run.serving = Serving(standby.pid, standby, run.new_binary, run.record.to_version)
+    run.on_serving(run.serving)
+    # The delta (~0.7 s of Python at 100k conntrack entries) is computed while the
+    # standby builds its bridges, not after.
+    delta, _ = await asyncio.gather(
+        asyncio.to_thread(delta_between, run.snapshot, final),
+        asyncio.to_thread(daemon.wait_bridges, spec, standby, names, 30,
+                          of_dir=run.of_dir.private))
+    mark("bridges_ready")
+    marks.update({f"catchup.{k}": float(n) for k, n in delta.counts().items()})
+    if not delta.empty:
+        path = run._workdir / CATCHUP_FILE
+        await asyncio.to_thread(path.write_text, json.dumps(delta.to_dict()))
+    mark("catchup_written")
+    await asyncio.to_thread(daemon.promote_standby_pidfile, spec, standby.pid)
+    await asyncio.to_thread(daemon.enable_syslog, spec, standby.pid)
+    await run.session.handover()
+    mark("handover_sent")
+    await run.session.wait_ready()
+    mark("client_ready")
+    marks.update(run._client_timings())
+    # The client lifts flow-restore-wait before its deferred conntrack replay.
+    lifted = marks.get("install_lifted_ms")
+    marks["flow_restore_wait_lifted"] = (round(marks["handover_sent"] + lifted, 2)
+                                         if lifted is not None else marks["client_ready"])
+    run.record.handover_gap_ms = marks["flow_restore_wait_lifted"]
+    log.info("upgrade.takeover", upgrade_id=run.upgrade_id, phase="handover",
+             event_kind="taken_over", old_pid=old.pid, new_pid=standby.pid, **marks)
+    run.frw_set = False
+    run.record.to_pid = standby.pid
+    await asyncio.to_thread(record_version, run.spec, run.record.to_version)
+    await asyncio.to_thread(prove_serving, run, standby.pid)
+    await asyncio.to_thread(run.schema.check_log, run.spec.log_file)
+    # Restored and verified: only now may controllers reach it (docs/upgrade.md).
+    published = await asyncio.to_thread(run.of_dir.publish)
+    mark("openflow_published")
+    log.info("upgrade.openflow_published", upgrade_id=run.upgrade_id, phase="handover",
+             event_kind="openflow_published", sockets=published)
+    await asyncio.to_thread(ofdir.remove_unused, spec.rundir)
+
+
+def set_frw(run: UpgradeRunner, on: bool) -> None:
+    with Ovsdb(run.spec.db) as db:
+        db.set_flow_restore_wait(on)
+    run.frw_set = on
+
+
+def prove_serving(run: UpgradeRunner, pid: int) -> None:
+    """The standard tools reach *pid*; the database shows its version; state equal."""
+    assert run.snapshot is not None
+    if run.standby is not None and run.standby.poll() is not None:
+        raise VswitchdError(f"the new vswitchd exited with status {run.standby.returncode}")
+    if daemon.read_pid(run.spec.pidfile) != pid:
+        raise VswitchdError(f"{run.spec.pidfile} does not name the new vswitchd {pid}")
+    tool = subprocess.run(
+        ["ovs-appctl", "version"],
+        env=run.spec.env,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    number = run.record.to_version.split()[-1]
+    if tool.returncode != 0 or f"Open vSwitch) {number}" not in tool.stdout:
+        raise VswitchdError(
+            f"ovs-appctl does not reach the new vswitchd: "
+            f"{(tool.stderr or tool.stdout).strip()[:200]}"
+        )
+    with Ovsdb(run.spec.db) as db:
+        (row,) = db.select("Open_vSwitch", ["ovs_version"])
+    if row["ovs_version"] != number:
+        raise VswitchdError(
+            f"the database shows ovs_version {row['ovs_version']!r}, not {number!r}"
+        )
+    # What the old process held when it stopped: its final read (else the snapshot).
+    held, read_at = run.final or run.snapshot, run._final_read_at or run._snapshot_read_at
+    elapsed = time.monotonic() - (read_at or time.monotonic())
+    Restorer(run.spec.rundir, run.spec.db, pid=pid, of_dir=run.of_dir.private).verify(
+        held, run.record.anomalies, elapsed=elapsed)
+    if run.final is not None:  # entries the final catch-up found that were not carried
+        run._note_uncarried(run.final, refuse=False)
+
+
+
+def last_lines(path: Path, count: int = 5) -> str:
+    """The last *count* non-empty lines of a process's stderr file, joined by " | "."""
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()
+                 if ln.strip()]
+    except OSError:
+        return ""
+    return " | ".join(lines[-count:])[:500]
