@@ -36,13 +36,11 @@ from ovsndu.model import (
     TunnelNeighbor,
 )
 from ovsndu.ovs import ofbundle, ofdump, ofmeters, parsers
-from ovsndu.ovs.ct_defer import flush_tuple, misjudged
+from ovsndu.ovs.ct_replay_later import replay_deferred
 from ovsndu.ovs.ofbundle import CapturedBundle
 from ovsndu.ovs.ofctl import ofctl
 from ovsndu.ovs.ovsdb import Ovsdb
-from ovsndu.ovs.paced import send_unbundled
 from ovsndu.ovs.readers import BridgeInfo, StateReader, default_rundir
-from ovsndu.ovs.replay import conntrack_lines
 from ovsndu.ovs.restore_plan import (
     USERSPACE_DATAPATHS,
     RestorePlan,
@@ -244,52 +242,19 @@ class Restorer:
 
     def replay_later(self, plan: RestorePlan) -> dict[str, int]:
         """Replay the deferred conntrack entries (forwarding has resumed), then repair the
-        ones traffic met first (:mod:`ovsndu.ovs.ct_defer`): read the table, flush and
-        replay again every deferred entry missing or with another reply tuple or NAT.
+        ones traffic met first (:func:`ovsndu.ovs.ct_replay_later.replay_deferred`).
         Returns ``{"deferred": N, "repaired": M}``; RestoreError when a repair fails."""
         if not plan.ct_later:
             return {"deferred": 0, "repaired": 0}
+
+        def send(lines: list[str], what: str) -> None:
+            assert plan.ct_bridge is not None
+            self._checked_bundle(plan.ct_bridge, version_of(plan, plan.ct_bridge), lines,
+                                 "conntrack", what=what, encoded=plan.ct_encoded.get(id(lines)))
+
         with Unixctl.for_daemon(self.rundir, pid=self.pid) as appctl:
             self._appctl = appctl
-            for chunk in plan.ct_later_chunks:
-                encoded = plan.ct_encoded.get(id(chunk))
-                assert plan.ct_bridge is not None
-                if encoded is None:  # before OpenFlow 1.4: ovs-ofctl, one bundle a chunk
-                    self._ct_chunks(plan, [chunk])
-                    continue
-                try:  # one message at a time: forwarding goes on in between (ovs/paced.py)
-                    send_unbundled(self.of_dir / f"{plan.ct_bridge}.mgmt", encoded)
-                except VswitchdError as exc:
-                    raise RestoreError("conntrack", f"{plan.ct_bridge} rejected the deferred "
-                                       f"replay: {_reason(exc)}") from None
-            # Zone by zone: each dump holds vswitchd's main thread (which polls the non-PMD
-            # ports) only for that zone's entries, not for the whole table at once.
-            dp = self._datapath_of(appctl, plan)
-            found = [e for zone in sorted({e.zone for e in plan.ct_later})
-                     for e in parsers.parse_conntrack(appctl("dpctl/dump-conntrack", "-m",
-                                                             "-s", *dp, f"zone={zone}"))]
-            wrong = misjudged(plan.ct_later, found)
-            for e in wrong:
-                for direction in ("orig", "reply"):
-                    with contextlib.suppress(VswitchdError):
-                        appctl("dpctl/flush-conntrack", *dp, f"zone={e.zone}",
-                               flush_tuple(e, direction))
-            if wrong:
-                assert plan.ct_bridge is not None
-                lines = conntrack_lines(wrong)
-                self._checked_bundle(plan.ct_bridge, version_of(plan, plan.ct_bridge),
-                                     lines, "conntrack", what="the repair replay")
-        return {"deferred": len(plan.ct_later), "repaired": len(wrong)}
-
-    @staticmethod
-    def _datapath_of(appctl: Unixctl, plan: RestorePlan) -> tuple[str, ...]:
-        """The datapath argument for dpctl commands about the conntrack bridge: none with
-        one datapath; its ``TYPE@ovs-TYPE`` with several (dpctl refuses to guess)."""
-        names = appctl("dpctl/dump-dps").split()
-        if len(names) < 2:
-            return ()
-        dp_type = next(b.datapath_type for b in plan.bridges if b.name == plan.ct_bridge)
-        return tuple(n for n in names if n.endswith(f"@ovs-{dp_type}"))[:1]
+            return replay_deferred(plan, appctl, self.of_dir, send)
 
     @staticmethod
     def _kernel_conntrack(snap: Snapshot) -> None:
