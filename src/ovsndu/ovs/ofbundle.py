@@ -262,3 +262,17 @@ def from_adds(adds: list[bytes], lines: list[str], *, bundle_id: int = 1) -> Cap
                             commit=control(COMMIT_REQUEST, 3))
     splice(bundle, 0, wrapped, lines)
     return bundle
+
+
+def until_barrier(conn: socket.socket, buf: bytearray, xid: int) -> bytes | None:
+    """Read until the barrier reply *xid*; the first error seen before it, if any."""
+    first: bytes | None = None
+    while True:
+        msg = _read_msg(conn, buf)
+        if msg[1] == ECHO_REQUEST:
+            conn.sendall(_reply(msg, ECHO_REPLY, msg[HEADER.size:]))
+            continue
+        if msg[1] == ERROR and first is None:
+            first = msg
+        if HEADER.unpack_from(msg)[3] == xid:
+            return first

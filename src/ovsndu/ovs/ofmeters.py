@@ -24,7 +24,6 @@ from ovsndu.ovs.ofbundle import (
     BARRIER_REQUEST,
     ECHO_REPLY,
     ECHO_REQUEST,
-    ERROR,
     HEADER,
     HELLO,
     CapturedBundle,
@@ -32,6 +31,7 @@ from ovsndu.ovs.ofbundle import (
     _read_msg,
     _reply,
     handshake,
+    until_barrier,
 )
 
 METER_MOD = 29  # OpenFlow 1.3 and later
@@ -109,16 +109,7 @@ def send(mgmt: Path, messages: list[bytes], specs: list[str], *, timeout: float 
         buf = handshake(conn, mgmt, version)
         conn.sendall(b"".join(messages)
                      + HEADER.pack(version, BARRIER_REQUEST, HEADER.size, barrier_xid))
-        first: bytes | None = None
-        while True:
-            msg = _read_msg(conn, buf)
-            if msg[1] == ECHO_REQUEST:
-                conn.sendall(_reply(msg, ECHO_REPLY, msg[HEADER.size:]))
-                continue
-            if msg[1] == ERROR and first is None:
-                first = msg
-            if HEADER.unpack_from(msg)[3] == barrier_xid:
-                break
+        first = until_barrier(conn, buf, barrier_xid)
     except (OSError, EOFError) as exc:
         raise VswitchdError(f"{mgmt.name}: sending meters failed: {exc}") from None
     finally:

@@ -20,15 +20,11 @@ from ovsndu.errors import VswitchdError
 from ovsndu.ovs.ofbundle import (
     BARRIER_REQUEST,
     BUNDLE_ADD,
-    ECHO_REPLY,
-    ECHO_REQUEST,
-    ERROR,
     HEADER,
     CapturedBundle,
     _describe,
-    _read_msg,
-    _reply,
     handshake,
+    until_barrier,
 )
 
 #: Messages sent before waiting for a barrier (bounds what is queued in the switch).
@@ -68,7 +64,7 @@ def send_unbundled(mgmt: Path, bundle: CapturedBundle, *, timeout: float = 600.0
                                            barrier_xid))
                 sent += len(batch)
                 batch = []
-                error = _until_barrier(conn, buf, barrier_xid)
+                error = until_barrier(conn, buf, barrier_xid)
                 if error is not None:
                     inner_xid = HEADER.unpack_from(error)[3]
                     outer_error = bytearray(error)
@@ -79,17 +75,3 @@ def send_unbundled(mgmt: Path, bundle: CapturedBundle, *, timeout: float = 600.0
     finally:
         conn.close()
     return sent
-
-
-def _until_barrier(conn: socket.socket, buf: bytearray, xid: int) -> bytes | None:
-    """Read until the barrier reply *xid*; the first error seen before it, if any."""
-    first: bytes | None = None
-    while True:
-        msg = _read_msg(conn, buf)
-        if msg[1] == ECHO_REQUEST:
-            conn.sendall(_reply(msg, ECHO_REPLY, msg[HEADER.size:]))
-            continue
-        if msg[1] == ERROR and first is None:
-            first = msg
-        if HEADER.unpack_from(msg)[3] == xid:
-            return first
