@@ -19,7 +19,6 @@ import re
 import socket
 import struct
 import subprocess
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -99,19 +98,16 @@ def _dump(path: Path, version: int, request: bytes) -> list[bytes]:
 
 
 def _print_messages(messages: Iterable[bytes]) -> str:
-    """``ovs-ofctl ofp-parse`` of *messages*: OVS's own decoder and printer."""
-    with tempfile.NamedTemporaryFile(prefix="ovsndu-of-", suffix=".bin") as f:
-        for m in messages:
-            f.write(m)
-        f.flush()
-        try:
-            proc = subprocess.run(["ovs-ofctl", "ofp-parse", f.name], capture_output=True,
-                                  text=True, timeout=600, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise VswitchdError(f"ovs-ofctl ofp-parse: {exc}") from None
+    """``ovs-ofctl ofp-parse`` of *messages* (through a pipe: no file is left behind if this
+    process is killed): OVS's own decoder and printer."""
+    try:
+        proc = subprocess.run(["ovs-ofctl", "ofp-parse", "/dev/stdin"], input=b"".join(messages),
+                              capture_output=True, timeout=600, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise VswitchdError(f"ovs-ofctl ofp-parse: {exc}") from None
     if proc.returncode != 0:
-        raise VswitchdError(f"ovs-ofctl ofp-parse: {proc.stderr.strip()[:200]}")
-    return proc.stdout
+        raise VswitchdError(f"ovs-ofctl ofp-parse: {proc.stderr.decode(errors='replace')[:200]}")
+    return proc.stdout.decode(errors="replace")
 
 
 def _texts(entries: list[bytes], prefix: bytes) -> list[str | None]:

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import secrets
 import shutil
 import sys
 import tempfile
@@ -146,9 +147,11 @@ async def run(args: argparse.Namespace) -> int:
         digests = snap.digests()
         if args.validate:
             # A short path: unixctl socket paths must fit in sun_path (108 bytes).
-            rehearsal = Path(tempfile.mkdtemp(prefix=REHEARSAL_PREFIX))
-            # Named in the work directory: a supervisor that recovers removes it.
+            rehearsal = Path(tempfile.gettempdir()) / f"{REHEARSAL_PREFIX}{secrets.token_hex(6)}"
+            # Named in the work directory before it exists: whoever ends the upgrade (the
+            # runner, or a recovering supervisor) removes it even if this process is killed.
             (Path(args.workdir) / REHEARSAL_FILE).write_text(f"{rehearsal}\n")
+            rehearsal.mkdir(mode=0o700)
             try:
                 digests = rehearse(snap, args.vswitchd, args.db, rehearsal)
             finally:

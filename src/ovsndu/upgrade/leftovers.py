@@ -51,6 +51,21 @@ def clients_of(state_dir: Path) -> list[int]:
     return found
 
 
+def remove_workdir(upgrade: Path) -> list[str]:
+    """Remove one upgrade's work directory and the rehearsal sandbox its client named there
+    (the client may have been killed before it could); what was removed."""
+    removed = []
+    with contextlib.suppress(OSError):
+        rehearsal = Path((upgrade / REHEARSAL_FILE).read_text().strip())
+        if rehearsal.name.startswith(REHEARSAL_PREFIX) and rehearsal.is_dir():
+            shutil.rmtree(rehearsal, ignore_errors=True)
+            removed.append(str(rehearsal))
+    if upgrade.exists():
+        shutil.rmtree(upgrade, ignore_errors=True)
+        removed.append(str(upgrade))
+    return removed
+
+
 def sweep(state_dir: Path) -> list[str]:
     """Remove every upgrade's leftovers under *state_dir* (no upgrade may be running).
 
@@ -64,13 +79,7 @@ def sweep(state_dir: Path) -> list[str]:
             removed.append(f"client pid {pid}")
     work = state_dir / "work"
     for upgrade in sorted(work.iterdir()) if work.is_dir() else []:
-        with contextlib.suppress(OSError):
-            rehearsal = Path((upgrade / REHEARSAL_FILE).read_text().strip())
-            if rehearsal.name.startswith(REHEARSAL_PREFIX) and rehearsal.is_dir():
-                shutil.rmtree(rehearsal, ignore_errors=True)
-                removed.append(str(rehearsal))
-        shutil.rmtree(upgrade, ignore_errors=True)
-        removed.append(str(upgrade))
+        removed += remove_workdir(upgrade)
     rollback = state_dir / "rollback"
     for copy in sorted(rollback.iterdir()) if rollback.is_dir() else []:
         shutil.rmtree(copy, ignore_errors=True)

@@ -37,7 +37,7 @@ from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import read_snapshot
 from ovsndu.ovs.restore import USERSPACE_DATAPATHS
 from ovsndu.protocol.transport import ServerSession, serve_state
-from ovsndu.upgrade import machine
+from ovsndu.upgrade import leftovers, machine
 from ovsndu.upgrade.conversion import SchemaStep, target_schema_file
 from ovsndu.upgrade.handover import last_lines, start_standby, take_over
 from ovsndu.upgrade.history import (
@@ -281,7 +281,7 @@ class UpgradeRunner:
                 self.store.inflight_path.unlink()
         with contextlib.suppress(OSError):
             snapshot_path(self.state_dir, self.upgrade_id).unlink()
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        leftovers.remove_workdir(self._workdir)  # and a killed client's rehearsal sandbox
         shutil.rmtree(self.state_dir / "rollback" / self.upgrade_id, ignore_errors=True)
         level = log.info if state.outcome == "committed" else log.warning
         level(
