@@ -99,7 +99,7 @@ def capture(lines: list[str], version: str, *, timeout: float = 600.0) -> Captur
         server.bind(str(path))
         server.listen(1)
         result: dict[str, object] = {}
-        worker = threading.Thread(target=_stand_in, args=(server, number, result), daemon=True)
+        worker = threading.Thread(target=stand_in, args=(server, number, result), daemon=True)
         worker.start()
         proc = subprocess.run(["ovs-ofctl", "-O", version, "--no-names", "bundle", f"unix:{path}",
                                str(listing)], capture_output=True, text=True,
@@ -130,8 +130,11 @@ def _ctl_type(msg: bytes) -> int:
     return int(struct.unpack_from("!H", msg, HEADER.size + 4)[0])
 
 
-def _stand_in(server: socket.socket, version: int, result: dict[str, object]) -> None:
-    """Play the switch for one ovs-ofctl connection; keep what it sends."""
+def stand_in(server: socket.socket, version: int, result: dict[str, object],
+             accepted: tuple[int, ...] = (BUNDLE_ADD,)) -> None:
+    """Play the switch for one ovs-ofctl connection; keep what it sends (in
+    ``result["messages"]``).  Message types beyond the handshake, barriers, bundle control
+    and the port list must be in *accepted*, else ``result["error"]`` says which came."""
     messages: list[bytes] = []
     result["messages"] = messages
     try:
@@ -170,7 +173,7 @@ def _stand_in(server: socket.socket, version: int, result: dict[str, object]) ->
                         result["error"] = f"unexpected multipart request {kind}"
                         return
                     conn.sendall(_reply(msg, MULTIPART_REPLY, struct.pack("!HH4x", kind, 0)))
-                elif msg_type != BUNDLE_ADD:
+                elif msg_type not in accepted:
                     result["error"] = f"unexpected message type {msg_type}"
                     return
     except OSError as exc:

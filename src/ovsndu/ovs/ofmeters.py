@@ -20,17 +20,12 @@ from pathlib import Path
 
 from ovsndu.errors import VswitchdError
 from ovsndu.ovs.ofbundle import (
-    BARRIER_REPLY,
     BARRIER_REQUEST,
-    ECHO_REPLY,
-    ECHO_REQUEST,
     HEADER,
-    HELLO,
     CapturedBundle,
     _describe,
-    _read_msg,
-    _reply,
     handshake,
+    stand_in,
     until_barrier,
 )
 
@@ -50,15 +45,17 @@ def capture(specs: list[str], version: str = "OpenFlow13", *, timeout: float = 6
         server.listen(1)
         try:
             for spec in specs:
-                got: list[bytes] = []
-                worker = threading.Thread(target=_stand_in, args=(server, number, got),
+                result: dict[str, object] = {}
+                worker = threading.Thread(target=stand_in,
+                                          args=(server, number, result, (METER_MOD,)),
                                           daemon=True)
                 worker.start()
                 proc = subprocess.run(["ovs-ofctl", "-O", version, "add-meter", f"unix:{path}",
                                        spec], capture_output=True, text=True, timeout=timeout,
                                       check=False)
                 worker.join(timeout=10)
-                mods = [m for m in got if m[1] == METER_MOD]
+                got = result.get("messages")
+                mods = [m for m in got if m[1] == METER_MOD] if isinstance(got, list) else []
                 if proc.returncode != 0 or len(mods) != 1:
                     why = proc.stderr.strip().splitlines()[-1:] or ["no meter mod sent"]
                     raise VswitchdError(f"cannot encode meter {spec!r}: {why[0]}")
@@ -71,27 +68,6 @@ def capture(specs: list[str], version: str = "OpenFlow13", *, timeout: float = 6
             server.close()
     return out
 
-
-def _stand_in(server: socket.socket, version: int, got: list[bytes]) -> None:
-    """Play the switch for one ovs-ofctl connection; keep what it sends."""
-    try:
-        conn, _ = server.accept()
-        with conn:
-            conn.sendall(HEADER.pack(version, HELLO, HEADER.size, 0))
-            buf = bytearray()
-            while True:
-                try:
-                    msg = _read_msg(conn, buf)
-                except EOFError:
-                    return
-                if msg[1] == ECHO_REQUEST:
-                    conn.sendall(_reply(msg, ECHO_REPLY, msg[HEADER.size:]))
-                elif msg[1] == BARRIER_REQUEST:
-                    conn.sendall(_reply(msg, BARRIER_REPLY))
-                elif msg[1] != HELLO:
-                    got.append(msg)
-    except OSError:
-        return
 
 
 def send(mgmt: Path, messages: list[bytes], specs: list[str], *, timeout: float = 60.0
