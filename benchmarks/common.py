@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+from ovsndu.config import Config
 from ovsndu.model import Conntrack
 from ovsndu.ovs.packets import frame
 from ovsndu.ovs.replay import conntrack_packets
@@ -84,3 +88,46 @@ def write_json(path: str | None, report: dict[str, Any]) -> None:
     """Write the report when asked to."""
     if path:
         Path(path).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def supervisor_status(cfg_path: Path) -> dict[str, Any]:
+    """``ovsndu status --json`` of the supervisor of *cfg_path* ({} when it does not answer)."""
+    r = subprocess.run([sys.executable, "-m", "ovsndu", "status", "--config", str(cfg_path),
+                        "--json"], capture_output=True, text=True, check=False)
+    try:
+        return dict(json.loads(r.stdout))
+    except ValueError:
+        return {}
+
+
+def wait_for(predicate: Any, timeout: float) -> None:
+    """Poll *predicate* every 0.1 s; RuntimeError after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError("timed out")
+        time.sleep(0.1)
+
+
+def start_supervisor(sb: Sandbox, work: Path, binary: str, vswitchd_args: list[str], *,
+                     upgrade: dict[str, Any] | None = None, wait: float = 60
+                     ) -> tuple[subprocess.Popen[bytes], Path]:
+    """A real ``ovsndu supervise`` adopting *sb*'s vswitchd (config and log in *work*),
+    once it reports idle; the process and its config file."""
+    cfg = Config.from_dict({
+        "ovs": {"rundir": str(sb.rundir), "db": sb.db, "vswitchd": binary,
+                "vswitchd_args": vswitchd_args, "netns": sb.netns or ""},
+        **({"upgrade": upgrade} if upgrade else {}),
+        "ovsndu": {"state_dir": str(work / "state")},
+    })
+    cfg_path = work / "ovsndu.toml"
+    cfg.write(cfg_path)
+    with open(work / "supervisor.log", "wb") as log:
+        sup = subprocess.Popen([sys.executable, "-m", "ovsndu", "supervise", "--config",
+                                str(cfg_path)], stdout=log, stderr=log)
+    try:
+        wait_for(lambda: supervisor_status(cfg_path).get("phase") == "idle", wait)
+    except RuntimeError:
+        sup.kill()
+        raise RuntimeError("the supervisor did not come up") from None
+    return sup, cfg_path

@@ -24,14 +24,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import start_supervisor
 from benchmarks.disruption import OVS_CTL, Run, _median, _status, _vswitchd, _wait_for
-from ovsndu.config import Config
 from ovsndu.ovs.sandbox import NETDEV_ARGS
 
 TICK = 100.0  # clock ticks per second (/proc/PID/stat)
@@ -48,19 +47,8 @@ class CrashRun(Run):
     """One sandbox; the supervisor or upstream's monitor faces a vswitchd crash."""
 
     def start_supervisor(self) -> tuple[subprocess.Popen[bytes], Path]:
-        cfg = Config.from_dict({
-            "ovs": {"rundir": str(self.sb.rundir), "db": self.sb.db,
-                    "vswitchd": _vswitchd(), "vswitchd_args": list(NETDEV_ARGS),
-                    "netns": self.sb.netns or ""},
-            "ovsndu": {"state_dir": str(self.work / "state")},
-        })
-        cfg_path = self.work / "ovsndu.toml"
-        cfg.write(cfg_path)
-        with open(self.work / "supervisor.log", "wb") as log:
-            sup = subprocess.Popen([sys.executable, "-m", "ovsndu", "supervise", "--config",
-                                    str(cfg_path)], stdout=log, stderr=log)
+        sup, cfg_path = start_supervisor(self.sb, self.work, _vswitchd(), list(NETDEV_ARGS))
         self.procs.append(sup)
-        _wait_for(lambda: _status(cfg_path).get("phase") == "idle", 60)
         return sup, cfg_path
 
     def serving_pid(self) -> int:

@@ -56,8 +56,8 @@ from typing import Any
 
 from benchmarks import dpdk_run
 from benchmarks.churn import CHURN_KEYS, ChurnLoad, churn_text, ovn_pipeline
+from benchmarks.common import start_supervisor, supervisor_status, wait_for
 from benchmarks.measure import RssSampler, ct_total, fill_conntrack
-from ovsndu.config import Config
 from ovsndu.ovs.ct_defer import HOT_WINDOW_S
 from ovsndu.ovs.sandbox import NETDEV_ARGS, Sandbox
 from ovsndu.testing.dpdk import DPDK_VSWITCHD, hugepages
@@ -219,20 +219,9 @@ class Run:
 
     # --- the two methods -------------------------------------------------------------------
     def ovsndu(self) -> dict[str, Any]:
-        cfg = Config.from_dict({
-            "ovs": {"rundir": str(self.sb.rundir), "db": self.sb.db,
-                    "vswitchd": self.binary, "vswitchd_args": list(NETDEV_ARGS),
-                    "netns": self.sb.netns or ""},
-            "upgrade": {"timeout": self.UPGRADE_TIMEOUT},
-            "ovsndu": {"state_dir": str(self.work / "state")},
-        })
-        cfg_path = self.work / "ovsndu.toml"
-        cfg.write(cfg_path)
-        with open(self.work / "supervisor.log", "wb") as log:
-            sup = subprocess.Popen([sys.executable, "-m", "ovsndu", "supervise", "--config",
-                                    str(cfg_path)], stdout=log, stderr=log)
+        sup, cfg_path = start_supervisor(self.sb, self.work, self.binary, list(NETDEV_ARGS),
+                                         upgrade={"timeout": self.UPGRADE_TIMEOUT}, wait=30)
         self.procs.append(sup)
-        _wait_for(lambda: _status(cfg_path).get("phase") == "idle", 30)
         self.start_traffic()
         t0 = self.t0 = time.monotonic()
         with RssSampler(sup.pid) as rss:
@@ -306,21 +295,8 @@ def _vswitchd() -> str:
     return "ovs-vswitchd"
 
 
-def _status(cfg_path: Path) -> dict[str, Any]:
-    r = subprocess.run([sys.executable, "-m", "ovsndu", "status", "--config", str(cfg_path),
-                        "--json"], capture_output=True, text=True, check=False)
-    try:
-        return dict(json.loads(r.stdout))
-    except ValueError:
-        return {}
-
-
-def _wait_for(predicate: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError("timed out")
-        time.sleep(0.1)
+_status = supervisor_status
+_wait_for = wait_for
 
 
 def _arrivals(path: Path) -> list[tuple[int, float]]:

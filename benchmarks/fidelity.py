@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ovsndu.config import Config
+from benchmarks.common import start_supervisor
 from ovsndu.ovs.readers import read_snapshot
 from ovsndu.ovs.sandbox import DUMMY_ARGS, Sandbox
 from ovsndu.testing import flow_corpus, state_corpus
@@ -111,25 +111,9 @@ def by_reload(work: Path) -> dict[str, Any]:
     with Sandbox(work / "r") as sb:
         populate(sb)
         before = raw(sb)
-        cfg = Config.from_dict({
-            "ovs": {"rundir": str(sb.rundir), "db": sb.db, "vswitchd": "/usr/sbin/ovs-vswitchd",
-                    "vswitchd_args": list(DUMMY_ARGS)},
-            "upgrade": {"timeout": 300},
-            "ovsndu": {"state_dir": str(work / "state")},
-        })
-        cfg_path = work / "ovsndu.toml"
-        cfg_path.write_text(cfg.to_toml())
-        log = open(work / "supervisor.log", "wb")  # noqa: SIM115 - closed below
-        sup = subprocess.Popen([sys.executable, "-m", "ovsndu", "supervise", "--config",
-                                str(cfg_path)], stdout=log, stderr=subprocess.STDOUT)
+        sup, cfg_path = start_supervisor(sb, work, "/usr/sbin/ovs-vswitchd", list(DUMMY_ARGS),
+                                         upgrade={"timeout": 300})
         try:
-            deadline = time.monotonic() + 60
-            while subprocess.run([sys.executable, "-m", "ovsndu", "status", "--config",
-                                  str(cfg_path)], capture_output=True,
-                                 check=False).returncode != 0:
-                if time.monotonic() > deadline or sup.poll() is not None:
-                    raise RuntimeError("the supervisor did not come up")
-                time.sleep(0.2)
             started = time.monotonic()
             r = subprocess.run([sys.executable, "-m", "ovsndu", "reload", "--config",
                                 str(cfg_path), "--json"], capture_output=True, text=True,
@@ -139,7 +123,6 @@ def by_reload(work: Path) -> dict[str, Any]:
         finally:
             sup.send_signal(signal.SIGTERM)
             sup.wait(60)
-            log.close()
     try:
         record = json.loads(r.stdout).get("record", {})
     except ValueError:
