@@ -160,6 +160,52 @@ def read_flows(mgmt: Path, bridge: str) -> list[Flow]:
     return [dataclasses.replace(f, wire=w) for f, w in zip(flows, wires, strict=True)]
 
 
+def flows_of_entries(bridge: str, entries: list[bytes], prefix: bytes) -> list[Flow]:
+    """Rules from flow-desc *entries* that were not read by :func:`read_flows` (the flow
+    monitor's, ovs/ofmonitor.py): text from OVS's printer, bytes where OpenFlow 1.5
+    carries them (else the rule goes by its text)."""
+    printed = _paired(bridge, entries, prefix)
+    mods = [ofwire.flow_mod15(e, xid) for xid, e in enumerate(entries)]
+    refused = _refused(mods) if mods else set()
+    flows = []
+    for i, (entry, flow) in enumerate(zip(entries, printed, strict=True)):
+        if flow is None:
+            raise ParseError("flow", entry.hex(), "ovs-ofctl cannot decode this rule")
+        flows.append(dataclasses.replace(flow, wire="" if i in refused else _b64(mods[i])))
+    return flows
+
+
+def groups_of_reply(bridge: str, reply: bytes) -> list[Group]:
+    """The groups of one OpenFlow 1.5 group-desc *reply*, as :func:`read_groups` gives them."""
+    entries = {ofwire.group_id(e): e for e in ofwire.group_entries(reply)}
+    groups = parsers.parse_groups(bridge, _print_messages([reply])) if entries else []
+    if sorted(g.group_id for g in groups) != sorted(entries):
+        raise ParseError("groups", f"{bridge}: {len(entries)} groups",
+                         f"ovs-ofctl printed {len(groups)} for them")
+    return [dataclasses.replace(g, wire=_b64(ofwire.group_mod15(entries[g.group_id])))
+            for g in groups]
+
+
+def groups_of_entries(bridge: str, entries: list[bytes], prefix: bytes) -> list[Group]:
+    """One group per group-desc entry, in order (ids may repeat: the flow monitor's)."""
+    messages = []
+    for xid, e in enumerate(entries):
+        msg = bytearray(prefix + e)
+        struct.pack_into("!HI", msg, 2, len(msg), xid)
+        messages.append(bytes(msg))
+    groups = parsers.parse_groups(bridge, _print_messages(messages)) if entries else []
+    if [g.group_id for g in groups] != [ofwire.group_id(e) for e in entries]:
+        raise ParseError("groups", f"{bridge}: {len(entries)} groups",
+                         f"ovs-ofctl printed {len(groups)} for them")
+    return [dataclasses.replace(g, wire=_b64(ofwire.group_mod15(e)))
+            for g, e in zip(groups, entries, strict=True)]
+
+
+def print_messages(messages: Iterable[bytes]) -> str:
+    """What ``ovs-ofctl ofp-parse`` prints for *messages*."""
+    return _print_messages(messages)
+
+
 def _refused(mods: list[bytes]) -> set[int]:
     """xids of the flow-mods OVS's decoder refuses (e.g. OFPBAC_MATCH_INCONSISTENT)."""
     out = set()
@@ -186,13 +232,7 @@ def read_groups(mgmt: Path, bridge: str) -> list[Group]:
     """Every group of *bridge* (one OpenFlow 1.5 group-desc dump), each with its text (what
     ``ovs-ofctl`` prints for the same bytes) and the group-mod that creates it again."""
     replies = _dump(mgmt, ofwire.OF15, ofwire.group_desc_request(1))
-    entries = {ofwire.group_id(e): e for r in replies for e in ofwire.group_entries(r)}
-    groups = parsers.parse_groups(bridge, _print_messages(replies)) if entries else []
-    if sorted(g.group_id for g in groups) != sorted(entries):
-        raise ParseError("groups", f"{bridge}: {len(entries)} groups",
-                         f"ovs-ofctl printed {len(groups)} for them")
-    return [dataclasses.replace(g, wire=_b64(ofwire.group_mod15(entries[g.group_id])))
-            for g in groups]
+    return [g for r in replies for g in groups_of_reply(bridge, r)]
 
 
 def _b64(msg: bytes) -> str:

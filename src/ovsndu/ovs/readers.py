@@ -9,7 +9,7 @@ with the OpenFlow version chosen per bridge from its ``protocols`` column.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,8 +105,9 @@ class StateReader:
         self.pid = pid
         self.of_dir = Path(of_dir) if of_dir is not None else self.rundir  # OpenFlow sockets
 
-    def snapshot(self) -> Snapshot:
-        """Read all nine categories."""
+    def snapshot(self, *, traffic: bool = True) -> Snapshot:
+        """Read all nine categories (conntrack and FDB left empty unless *traffic*: the
+        final catch-up reads them last, with :meth:`traffic`)."""
         with Unixctl.for_daemon(self.rundir, pid=self.pid) as appctl, Ovsdb(self.db) as db:
             version = appctl("version").splitlines()[0].strip()
             bridges = read_bridges(db)
@@ -119,20 +120,23 @@ class StateReader:
                 cats["tunnel_neighbors"] = list(parsers.parse_tnl_neigh(
                     appctl("tnl/neigh/show")))
                 cats["routes"] = list(parsers.parse_routes(appctl("ovs/route/show")))
-                for bridge in bridges:
-                    cats["fdb"].extend(parsers.parse_fdb(bridge.name,
-                                                         appctl("fdb/show", bridge.name)))
-                for dp in appctl("dpctl/dump-dps").split():
-                    cats["conntrack"].extend(_read_conntrack(appctl, dp))
+                if traffic:
+                    cats.update(_read_traffic(appctl, bridges))
                 for future in futures:
                     category, entries = future.result()
                     cats[category].extend(entries)
             return Snapshot.build(VswitchdInfo(pid=appctl.pid, version=version), cats)
 
-    def openflow(self) -> dict[str, list[Entry]]:
-        """Only the OpenFlow categories (flows, groups, meters, TLV map), dumped in parallel."""
+    def traffic(self) -> dict[str, list[Entry]]:
+        """Only the traffic categories (conntrack, FDB)."""
+        with Unixctl.for_daemon(self.rundir, pid=self.pid) as appctl, Ovsdb(self.db) as db:
+            return _read_traffic(appctl, read_bridges(db))
+
+    def openflow(self, only: Collection[str] | None = None) -> dict[str, list[Entry]]:
+        """Only the OpenFlow categories (flows, groups, meters, TLV map), dumped in parallel;
+        of the bridges named *only*, if given."""
         with Ovsdb(self.db) as db:
-            bridges = read_bridges(db)
+            bridges = [b for b in read_bridges(db) if only is None or b.name in only]
         cats: dict[str, list[Entry]] = {c: [] for c in ("flows", "groups", "meters",
                                                           "tlv_mappings")}
         with ThreadPoolExecutor(max_workers=4) as pool:
@@ -190,6 +194,16 @@ def read_flows(rundir: Path, bridge: BridgeInfo) -> list[Flow]:
         return ofdump.read_flows(rundir / f"{bridge.name}.mgmt", bridge.name)
     return parsers.parse_flows(bridge.name, ofctl(rundir, bridge.name, bridge.of_version,
                                                   "dump-flows", extra=("--no-names",)))
+
+
+def _read_traffic(appctl: Unixctl, bridges: list[BridgeInfo]) -> dict[str, list[Entry]]:
+    fdb: list[Entry] = []
+    for bridge in bridges:
+        fdb.extend(parsers.parse_fdb(bridge.name, appctl("fdb/show", bridge.name)))
+    conntrack: list[Entry] = []
+    for dp in appctl("dpctl/dump-dps").split():
+        conntrack.extend(_read_conntrack(appctl, dp))
+    return {"fdb": fdb, "conntrack": conntrack}
 
 
 def _read_conntrack(appctl: Unixctl, dp: str) -> Sequence[Entry]:

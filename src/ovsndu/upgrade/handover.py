@@ -2,11 +2,12 @@
 
 :func:`start_standby` starts the new vswitchd on the live database (it waits on the
 OVSDB lock, its OpenFlow sockets private); :func:`take_over` sets flow-restore-wait,
-reads the old process a last time (the final catch-up, its OpenFlow sockets hidden),
-stops it, lets the client install and verify, and :func:`prove_serving` checks that
-the standard tools reach the new process and that it holds the state, before its
-OpenFlow sockets are published (docs/upgrade.md).  Functions of an
-:class:`~ovsndu.upgrade.runner.UpgradeRunner`, whose attributes they update.
+reads the old process a last time while following its OpenFlow changes until it is
+stopped (the final catch-up, upgrade/lastread.py), kills it, lets the client install
+and verify, and :func:`prove_serving` checks that the standard tools reach the new
+process and that it holds the state, before its OpenFlow sockets are published
+(docs/upgrade.md).  Functions of an :class:`~ovsndu.upgrade.runner.UpgradeRunner`,
+whose attributes they update.
 """
 
 from __future__ import annotations
@@ -16,19 +17,20 @@ import contextlib
 import json
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 
 from ovsndu.errors import VswitchdError
-from ovsndu.model.delta import delta_between
+from ovsndu.model.delta import Delta, delta_between
 from ovsndu.ovs import daemon, ofdir
 from ovsndu.ovs.catchup import CATCHUP_FILE
 from ovsndu.ovs.ofdir import PREFIX, PrivateRundir
 from ovsndu.ovs.ovsdb import Ovsdb
-from ovsndu.ovs.readers import StateReader, read_snapshot
 from ovsndu.ovs.restore import Restorer
+from ovsndu.upgrade.lastread import LastRead, read_until_stop, settle
 from ovsndu.upgrade.serving import Serving, record_version
 
 if TYPE_CHECKING:
@@ -75,42 +77,55 @@ async def take_over(run: UpgradeRunner) -> None:
     names = await asyncio.to_thread(lambda: sorted(daemon.dp_types(spec.db)))
     await asyncio.to_thread(set_frw, run, True)
     marks = run.record.marks
-    # The final catch-up: read the old process once more, at the last moment it
-    # answers, and stop it right after; what changed since the snapshot goes to the
-    # client (docs/upgrade.md, "Sync until the handover").
-    # Everything first; then, with its OpenFlow sockets out of sight (no new
-    # connection reaches it: ovs/ofdir.py, hide), the OpenFlow state again, which is
-    # quick, so that the window for writes it still accepts is short.
+    # The final catch-up (upgrade/lastread.py, docs/upgrade.md "Sync until the
+    # handover"): follow the old process's OpenFlow changes, read it a last time, hide
+    # its OpenFlow sockets, read conntrack and FDB, stop it and drain the monitors.
+    run.last = last = LastRead(run.serving.pid)
     read_started = time.monotonic()
-    final = await asyncio.to_thread(read_snapshot, spec.rundir, spec.db,
-                                    pid=run.serving.pid)
-    of_started = time.monotonic()
-    run.hidden = hidden = await asyncio.to_thread(
-        ofdir.hide, spec.rundir, run.of_dir.name.removeprefix(PREFIX))
-    openflow = await asyncio.to_thread(lambda: StateReader(
-        spec.rundir, spec.db, pid=run.serving.pid, of_dir=hidden.directory).openflow())
-    for category, entries in openflow.items():
-        final = final.replace(category, entries)
+
+    def hidden_now(hidden: ofdir.HiddenSockets) -> None:
+        run.hidden = hidden
+
+    await asyncio.to_thread(read_until_stop, spec, last, run.of_dir.name.removeprefix(PREFIX),
+                            marks, on_hidden=hidden_now)
     t0 = time.monotonic()
-    marks["catchup_read_ms"] = round((of_started - read_started) * 1000, 2)
-    marks["catchup_openflow_read_ms"] = round((t0 - of_started) * 1000, 2)
+    # Both since the phase began (wall clock, as the record's phase start): when the
+    # full read ended and when the old process was stopped; writes between the two
+    # reached the new process only through the monitors.
+    began = datetime.fromisoformat(run._phase_started_wall).timestamp()
+    marks["final_read_done"] = round((last.read_done_wall - began) * 1000, 2)
+    marks["old_stopped"] = round((last.stopped_wall - began) * 1000, 2)
 
     def mark(name: str) -> None:
         marks[name] = round((time.monotonic() - t0) * 1000, 2)
 
     gone = await asyncio.to_thread(daemon.ordered_takeover, spec, run.serving.pid,
                                    run.serving.proc, standby.pid)
+    last.stopped = False  # killed
+    last.close()
+    run.last = None
     marks["old_gone"] = round((gone - t0) * 1000, 2)
-    hidden.remove()
+    if run.hidden is not None:
+        run.hidden.remove()
     run.hidden = None
-    run.final, run._final_read_at = final, read_started
+    run._final_read_at = read_started
     old = run.serving
     run.serving = Serving(standby.pid, standby, run.new_binary, run.record.to_version)
     run.on_serving(run.serving)
+
+    def final_and_delta() -> Delta:
+        assert run.snapshot is not None
+        run.final, notes = settle(last, marks)
+        for note in notes:
+            run.record.anomalies.append(note)
+            log.warning("upgrade.catchup_incomplete", upgrade_id=run.upgrade_id,
+                        phase="handover", event_kind="anomaly", reason=note)
+        return delta_between(run.snapshot, run.final)
+
     # The delta (~0.7 s of Python at 100k conntrack entries) is computed while the
     # standby builds its bridges, not after.
     delta, _ = await asyncio.gather(
-        asyncio.to_thread(delta_between, run.snapshot, final),
+        asyncio.to_thread(final_and_delta),
         asyncio.to_thread(daemon.wait_bridges, spec, standby, names, 30,
                           of_dir=run.of_dir.private))
     mark("bridges_ready")

@@ -121,6 +121,11 @@ class Recovery:
     def _recover(self, rec: UpgradeRecord, action: str, snap: Snapshot | None) -> str:
         old = rec.from_pid if rec.from_pid and pid_alive(rec.from_pid) else None
         new = rec.standby_pid if rec.standby_pid and pid_alive(rec.standby_pid) else None
+        if old is not None and rec.phase == Phase.HANDOVER.value:
+            # The supervisor died while the old process was stopped for its last read
+            # (upgrade/lastread.py): it goes on serving.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(old, signal.SIGCONT)
         ofdir.settle(self.spec.rundir, old_alive=old is not None)
         finishable = action in ("commit", "handover") and old is None and new is not None
         if finishable and new is not None and self._finish_on_new(new, snap):

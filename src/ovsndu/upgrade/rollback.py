@@ -54,6 +54,9 @@ async def roll_back(run: UpgradeRunner, mode: str, reason: str) -> None:
         with contextlib.suppress(ProcessLookupError):
             run.client.kill()
         await run.client.wait()
+    if run.last is not None:  # stopped for its final read, followed: let it go on
+        await asyncio.to_thread(run.last.release)
+        run.last = None
     original_alive = run.serving.pid == run.record.from_pid and (
         run.serving.proc.poll() is None
         if run.serving.proc is not None

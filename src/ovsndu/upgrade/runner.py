@@ -47,6 +47,7 @@ from ovsndu.upgrade.history import (
     utc_now_iso,
     write_private,
 )
+from ovsndu.upgrade.lastread import LastRead
 from ovsndu.upgrade.machine import Phase
 from ovsndu.upgrade.rollback import roll_back
 from ovsndu.upgrade.serving import (
@@ -106,6 +107,7 @@ class UpgradeRunner:
         # The old process's last read (the final catch-up) and when it began.
         self.final: Snapshot | None = None
         self.hidden: ofdir.HiddenSockets | None = None  # the old one's, during its final read
+        self.last: LastRead | None = None  # its monitors and SIGSTOP until it is killed
         self._final_read_at: float | None = None
         self.inflight_error: str | None = None
         # The standby's private OVS_RUNDIR: controllers reach it only once it is restored.

@@ -1,0 +1,149 @@
+"""The final catch-up's read of the old vswitchd, up to the moment it is stopped.
+
+Order (docs/upgrade.md, "Sync until the handover"):
+
+1. per bridge, a monitoring OpenFlow connection (ovs/ofmonitor.py) follows every
+   change other connections make: flows, groups, meters;
+2. the full read of the OpenFlow and port state (not conntrack and FDB);
+3. the OpenFlow sockets are hidden: no new connection reaches the old process;
+4. conntrack and FDB are read, last, since traffic keeps creating entries;
+5. the process is stopped (SIGSTOP, every thread) and the monitors drained: it can
+   send nothing more, so they hold every change it made up to the stop.
+
+The runner then kills it.  :func:`settle` replays the changes on top of the read
+(ovsndu.model.window): what the process held when it stopped.  A bridge that cannot
+be followed (it does not allow OpenFlow 1.5) or a monitor the switch paused or lost
+falls back to the old way: the OpenFlow state is read again after step 3, and a write
+on an already-open connection between that read and the kill is not carried; the
+record names it.  If anything fails before the kill, :func:`release` lets the old
+process go on (SIGCONT) and closes the monitors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+
+import structlog
+
+from ovsndu.errors import VswitchdError
+from ovsndu.model import Snapshot
+from ovsndu.model.window import apply_window
+from ovsndu.ovs import ofdir
+from ovsndu.ovs.daemon import VswitchdSpec
+from ovsndu.ovs.ofdir import HiddenSockets
+from ovsndu.ovs.ofmonitor import BridgeMonitor, wait_stopped
+from ovsndu.ovs.ovsdb import Ovsdb
+from ovsndu.ovs.readers import StateReader, read_bridges
+
+log = structlog.get_logger("ovsndu.upgrade")
+
+
+@dataclass
+class LastRead:
+    """The old process's last read, its monitors and whether it is stopped."""
+
+    pid: int
+    snapshot: Snapshot | None = None
+    monitors: dict[str, BridgeMonitor] = field(default_factory=dict)
+    stopped: bool = False
+    fallback: list[str] = field(default_factory=list)  # why changes were read again
+    read_done_wall: float = 0.0  # time.time() at the end of the full read, at the SIGSTOP
+    stopped_wall: float = 0.0
+
+    def release(self) -> None:
+        """The old process keeps serving (a failure before the kill): continue it, stop
+        following it."""
+        if self.stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGCONT)
+            self.stopped = False
+        self.close()
+
+    def close(self) -> None:
+        """Close the monitoring connections."""
+        for m in self.monitors.values():
+            m.close()
+
+
+def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[str, float],
+                    *, on_hidden: Callable[[HiddenSockets], None]) -> None:
+    """Steps 1–5 on the old process ``last.pid``; *last* is filled as it goes (so that a
+    failure leaves what :meth:`LastRead.release` needs); *marks* get durations (ms)."""
+    pid = last.pid
+    with Ovsdb(spec.db) as db:
+        bridges = read_bridges(db)
+    unfollowed: dict[str, str] = {}
+    for b in bridges:
+        if b.of_version != "OpenFlow15":
+            unfollowed[b.name] = f"{b.name} does not allow OpenFlow 1.5"
+            continue
+        try:
+            last.monitors[b.name] = BridgeMonitor(spec.rundir / f"{b.name}.mgmt", b.name)
+        except VswitchdError as exc:
+            unfollowed[b.name] = str(exc)
+    started = time.monotonic()
+    final = StateReader(spec.rundir, spec.db, pid=pid).snapshot(traffic=False)
+    hid = time.monotonic()
+    last.read_done_wall = time.time()
+    hidden = ofdir.hide(spec.rundir, tag)
+    on_hidden(hidden)
+    if unfollowed:  # those bridges the old way (a window remains for them)
+        final = _read_openflow_again(spec, pid, hidden, final, marks, only=set(unfollowed))
+    traffic_at = time.monotonic()
+    for category, entries in StateReader(spec.rundir, spec.db, pid=pid).traffic().items():
+        final = final.replace(category, entries)
+    stop_at = time.monotonic()
+    os.kill(pid, signal.SIGSTOP)
+    last.stopped, last.stopped_wall = True, time.time()
+    if not wait_stopped(pid):
+        raise VswitchdError(f"the old vswitchd {pid} did not stop within 5 s of SIGSTOP")
+    for m in last.monitors.values():
+        m.drain()
+    drained = time.monotonic()
+    broken = [f"{m.bridge}: {m.error or 'the switch paused the flow monitor'}"
+              for m in last.monitors.values() if not m.complete]
+    if broken:
+        # Continue it and read its OpenFlow state again (the window is back); nothing
+        # the monitors saw is used.
+        last.release()
+        last.monitors = {}
+        final = _read_openflow_again(spec, pid, hidden, final, marks)
+    last.fallback = [*unfollowed.values(), *broken]
+    last.snapshot = final
+    marks["catchup_read_ms"] = round((hid - started) * 1000, 2)
+    marks["catchup_traffic_read_ms"] = round((stop_at - traffic_at) * 1000, 2)
+    marks["catchup_drain_ms"] = round((drained - stop_at) * 1000, 2)
+
+
+def _read_openflow_again(spec: VswitchdSpec, pid: int, hidden: HiddenSockets,
+                         final: Snapshot, marks: dict[str, float],
+                         *, only: Collection[str] | None = None) -> Snapshot:
+    """*final* with the OpenFlow state of the bridges *only* (default: all) read again."""
+    began = time.monotonic()
+    openflow = StateReader(spec.rundir, spec.db, pid=pid, of_dir=hidden.directory
+                           ).openflow(only)
+    for category, entries in openflow.items():
+        kept = [e for e in final.categories[category]
+                if only is not None and getattr(e, "bridge", None) not in only]
+        final = final.replace(category, [*kept, *entries])
+    marks["catchup_openflow_read_ms"] = round((time.monotonic() - began) * 1000, 2)
+    return final
+
+
+def settle(last: LastRead, marks: dict[str, float]) -> tuple[Snapshot, list[str]]:
+    """The read with every change the monitors saw replayed on it (after the kill);
+    what could not be applied, one text each (for the record's anomalies)."""
+    assert last.snapshot is not None
+    changes = [c for m in last.monitors.values() for c in m.changes()]
+    final, counts, unknown = apply_window(last.snapshot, changes)
+    marks.update({f"catchup.window.{k}": float(n) for k, n in counts.items()})
+    notes = [f"not followed, OpenFlow state read again before the stop: {why}"
+             for why in last.fallback]
+    notes += [f"changed after the final read, content unknown, not carried: {u}"
+              for u in unknown]
+    return final, notes
