@@ -4,11 +4,15 @@ One netdev sandbox (two namespaces, a stateful ACL committing new connections fr
 conntrack zone 1, NORMAL for everything allowed; room for 100k MACs).  During the whole
 run A opens new UDP connections at ``--churn`` per second and sends frames from new MACs
 at 50/s, B streams TCP to A, and a writer adds a flow to br0 through its management
-socket every ~30 ms (``ovs-ofctl add-flow``, acknowledged by a barrier).  Then ``--runs``
-reloads, one after the other.  Per reload: exit code, connections and MACs seen before
-the handover but missing afterwards (OVS's dpctl/dump-conntrack and fdb/show),
-acknowledged flow writes missing afterwards, writes acknowledged in the 500 ms before the
-old process stopped, TCP alive, the gap and what the final catch-up cost.
+socket every ~30 ms (``ovs-ofctl add-flow``, acknowledged by a barrier), and a controller
+holding one connection open (``ovsndu.testing.ofwriter``: flows in table 4, groups and
+meters added, modified and deleted, each acknowledged by a barrier; it connects again to
+the new process after each reload).  Then ``--runs`` reloads, one after the other.  Per
+reload: exit code, connections and MACs seen before the handover but missing afterwards
+(OVS's dpctl/dump-conntrack and fdb/show), acknowledged flow writes missing afterwards,
+writes acknowledged in the 500 ms before the old process stopped (and on the open
+connection, after the final read), TCP alive, the gap and what the final catch-up cost.
+At the end the open connection's acknowledged state is compared with raw dumps.
 
     python -m benchmarks.live_reloads --runs 10 --churn 250
 """
@@ -34,6 +38,7 @@ from typing import Any
 from ovsndu.config import Config
 from ovsndu.ovs.sandbox import NETDEV_ARGS, Sandbox
 from ovsndu.testing.endpoints import Endpoint, add_endpoint
+from ovsndu.testing.ofwriter import OpenWriter, tables
 
 ACL = (
     "table=0,priority=100,arp,actions=NORMAL",
@@ -121,6 +126,8 @@ def main() -> None:
             procs.append(subprocess.Popen(ep.argv([sys.executable, "-m", *argv])))
 
         writer = Writer(sb.rundir)
+        holder = OpenWriter(sb.mgmt_path("br0"), pace=0.01, table=4)
+        open_lost: dict[str, int] = {}
         try:
             probe(b, "ovsndu.testing.probe", "tcp-push", "5001")
             time.sleep(0.5)
@@ -129,6 +136,7 @@ def main() -> None:
                   str(work / "udp.txt"))
             probe(a, "ovsndu.testing.churn", "mac", "eth0", "50", str(work / "mac.txt"))
             writer.start()
+            holder.start()
             time.sleep(1.5)
             gaps: list[tuple[float, float]] = []
             for i in range(args.runs):
@@ -157,19 +165,23 @@ def main() -> None:
                     fdb = {ln.split()[2] for ln in sb.appctl("fdb/show", "br0").splitlines()[1:]}
                     flows = sb.ofctl("br0", "dump-flows", "table=3")
                     have = {int(m) for m in re.findall(r"tp_dst=(\d+)", flows)}
-                    stopped = start + (marks.get("catchup_read_ms", 0)
-                                       + marks.get("catchup_openflow_read_ms", 0)
-                                       + marks.get("old_gone", 0)) / 1000
+                    stopped = start + marks.get("old_stopped", 0) / 1000
+                    read_done = start + marks.get("final_read_done", 0) / 1000
                     late = [n for n, t in writer.acked if stopped - 0.5 <= t <= stopped]
+                    held = [t for t, _w, _k in holder.acked]
                     row.update(
                         conns_lost=len(conns - ct), conns_checked=len(conns),
                         macs_lost=len(macs - fdb), macs_checked=len(macs),
                         writes_lost=len([n for n, t in writer.acked if t < stopped
                                          and n not in have]),
                         late_writes=len(late), late_writes_lost=len(set(late) - have),
+                        open_late_writes=sum(1 for t in held if stopped - 0.5 <= t <= stopped),
+                        open_after_read=sum(1 for t in held if read_done < t <= stopped),
                         gap_ms=marks.get("flow_restore_wait_lifted"),
                         catchup_read_ms=marks.get("catchup_read_ms"),
                         openflow_window_ms=marks.get("catchup_openflow_read_ms"),
+                        traffic_read_ms=marks.get("catchup_traffic_read_ms"),
+                        drain_ms=marks.get("catchup_drain_ms"),
                         catchup_apply_ms=marks.get("install_catchup_ms"),
                         catchup={k: v for k, v in marks.items() if k.startswith("catchup.")})
                     gaps.append((start, time.monotonic()))
@@ -182,8 +194,14 @@ def main() -> None:
                 print(json.dumps(row) if args.json else
                       " ".join(f"{k}={v}" for k, v in row.items() if k != "catchup"),
                       flush=True)
+            holder.stop.set()
+            holder.join(30)
+            lost = holder.differences(*tables(lambda *a: sb.ofctl("br0", *a,
+                                                                  version="OpenFlow13"), 4))
+            open_lost = {k: len(v) for k, v in lost.items()}
         finally:
             writer.stop.set()
+            holder.stop.set()
             for p in reversed(procs):
                 if p.poll() is None:
                     p.send_signal(signal.SIGTERM)
@@ -202,6 +220,11 @@ def main() -> None:
           f"(of which in the last 500 ms {sum(r.get('late_writes_lost', 0) for r in results)}"
           f" of {sum(r.get('late_writes', 0) for r in results)}), "
           f"TCP alive {sum(bool(r['tcp_alive']) for r in results)}/{len(results)}; "
+          f"open connection: {len(holder.acked)} writes acknowledged over "
+          f"{holder.connections} connections, "
+          f"{sum(r.get('open_after_read', 0) for r in results)} after a final read, "
+          f"lost {open_lost} ({len(holder.ambiguous)} ambiguous, refused "
+          f"{len(holder.refused)}); "
           f"catch-up apply median {statistics.median(applied) if applied else 0:.1f} ms")
 
 

@@ -39,6 +39,7 @@ from ovsndu.ovs.ofbundle import (
 )
 
 _SET_UP_XIDS = (1, 2, 3)  # forward request, monitor request, barrier
+VENDOR = 4  # OFPT_VENDOR (1.0) / OFPT_EXPERIMENTER (1.5)
 
 
 class BridgeMonitor:
@@ -146,9 +147,12 @@ class BridgeMonitor:
 
     @property
     def paused(self) -> bool:
-        """Whether the switch paused the flow monitor (changes may be missing)."""
-        return any(u.event == "paused" for m in self.messages if _is_update(m)
-                   for u in ofmonwire.flow_updates(m))
+        """Whether the switch paused the flow monitor (changes may be missing).  Open vSwitch
+        3.1 says so with a Nicira ``NXT_FLOW_MONITOR_PAUSED`` (an OpenFlow 1.0 vendor
+        message, even on this OpenFlow 1.5 connection); any vendor message counts."""
+        return any(m[1] == VENDOR for m in self.messages) or any(
+            u.event == "paused" for m in self.messages if _is_update(m)
+            for u in ofmonwire.flow_updates(m))
 
     @property
     def complete(self) -> bool:
@@ -187,6 +191,8 @@ class BridgeMonitor:
                 else:  # insert_bucket, remove_bucket: the new content is not given
                     slots.append((f.category, f"unknown:{f.command}", len(idents)))
                     idents.append(f.ident)
+            elif msg[1] == VENDOR:  # paused or resumed (see paused): not complete
+                slots.append(("skip", "paused", 0))
             elif msg[1] == ERROR:
                 raise VswitchdError(f"{self.bridge}: the switch reported an error while "
                                     f"followed: {ofdump.print_messages([msg]).strip()[:200]}")

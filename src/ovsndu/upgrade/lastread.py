@@ -5,7 +5,8 @@ Order (docs/upgrade.md, "Sync until the handover"):
 1. per bridge, a monitoring OpenFlow connection (ovs/ofmonitor.py) follows every
    change other connections make: flows, groups, meters;
 2. the full read of the OpenFlow and port state (not conntrack and FDB);
-3. the OpenFlow sockets are hidden: no new connection reaches the old process;
+3. the OpenFlow sockets are hidden: no new connection reaches the old process; the
+   TLV maps (not followed: no event carries them) are read again;
 4. conntrack and FDB are read, last, since traffic keeps creating entries;
 5. the process is stopped (SIGSTOP, every thread) and the monitors drained: it can
    send nothing more, so they hold every change it made up to the stop.
@@ -33,8 +34,9 @@ import structlog
 from ovsndu.errors import VswitchdError
 from ovsndu.model import Snapshot
 from ovsndu.model.window import apply_window
-from ovsndu.ovs import ofdir
+from ovsndu.ovs import ofdir, parsers
 from ovsndu.ovs.daemon import VswitchdSpec
+from ovsndu.ovs.ofctl import ofctl
 from ovsndu.ovs.ofdir import HiddenSockets
 from ovsndu.ovs.ofmonitor import BridgeMonitor, wait_stopped
 from ovsndu.ovs.ovsdb import Ovsdb
@@ -94,6 +96,11 @@ def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[st
     on_hidden(hidden)
     if unfollowed:  # those bridges the old way (a window remains for them)
         final = _read_openflow_again(spec, pid, hidden, final, marks, only=set(unfollowed))
+    # TLV maps are not followed (no event carries them): read again, cheap.
+    tlv_at = time.monotonic()
+    final = final.replace("tlv_mappings", [
+        t for b in bridges for t in parsers.parse_tlv_map(
+            b.name, ofctl(hidden.directory, b.name, b.of_version, "dump-tlv-map"))])
     traffic_at = time.monotonic()
     for category, entries in StateReader(spec.rundir, spec.db, pid=pid).traffic().items():
         final = final.replace(category, entries)
@@ -116,6 +123,7 @@ def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[st
     last.fallback = [*unfollowed.values(), *broken]
     last.snapshot = final
     marks["catchup_read_ms"] = round((hid - started) * 1000, 2)
+    marks["catchup_tlv_read_ms"] = round((traffic_at - tlv_at) * 1000, 2)
     marks["catchup_traffic_read_ms"] = round((stop_at - traffic_at) * 1000, 2)
     marks["catchup_drain_ms"] = round((drained - stop_at) * 1000, 2)
 

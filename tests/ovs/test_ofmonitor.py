@@ -1,0 +1,85 @@
+"""Following a bridge with a flow monitor and forwarded group/meter mods (ovs/ofmonitor.py)
+against a real Open vSwitch: what arrives, decoded, and a pause when nobody drains."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from ovsndu.model import Flow, Group, Meter
+from ovsndu.ovs.ofmonitor import BridgeMonitor, follow, wait_stopped
+from ovsndu.ovs.sandbox import Sandbox
+
+
+def _bridge(sandbox: Sandbox) -> str:
+    sandbox.vsctl("add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=dummy")
+    return f"unix:{sandbox.mgmt_path('br0')}"
+
+
+def test_changes_of_other_connections_arrive_in_order(sandbox: Sandbox) -> None:
+    mgmt = _bridge(sandbox)
+    monitor = follow(sandbox.mgmt_path("br0").parent, ["br0"])["br0"]
+
+    def of(*args: str, version: str = "OpenFlow13") -> None:
+        sandbox.run(["ovs-ofctl", "-O", version, args[0], mgmt, *args[1:]])
+
+    try:
+        of("add-flow", "table=3,priority=5,idle_timeout=50,udp,tp_dst=7,actions=drop")
+        of("mod-flows", "table=3,udp,tp_dst=7,actions=output:1")
+        of("add-group", "group_id=5,type=all,bucket=actions=load:5->OXM_OF_MPLS_LABEL[0..19]")
+        of("mod-group", "group_id=5,type=select,bucket=actions=drop")
+        of("add-meter", "meter=5,kbps,burst,bands=type=drop,rate=100,burst_size=10")
+        of("add-flow", "table=5,priority=4,mpls,actions=load:4->OXM_OF_MPLS_LABEL[0..19]",
+           version="OpenFlow10")
+        of("del-flows", "table=3,udp,tp_dst=7")
+        of("del-meter", "meter=5")
+        of("del-groups")
+        pid = sandbox.vswitchd_pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            assert wait_stopped(pid)
+            monitor.drain()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert monitor.complete
+        got = [(c.category, c.op, c.entry) for c in monitor.changes()]
+    finally:
+        monitor.close()
+    kinds = [(cat, op) for cat, op, _e in got]
+    assert kinds == [("flows", "put"), ("flows", "put"), ("groups", "put"), ("groups", "put"),
+                     ("meters", "put"), ("flows", "put"), ("flows", "delete"),
+                     ("meters", "delete"), ("groups", "clear")]
+    first, modified, g_add, g_mod, m_add, mpls = (e for _c, _o, e in got[:6])
+    assert isinstance(first, Flow) and (first.table, first.priority, first.match,
+                                        first.actions, first.idle_timeout) == (
+        3, 5, "udp,tp_dst=7", "drop", 50)
+    assert isinstance(modified, Flow) and modified.actions == "output:1" and modified.wire
+    assert isinstance(g_add, Group) and g_add.buckets == (
+        "bucket_id:0,actions=set_field:5/0xfffff->mpls_label",) and g_add.wire
+    assert isinstance(g_mod, Group) and g_mod.type == "select"
+    assert isinstance(m_add, Meter) and (m_add.flags, m_add.bands) == (
+        ("kbps", "burst"), ("type=drop rate=100 burst_size=10",))
+    assert isinstance(mpls, Flow) and mpls.actions == "set_field:4/0xfffff->mpls_label"
+
+
+def test_an_undrained_monitor_is_paused_and_not_complete(sandbox: Sandbox) -> None:
+    """Nobody reads: the switch queues updates, pauses the monitor past 128 KiB and says
+    so; the monitor is then not complete (the handover reads again instead)."""
+    _bridge(sandbox)
+    monitor = BridgeMonitor(sandbox.mgmt_path("br0"), "br0")
+    try:
+        monitor._halt()  # the reader thread stops: nothing drains the socket
+        flows = "".join(f"table=1,priority=1,udp,tp_dst={n},actions=output:{n % 60 + 1}\n"
+                        for n in range(1, 20001))
+        for _ in range(3):  # adds, then modifications of all of them
+            sandbox.ofctl("br0", "add-flows", "-", input_text=flows)
+            flows = flows.replace("actions=output:", "actions=output:1")
+        for _ in range(100):  # what the switch queued comes once the socket is read
+            monitor.drain()
+            if not monitor.complete:
+                break
+            time.sleep(0.05)
+        assert monitor.paused and not monitor.complete
+    finally:
+        monitor.close()
