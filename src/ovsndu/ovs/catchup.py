@@ -16,7 +16,7 @@ import time
 from ovsndu.errors import RestoreError, VswitchdError
 from ovsndu.model import Conntrack, FdbEntry, Flow, Group, Meter, Snapshot, TlvMapping
 from ovsndu.model.delta import Delta
-from ovsndu.ovs import ofbundle, ofdump, ofwire
+from ovsndu.ovs import ofbundle, ofdump, ofmeters, ofwire
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import read_bridges
 from ovsndu.ovs.replay import conntrack_lines, fdb_plan
@@ -146,12 +146,21 @@ def _tlv_and_meters(restorer: Restorer, delta: Delta, bridge: str, version: str,
                     if isinstance(t, TlvMapping)]
             if tlvs:
                 restorer._ofctl(bridge, version, "add-tlv-map", ",".join(t.spec() for t in tlvs))
-            for m in delta.of_bridge("added", "meters", bridge):
-                assert isinstance(m, Meter)
-                restorer._ofctl(bridge, "OpenFlow13", "add-meter", m.spec())
-            for m in delta.of_bridge("changed", "meters", bridge):
-                assert isinstance(m, Meter)
-                restorer._ofctl(bridge, "OpenFlow13", "mod-meter", m.spec())
+            # As bytes on one connection where ovsndu encodes them (one ovs-ofctl per
+            # meter cost ~4 ms each inside the gap), else by ovs-ofctl.
+            msgs: list[bytes] = []
+            specs: list[str] = []
+            for command, kind in ((0, "added"), (1, "changed")):
+                for m in delta.of_bridge(kind, "meters", bridge):
+                    assert isinstance(m, Meter)
+                    msg = ofmeters.encode(m, command, 0x20000000 + len(msgs))
+                    if msg is not None:
+                        msgs.append(msg)
+                        specs.append(m.spec())
+                    else:
+                        restorer._ofctl(bridge, "OpenFlow13",
+                                        "add-meter" if command == 0 else "mod-meter", m.spec())
+            ofmeters.send(restorer.of_dir / f"{bridge}.mgmt", msgs, specs)
         else:
             for m in delta.of_bridge("removed", "meters", bridge):
                 assert isinstance(m, Meter)
