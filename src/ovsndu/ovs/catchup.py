@@ -107,6 +107,7 @@ def apply_catchup(restorer: Restorer, delta: Delta, final: Snapshot) -> dict[str
                 appctl("fdb/add", e.bridge, port_names[(e.bridge, e.port)], str(e.vlan), e.mac)
         for br, port, vlan, mac in fdb.decoys:
             appctl("fdb/add", br, port, str(vlan), mac)
+        steps["catchup_fdb"] = time.monotonic() - started - steps["catchup_prepare"]
         try:
             for b in bridges:
                 _tlv_and_meters(restorer, delta, b.name, b.of_version, "add")
@@ -124,16 +125,21 @@ def apply_catchup(restorer: Restorer, delta: Delta, final: Snapshot) -> dict[str
                     steps["catchup_bundle"] = (steps.get("catchup_bundle", 0.0)
                                                + time.monotonic() - sent)
                 if b.of_version == "OpenFlow15":
+                    sent = time.monotonic()
                     try:
                         _send_wire_flows(restorer, delta, b.name)
                     except VswitchdError as exc:
                         raise RestoreError("flows", f"{b.name} refused a caught-up rule: "
                                            f"{exc}") from None
+                    steps["catchup_wire"] = (steps.get("catchup_wire", 0.0)
+                                             + time.monotonic() - sent)
                 _tlv_and_meters(restorer, delta, b.name, b.of_version, "remove")
         finally:
+            undone = time.monotonic()
             for br, _port, vlan, mac in fdb.decoys:
                 with contextlib.suppress(VswitchdError):
                     appctl("fdb/del", br, str(vlan), mac)
+            steps["catchup_fdb"] += time.monotonic() - undone
     steps["catchup"] = time.monotonic() - started
     return steps
 

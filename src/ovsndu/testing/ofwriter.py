@@ -68,9 +68,10 @@ class OpenWriter(threading.Thread):
     and in turn modifies, deletes, groups and meters)."""
 
     def __init__(self, mgmt: Path, *, pace: float = 0.001, reconnect: bool = True,
-                 table: int = 3):
+                 table: int = 3, keep: int | None = None):
         super().__init__(daemon=True)
         self.mgmt, self.table = Path(mgmt), table
+        self.keep = keep  # steps after which an entry is deleted (a table of steady size)
         self.pace, self.reconnect = pace, reconnect
         self.stop = threading.Event()
         self.flows: dict[int, int | None] = {}    # tp_dst -> output port (None: drop)
@@ -168,6 +169,21 @@ class OpenWriter(threading.Thread):
                                                lambda x: meter_mod(x, DELETE, mid, 0)):
                 del self.meters[mid]
 
+    def _forget(self, n: int) -> None:
+        """Delete what step *n* - keep added, if still there."""
+        if self.keep is None or n <= self.keep:
+            return
+        port, gid, mid = 1000 + n - self.keep, 5000 + n - self.keep, 500 + n - self.keep
+        if port in self.flows and self._do(
+                "flow del", port, lambda x: flow_mod(x, DELETE_STRICT, port, None, self.table)):
+            del self.flows[port]
+        if gid in self.groups and self._do("group del", gid,
+                                           lambda x: group_mod(x, DELETE, gid, 0)):
+            del self.groups[gid]
+        if mid in self.meters and self._do("meter del", mid,
+                                           lambda x: meter_mod(x, DELETE, mid, 0)):
+            del self.meters[mid]
+
     def run(self) -> None:
         n = 0
         while not self.stop.is_set() and n < 60000:
@@ -182,6 +198,7 @@ class OpenWriter(threading.Thread):
             n += 1
             try:
                 self._step(n)
+                self._forget(n)
             except (OSError, EOFError):
                 with contextlib.suppress(OSError):
                     self._sock.close()
