@@ -12,6 +12,7 @@ from ovsndu.ovs import ofmeters
 from ovsndu.ovs.ofmonitor import BridgeMonitor, follow, wait_stopped
 from ovsndu.ovs.parsers import parse_meters
 from ovsndu.ovs.sandbox import Sandbox
+from ovsndu.upgrade.lastread import LastRead
 
 
 def _bridge(sandbox: Sandbox) -> str:
@@ -108,3 +109,18 @@ def test_catchup_meter_encoding_is_ovs_ofctls(sandbox: Sandbox) -> None:
     assert ofmeters.encode(remark, 0, 1) == ref
     assert ofmeters.encode(Meter(bridge="br0", meter_id=0xFFFFFFFD, flags=("kbps",),
                                  bands=("type=drop rate=1",)), 0, 1) is None
+
+
+def test_release_continues_the_stopped_process_and_closes_the_monitors(
+        sandbox: Sandbox) -> None:
+    """What a rollback before the kill does (upgrade/lastread.py): SIGCONT, monitors closed."""
+    _bridge(sandbox)
+    pid = sandbox.vswitchd_pid
+    last = LastRead(pid, monitors=follow(sandbox.mgmt_path("br0").parent, ["br0"]))
+    os.kill(pid, signal.SIGSTOP)
+    last.stopped = True
+    assert wait_stopped(pid)
+    last.release()
+    assert not last.stopped
+    assert "actions=NORMAL" in sandbox.ofctl("br0", "dump-flows")  # it answers again
+    assert last.monitors["br0"]._sock.fileno() == -1  # closed

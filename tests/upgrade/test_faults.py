@@ -219,3 +219,42 @@ def test_supervisor_killed_during_handover(tmp_path: Path) -> None:
         assert last["outcome"] in ("committed", "rolled_back")
         assert "supervisor restarted during handover" in last["reason"]
         assert "supervisor.recovering" in rig.log_path.read_text()
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_supervisor_killed_while_the_old_process_is_stopped(tmp_path: Path) -> None:
+    """The final catch-up SIGSTOPs the old vswitchd for a few ms before it kills it; a
+    supervisor killed in between leaves it stopped.  Its next start continues it: it
+    serves again, with its state, and the standby is gone."""
+    with make_rig(tmp_path) as rig:
+        before = read_snapshot(rig.sb.rundir, rig.sb.db)
+        old = before.vswitchd.pid
+        inflight = Path(rig.cfg.ovsndu.state_dir) / "inflight.json"
+        proc = _reload_in_background(rig)
+
+        def with_standby() -> bool:
+            try:
+                rec = json.loads(inflight.read_text())
+            except (OSError, ValueError):
+                return False
+            return bool(rec.get("standby_pid")) and rec.get("phase") != "handover"
+
+        _wait(with_standby, 60)
+        rig.supervisor.kill()
+        rig.supervisor.wait()
+        proc.communicate(timeout=60)
+        # The moment of the catch-up: handover recorded, old process stopped.
+        rec = json.loads(inflight.read_text())
+        rec["phase"] = "handover"
+        inflight.write_text(json.dumps(rec))
+        os.kill(old, signal.SIGSTOP)
+        _wait(lambda: _state(old) in ("T", "t"), 5)
+        rig.start_supervisor()
+        assert _state(old) not in ("T", "t")
+        assert rig.vswitchd_pids() == [old]
+        assert read_snapshot(rig.sb.rundir, rig.sb.db).digests() == before.digests()
+        last = json.loads(rig.cli("history", "--json").stdout)[-1]
+        assert last["outcome"] == "rolled_back", last
