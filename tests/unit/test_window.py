@@ -96,3 +96,14 @@ def test_forwarded_group_and_meter_mods() -> None:
     inner = struct.pack("!BBHI", 6, 14, 8, 7)
     with pytest.raises(ParseError, match="unexpected forwarded"):
         ofmonwire.forwarded(struct.pack("!BBHI", 6, 32, 16, 7) + inner)
+
+
+def test_categories_read_later_replace_the_reads_before_the_replay() -> None:
+    read = snap(flow(1), meter(1, 10))
+    out, _counts, _unknown = apply_window(
+        read, [Change("meters", "put", "br0", meter(2, 20))],
+        {"meters": [meter(3, 30)], "flows": []})
+    assert out.categories["flows"] == ()
+    assert sorted(m.meter_id for m in out.categories["meters"]  # type: ignore[attr-defined]
+                  ) == [2, 3]
+    assert apply_window(read, [])[0] is read

@@ -22,7 +22,7 @@ Changes whose content no event gives (an OpenFlow 1.5 group ``insert_bucket`` or
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ovsndu.model.state import Entry, Flow, Snapshot
@@ -48,10 +48,14 @@ def _same_but_flags(old: Entry, new: Entry) -> bool:
     return old.stable() == new.stable()
 
 
-def apply_window(snap: Snapshot, changes: Iterable[Change]
+def apply_window(snap: Snapshot, changes: Iterable[Change],
+                 replaced: Mapping[str, Sequence[Entry]] | None = None
                  ) -> tuple[Snapshot, dict[str, int], list[str]]:
-    """*snap* (the final read) with *changes* replayed in order; per ``category.op`` the
-    number of changes seen, and what could not be applied (one text each)."""
+    """*snap* (the final read), its categories in *replaced* read later instead, with
+    *changes* replayed in order; per ``category.op`` the number of changes seen, and what
+    could not be applied (one text each).  One build of the result (50k rules take
+    ~0.4 s of Python per build)."""
+    cats: dict[str, Sequence[Entry]] = {**snap.categories, **(replaced or {})}
     tables: dict[str, dict[tuple[object, ...], Entry]] = {}
     counts: dict[str, int] = {}
     unknown: list[str] = []
@@ -63,7 +67,7 @@ def apply_window(snap: Snapshot, changes: Iterable[Change]
         table = tables.get(change.category)
         if table is None:
             table = tables[change.category] = {e.identity(): e
-                                               for e in snap.categories[change.category]}
+                                               for e in cats[change.category]}
         if change.op == "clear":
             for key in [k for k, e in table.items()
                         if getattr(e, "bridge", None) == change.bridge]:
@@ -87,7 +91,6 @@ def apply_window(snap: Snapshot, changes: Iterable[Change]
             table[key] = new
         else:
             raise ValueError(f"unknown change {change.op!r}")
-    out = snap
-    for category, table in tables.items():
-        out = out.replace(category, list(table.values()))
+    cats.update({category: list(table.values()) for category, table in tables.items()})
+    out = Snapshot.build(snap.vswitchd, cats) if replaced or tables else snap
     return out, counts, unknown

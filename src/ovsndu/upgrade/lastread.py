@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from ovsndu.errors import VswitchdError
-from ovsndu.model import Snapshot
+from ovsndu.model import Entry, Snapshot
 from ovsndu.model.window import apply_window
 from ovsndu.ovs import ofdir, parsers
 from ovsndu.ovs.daemon import VswitchdSpec
@@ -50,7 +50,11 @@ class LastRead:
     """The old process's last read, its monitors and whether it is stopped."""
 
     pid: int
-    snapshot: Snapshot | None = None
+    snapshot: Snapshot | None = None  # the full read (step 2)
+    # Categories read after it (TLV maps, conntrack, FDB, a fallback's OpenFlow state):
+    # :func:`settle` builds the last read once (a build of 50k rules is ~0.4 s of Python,
+    # which must not sit between the read and the stop).
+    replaced: dict[str, list[Entry]] = field(default_factory=dict)
     monitors: dict[str, BridgeMonitor] = field(default_factory=dict)
     stopped: bool = False
     fallback: list[str] = field(default_factory=list)  # why changes were read again
@@ -89,21 +93,20 @@ def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[st
         except VswitchdError as exc:
             unfollowed[b.name] = str(exc)
     started = time.monotonic()
-    final = StateReader(spec.rundir, spec.db, pid=pid).snapshot(traffic=False)
+    last.snapshot = StateReader(spec.rundir, spec.db, pid=pid).snapshot(traffic=False)
     hid = time.monotonic()
     last.read_done_wall = time.time()
     hidden = ofdir.hide(spec.rundir, tag)
     on_hidden(hidden)
     if unfollowed:  # those bridges the old way (a window remains for them)
-        final = _read_openflow_again(spec, pid, hidden, final, marks, only=set(unfollowed))
+        _read_openflow_again(spec, last, hidden, marks, only=set(unfollowed))
     # TLV maps are not followed (no event carries them): read again, cheap.
     tlv_at = time.monotonic()
-    final = final.replace("tlv_mappings", [
+    last.replaced["tlv_mappings"] = [
         t for b in bridges for t in parsers.parse_tlv_map(
-            b.name, ofctl(hidden.directory, b.name, b.of_version, "dump-tlv-map"))])
+            b.name, ofctl(hidden.directory, b.name, b.of_version, "dump-tlv-map"))]
     traffic_at = time.monotonic()
-    for category, entries in StateReader(spec.rundir, spec.db, pid=pid).traffic().items():
-        final = final.replace(category, entries)
+    last.replaced.update(StateReader(spec.rundir, spec.db, pid=pid).traffic())
     stop_at = time.monotonic()
     os.kill(pid, signal.SIGSTOP)
     last.stopped, last.stopped_wall = True, time.time()
@@ -119,28 +122,29 @@ def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[st
         # the monitors saw is used.
         last.release()
         last.monitors = {}
-        final = _read_openflow_again(spec, pid, hidden, final, marks)
+        _read_openflow_again(spec, last, hidden, marks)
     last.fallback = [*unfollowed.values(), *broken]
-    last.snapshot = final
     marks["catchup_read_ms"] = round((hid - started) * 1000, 2)
     marks["catchup_tlv_read_ms"] = round((traffic_at - tlv_at) * 1000, 2)
     marks["catchup_traffic_read_ms"] = round((stop_at - traffic_at) * 1000, 2)
     marks["catchup_drain_ms"] = round((drained - stop_at) * 1000, 2)
 
 
-def _read_openflow_again(spec: VswitchdSpec, pid: int, hidden: HiddenSockets,
-                         final: Snapshot, marks: dict[str, float],
-                         *, only: Collection[str] | None = None) -> Snapshot:
-    """*final* with the OpenFlow state of the bridges *only* (default: all) read again."""
+def _read_openflow_again(spec: VswitchdSpec, last: LastRead, hidden: HiddenSockets,
+                         marks: dict[str, float], *, only: Collection[str] | None = None
+                         ) -> None:
+    """The OpenFlow state of the bridges *only* (default: all) read again, into
+    ``last.replaced``."""
+    assert last.snapshot is not None
     began = time.monotonic()
-    openflow = StateReader(spec.rundir, spec.db, pid=pid, of_dir=hidden.directory
+    openflow = StateReader(spec.rundir, spec.db, pid=last.pid, of_dir=hidden.directory
                            ).openflow(only)
     for category, entries in openflow.items():
-        kept = [e for e in final.categories[category]
+        earlier = last.replaced.get(category, last.snapshot.categories[category])
+        kept = [e for e in earlier
                 if only is not None and getattr(e, "bridge", None) not in only]
-        final = final.replace(category, [*kept, *entries])
+        last.replaced[category] = [*kept, *entries]
     marks["catchup_openflow_read_ms"] = round((time.monotonic() - began) * 1000, 2)
-    return final
 
 
 def settle(last: LastRead, marks: dict[str, float]) -> tuple[Snapshot, list[str]]:
@@ -148,7 +152,7 @@ def settle(last: LastRead, marks: dict[str, float]) -> tuple[Snapshot, list[str]
     what could not be applied, one text each (for the record's anomalies)."""
     assert last.snapshot is not None
     changes = [c for m in last.monitors.values() for c in m.changes()]
-    final, counts, unknown = apply_window(last.snapshot, changes)
+    final, counts, unknown = apply_window(last.snapshot, changes, last.replaced)
     marks.update({f"catchup.window.{k}": float(n) for k, n in counts.items()})
     notes = [f"not followed, OpenFlow state read again before the stop: {why}"
              for why in last.fallback]
