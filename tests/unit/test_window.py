@@ -107,3 +107,18 @@ def test_categories_read_later_replace_the_reads_before_the_replay() -> None:
     assert sorted(m.meter_id for m in out.categories["meters"]  # type: ignore[attr-defined]
                   ) == [2, 3]
     assert apply_window(read, [])[0] is read
+
+
+def test_meter_mod_layout() -> None:
+    """OpenFlow 1.3 §7.3.4.4: command, flags, id, then 16-byte bands (dscp_remark: prec)."""
+    from ovsndu.ovs import ofmeters
+    m = Meter(bridge="br0", meter_id=9, flags=("pktps", "burst"),
+              bands=("type=dscp_remark rate=10 burst_size=2 prec_level=1",
+                     "type=drop rate=20"))
+    msg = ofmeters.encode(m, 1, 5)
+    assert msg is not None
+    assert struct.unpack("!BBHIHHI", msg[:16]) == (4, 29, 48, 5, 1, 2 | 4, 9)
+    assert struct.unpack("!HHIIB3x", msg[16:32]) == (2, 16, 10, 2, 1)
+    assert struct.unpack("!HHIIB3x", msg[32:48]) == (1, 16, 20, 0, 0)
+    assert ofmeters.encode(Meter(bridge="br0", meter_id=9, flags=("kbps",),
+                                 bands=("type=experimenter rate=1",)), 0, 1) is None

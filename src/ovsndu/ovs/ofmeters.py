@@ -79,7 +79,7 @@ def encode(meter: Meter, command: int, xid: int) -> bytes | None:
     """The OpenFlow 1.3 METER_MOD (*command*: 0 add, 1 modify) for *meter*, encoded here
     (no ``ovs-ofctl`` process: the final catch-up runs inside the gap); None for anything
     beyond plain ids, the four flags and drop/dscp_remark bands, which goes by ovs-ofctl.
-    tests/ovs/test_ofmonitor.py checks the bytes against ovs-ofctl's."""
+    tests/ovs/test_ofmonitor.py checks they install what dump-meters read."""
     if not 0 < meter.meter_id < 0xFFFF0000 or not set(meter.flags) <= set(_FLAG_BITS):
         return None
     bands = b""
