@@ -24,7 +24,9 @@ from ovsndu.systemd.packaging import decide
     ("ovs-vswitchd.service", "stop", "", "", "allow"),
     ("ovs-vswitchd.service", "restart", "postinst", "nginx", "allow"),
     ("nginx.service", "restart", "postinst", "openvswitch-switch", "allow"),
-    ("ovs-record-hostname.service", "stop", "preinst", "openvswitch-switch", "allow"),
+    # RequiredBy openvswitch-switch, which ovsdb-server is PartOf: its stop stops the DB
+    ("ovs-record-hostname.service", "stop", "preinst", "openvswitch-switch", "deny"),
+    ("ovs-record-hostname.service", "restart", "postinst", "openvswitch-switch", "allow"),
 ])
 def test_decide(unit: str, action: str, script: str, package: str, want: str) -> None:
     assert decide(unit, action, script, package) == want
@@ -78,3 +80,28 @@ def test_script_asks_ovsndu_only_for_ovs_units_and_never_fails(tmp_path: Path) -
     missing.write_text(packaging.render_policy(str(tmp_path / "gone")).replace(
         "/usr/sbin/policy-rc.d.ovsndu-chained", str(tmp_path / "none")))
     assert _run(missing, "ovs-vswitchd.service", "stop") == 0  # ovsndu gone: stock
+
+
+def test_ovsdb_server_replaced_compares_the_running_binary_with_the_installed_one(
+        tmp_path: Path) -> None:
+    """Replaced on disk by an identical file (a reinstall): no restart; different: restart."""
+    import shutil
+    import subprocess
+
+    running = tmp_path / "ovsdb-server"
+    shutil.copy("/bin/sleep", running)
+    proc = subprocess.Popen([str(running), "30"])
+    try:
+        (tmp_path / "ovsdb-server.pid").write_text(f"{proc.pid}\n")
+        installed = tmp_path / "installed"
+        shutil.copy("/bin/sleep", installed)
+        assert not packaging.ovsdb_server_replaced(str(tmp_path), str(installed))  # same file
+        running.unlink()
+        shutil.copy("/bin/sleep", running)  # dpkg: a new inode, the same bytes
+        assert not packaging.ovsdb_server_replaced(str(tmp_path), str(installed))
+        installed.write_bytes(installed.read_bytes() + b"\0")
+        assert packaging.ovsdb_server_replaced(str(tmp_path), str(installed))
+        assert packaging.ovsdb_server_replaced(str(tmp_path / "nowhere"), str(installed))
+    finally:
+        proc.kill()
+        proc.wait()

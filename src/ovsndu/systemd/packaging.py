@@ -7,15 +7,18 @@ Debian's maintainer scripts of openvswitch-switch stop ``ovsdb-server.service`` 
 install-systemd`` puts a small shell ``policy-rc.d`` there that, for those units only,
 asks ``ovsndu package-hook``:
 
-* preinst ``stop`` of ovsdb-server / ovs-vswitchd → denied: both keep serving while dpkg
-  unpacks (the running processes keep their old binaries).
+* preinst ``stop`` of ovsdb-server / ovs-vswitchd / ovs-record-hostname → denied: both
+  daemons keep serving while dpkg unpacks (the running processes keep their old
+  binaries; stopping ovs-record-hostname would stop ovsdb-server through
+  openvswitch-switch).
 * postinst ``restart``/``start`` of openvswitch-switch (or ovs-vswitchd) → the live
-  upgrade: ovsdb-server is restarted alone (its new binary; Debian's ovs-ctl converts
-  the database to the newly installed schema; vswitchd stays up and reconnects, see
-  :mod:`ovsndu.systemd.units`), then ``ovsndu reload`` to the newly installed
-  ovs-vswitchd; the restart itself is denied.  A failed upgrade rolls back (the old
-  vswitchd keeps serving), is printed on apt's output, logged to the journal and shown
-  by ``ovsndu status``; the package still installs.
+  upgrade: ``ovsndu reload`` to the newly installed ovs-vswitchd, which first converts
+  the database online to the newly installed schema (backup, ``_Server`` refreshed);
+  only once it committed is ovsdb-server restarted alone onto its new binary (vswitchd
+  stays up and reconnects, see :mod:`ovsndu.systemd.units`); the restart itself is
+  denied.  A failed upgrade rolls back (the old vswitchd keeps serving, the database
+  keeps its schema, ovsdb-server is not restarted), is printed on apt's output, logged
+  to the journal and shown by ``ovsndu status``; the package still installs.
 
 Anything else (other units, actions outside these package scripts, no supervisor
 running, ovsndu missing) gets the answer of the policy-rc.d that was there before
@@ -40,7 +43,11 @@ from ovsndu.errors import OvsnduError
 POLICY = Path("usr/sbin/policy-rc.d")
 CHAINED = Path("usr/sbin/policy-rc.d.ovsndu-chained")
 MARK = "# ovsndu: written by `ovsndu install-systemd`"
-UNITS = ("ovsdb-server.service", "ovs-vswitchd.service", "openvswitch-switch.service")
+# ovs-record-hostname is RequiredBy openvswitch-switch, which ovsdb-server is PartOf: the
+# preinst's stop of it alone stops ovsdb-server.
+UNITS = ("ovsdb-server.service", "ovs-vswitchd.service", "openvswitch-switch.service",
+         "ovs-record-hostname.service")
+UPGRADE_UNITS = ("ovs-vswitchd.service", "openvswitch-switch.service")
 PACKAGES = ("openvswitch-switch", "openvswitch-common")
 ALLOW, DENY = 0, 101
 Decision = Literal["allow", "deny", "upgrade"]
@@ -138,7 +145,7 @@ def decide(unit: str, action: str, script: str, package: str) -> Decision:
         return "deny"
     restart = action in ("restart", "start", "try-restart", "reload", "force-reload",
                          "reload-or-restart", "try-reload-or-restart")
-    if script == "postinst" and restart and unit != "ovsdb-server.service":
+    if script == "postinst" and restart and unit in UPGRADE_UNITS:
         return "upgrade"
     return "allow"
 
@@ -183,32 +190,33 @@ def run_hook(cfg: Any, unit: str, action: str, env: dict[str, str] | None = None
     return _upgrade(cfg, request, say)
 
 
-def ovsdb_server_replaced(rundir: str) -> bool:
-    """Whether the running ovsdb-server's binary was replaced on disk (or cannot be told)."""
+def ovsdb_server_replaced(rundir: str, installed: str = "/usr/sbin/ovsdb-server") -> bool:
+    """Whether the running ovsdb-server's binary differs from the *installed* one (or
+    cannot be told).  A reinstalled but identical binary is not a reason to restart it:
+    every restart stalls vswitchd's main thread (docs/upgrade.md)."""
     try:
         pid = int((Path(rundir) / "ovsdb-server.pid").read_text().strip())
-        return os.readlink(f"/proc/{pid}/exe").endswith(" (deleted)")
+        if not os.readlink(f"/proc/{pid}/exe").endswith(" (deleted)"):
+            return False
+        return _digest(f"/proc/{pid}/exe") != _digest(installed)
     except (OSError, ValueError):
         return True
 
 
-def _upgrade(cfg: Any, request: Any, say: Any) -> HookResult:
-    from ovsndu.ovs import dbschema
+def _digest(path: str) -> str:
+    import hashlib
 
-    if not ovsdb_server_replaced(cfg.ovs.rundir):
-        say("package upgrade: ovsdb-server's binary is unchanged: not restarted")
-    else:
-        say("package upgrade: restarting ovsdb-server alone (new binary, database converted "
-            "by ovs-ctl); ovs-vswitchd keeps running")
-        proc = subprocess.run(["systemctl", "restart", "ovsdb-server.service"],
-                              capture_output=True, text=True, timeout=300, check=False)
-        if proc.returncode != 0:
-            say(f"FAILED to restart ovsdb-server: {proc.stderr.strip()[:300]}; "
-                f"ovs-vswitchd keeps serving (see systemctl status ovsdb-server)")
-            return HookResult("upgrade", DENY, "ovsdb-server restart failed")
-        with contextlib.suppress(OvsnduError):
-            took = dbschema.wait_vswitchd_caught_up(cfg.ovs.db, 30)
-            say(f"ovs-vswitchd reconnected to the new ovsdb-server after {took:.2f} s")
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _upgrade(cfg: Any, request: Any, say: Any) -> HookResult:
+    """The live upgrade of vswitchd first (converting the database online to the newly
+    installed schema), then, only if it committed, ovsdb-server's restart onto its new
+    binary: an unconvertible schema or a broken vswitchd leaves both old daemons serving
+    (ovs-ctl, restarting ovsdb-server, would replace an unconvertible database with an
+    empty one)."""
+    replaced = ovsdb_server_replaced(cfg.ovs.rundir)
     say(f"package upgrade: live upgrade of ovs-vswitchd to {cfg.ovs.vswitchd}")
 
     def show(event: dict[str, Any]) -> None:
@@ -220,15 +228,38 @@ def _upgrade(cfg: Any, request: Any, say: Any) -> HookResult:
                          {"op": "reload", "vswitchd": cfg.ovs.vswitchd, "schema": ""},
                          on_event=show)
     except OvsnduError as exc:
-        say(f"live upgrade FAILED: {exc}; the old ovs-vswitchd keeps serving")
-        return HookResult("upgrade", DENY, str(exc))
+        result = {"outcome": "failed", "reason": str(exc)}
     outcome, reason = result.get("outcome"), result.get("reason") or ""
-    gap = (result.get("record") or {}).get("handover_gap_ms")
-    if outcome == "committed":
-        say(f"live upgrade committed: {(result.get('record') or {}).get('to_version')}"
-            + (f"; handover {gap:.0f} ms" if gap else ""))
-    else:
+    record = result.get("record") or {}
+    if outcome != "committed":
         say(f"live upgrade {str(outcome).upper()}: {reason}; the old ovs-vswitchd keeps "
             f"serving; the new package is installed but NOT running (ovsndu status, "
-            f"journalctl -u ovs-vswitchd)")
-    return HookResult("upgrade", DENY, f"{outcome}: {reason}")
+            f"journalctl -u ovs-vswitchd)"
+            + ("; ovsdb-server NOT restarted either (its new binary waits for a fixed "
+               "package; if the new schema cannot convert the database, restarting "
+               "ovsdb-server makes ovs-ctl replace it with an empty one)"
+               if replaced else ""))
+        return HookResult("upgrade", DENY, f"{outcome}: {reason}")
+    schema = record.get("schema") or {}
+    converted = (f"; database schema {schema.get('database')} → {schema.get('target')} "
+                 f"converted online" if schema.get("converted") else "")
+    gap = record.get("handover_gap_ms")
+    say(f"live upgrade committed: {record.get('to_version')}"
+        + (f"; handover {gap:.0f} ms" if gap else "") + converted)
+    if not replaced:
+        say("package upgrade: ovsdb-server's binary is unchanged: not restarted")
+        return HookResult("upgrade", DENY, "committed")
+    say("package upgrade: restarting ovsdb-server alone (new binary); ovs-vswitchd keeps "
+        "running and reconnects")
+    proc = subprocess.run(["systemctl", "restart", "ovsdb-server.service"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    if proc.returncode != 0:
+        say(f"FAILED to restart ovsdb-server: {proc.stderr.strip()[:300]}; ovs-vswitchd "
+            f"keeps serving its flows (see systemctl status ovsdb-server)")
+        return HookResult("upgrade", DENY, "committed; ovsdb-server restart failed")
+    from ovsndu.ovs import dbschema
+
+    with contextlib.suppress(OvsnduError):
+        took = dbschema.wait_vswitchd_caught_up(cfg.ovs.db, 30)
+        say(f"ovs-vswitchd reconnected to the new ovsdb-server after {took:.2f} s")
+    return HookResult("upgrade", DENY, "committed")

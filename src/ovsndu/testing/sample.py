@@ -7,6 +7,8 @@ and ``NORMAL`` flows, as traffic would; nothing is written into OVS directly.
 
 from __future__ import annotations
 
+import subprocess
+
 from ovsndu.ovs.sandbox import Sandbox
 
 MAC = "50:54:00:00:00:{:02x}"
@@ -48,8 +50,12 @@ BR1_FLOWS = (
 )
 
 
-def populate(sb: Sandbox) -> None:
-    """Bridges br0 (netdev, all OpenFlow versions) and br1 (OpenFlow 1.0 and 1.3 only)."""
+def populate(sb: Sandbox, *, tap_br0: bool = False) -> None:
+    """Bridges br0 (netdev, all OpenFlow versions) and br1 (OpenFlow 1.0 and 1.3 only).
+
+    *tap_br0*: vswitchd runs without ``--enable-dummy=override``, so br0's internal port
+    is a kernel tap: it gets its address with ip(8) instead of ``netdev-dummy/ip4addr``.
+    """
     sb.vsctl(
         "--", "add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev",
         "other-config:datapath-id=00000000000000b0", "other-config:hwaddr=02:00:00:00:b0:00",
@@ -77,7 +83,12 @@ def populate(sb: Sandbox) -> None:
     sb.ofctl("br1", "del-flows", version="OpenFlow13")
     sb.ofctl("br1", "add-flows", "-", input_text="\n".join(BR1_FLOWS) + "\n",
              version="OpenFlow13")
-    sb.appctl("netdev-dummy/ip4addr", "br0", "192.168.1.1/24")
+    if tap_br0:
+        for argv in (("ip", "addr", "add", "192.168.1.1/24", "dev", "br0"),
+                     ("ip", "link", "set", "br0", "up")):
+            subprocess.run(argv, check=True, capture_output=True)
+    else:
+        sb.appctl("netdev-dummy/ip4addr", "br0", "192.168.1.1/24")
     sb.appctl("ovs/route/add", "10.5.0.0/16", "br0", "192.168.1.254")
     sb.appctl("ovs/route/add", "10.6.0.0/16", "br0", "192.168.1.253", "pkt_mark=7")
     sb.appctl("tnl/neigh/set", "br0", "192.168.1.2", "aa:bb:cc:dd:ee:02")
