@@ -115,8 +115,8 @@ def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[st
     for m in last.monitors.values():
         m.drain()
     drained = time.monotonic()
-    broken = [f"{m.bridge}: {m.error or 'the switch paused the flow monitor'}"
-              for m in last.monitors.values() if not m.complete]
+    broken = [f"{m.bridge}: {_why_incomplete(m)}" for m in last.monitors.values()
+              if not m.complete]
     if broken:
         # Continue it and read its OpenFlow state again (the window is back); nothing
         # the monitors saw is used.
@@ -128,6 +128,15 @@ def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[st
     marks["catchup_tlv_read_ms"] = round((traffic_at - tlv_at) * 1000, 2)
     marks["catchup_traffic_read_ms"] = round((stop_at - traffic_at) * 1000, 2)
     marks["catchup_drain_ms"] = round((drained - stop_at) * 1000, 2)
+
+
+def _why_incomplete(m: BridgeMonitor) -> str:
+    if m.error:
+        return m.error
+    if m.paused:
+        return "the switch paused the flow monitor"
+    return (f"{m.backlog} messages ({m.backlog_bytes} bytes) unread at the stop "
+            "(changes may be held back in the switch)")
 
 
 def _read_openflow_again(spec: VswitchdSpec, last: LastRead, hidden: HiddenSockets,
