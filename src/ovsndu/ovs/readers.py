@@ -9,15 +9,16 @@ with the OpenFlow version chosen per bridge from its ``protocols`` column.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from ovsndu.errors import VswitchdError
 from ovsndu.model import CATEGORIES, Entry, Flow, Port, Snapshot, VswitchdInfo
 from ovsndu.ovs import ofdump, parsers
+from ovsndu.ovs.ct_read import counted, read_conntrack
 from ovsndu.ovs.ofctl import best_version, ofctl
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.unixctl import Unixctl
@@ -105,9 +106,10 @@ class StateReader:
         self.pid = pid
         self.of_dir = Path(of_dir) if of_dir is not None else self.rundir  # OpenFlow sockets
 
-    def snapshot(self, *, traffic: bool = True) -> Snapshot:
+    def snapshot(self, *, traffic: bool | Mapping[str, Sequence[Entry]] = True) -> Snapshot:
         """Read all nine categories (conntrack and FDB left empty unless *traffic*: the
-        final catch-up reads them last, with :meth:`traffic`)."""
+        final catch-up reads them last, with :meth:`traffic`; a mapping: those categories
+        as already read, e.g. by an earlier :meth:`traffic`)."""
         with Unixctl.for_daemon(self.rundir, pid=self.pid) as appctl, Ovsdb(self.db) as db:
             version = appctl("version").splitlines()[0].strip()
             bridges = read_bridges(db)
@@ -120,7 +122,9 @@ class StateReader:
                 cats["tunnel_neighbors"] = list(parsers.parse_tnl_neigh(
                     appctl("tnl/neigh/show")))
                 cats["routes"] = list(parsers.parse_routes(appctl("ovs/route/show")))
-                if traffic:
+                if isinstance(traffic, Mapping):
+                    cats.update({k: list(v) for k, v in traffic.items()})
+                elif traffic:
                     cats.update(_read_traffic(appctl, bridges))
                 for future in futures:
                     category, entries = future.result()
@@ -184,9 +188,6 @@ class StateReader:
         return jobs
 
 
-T = TypeVar("T")
-
-
 def read_flows(rundir: Path, bridge: BridgeInfo) -> list[Flow]:
     """A bridge's rules: with their flow-mod bytes over OpenFlow 1.5 (:mod:`ovsndu.ovs.ofdump`),
     as text alone over older versions."""
@@ -207,42 +208,11 @@ def _read_traffic(appctl: Unixctl, bridges: list[BridgeInfo]) -> dict[str, list[
 
 
 def _read_conntrack(appctl: Unixctl, dp: str) -> Sequence[Entry]:
-    def read() -> Sequence[Entry]:
-        return parsers.parse_conntrack(appctl("dpctl/dump-conntrack", "-m", "-s", dp))
-
-    def count() -> int:
-        return parsers.parse_ct_stats_total(appctl("dpctl/ct-stats-show", dp))
-
-    return _counted(read, count, f"conntrack of {dp}", "dpctl/ct-stats-show")
+    """Zone by zone where it can (:mod:`ovsndu.ovs.ct_read`)."""
+    return read_conntrack(appctl, dp)
 
 
-def _counted(read: Callable[[], Sequence[T]], count: Callable[[], int], what: str,
-             source: str) -> Sequence[T]:
-    """*read* entries and check their number against OVS's own *count* of them.
-
-    The reads are not atomic, so the count is taken before and after: the number read
-    must lie between the two.  Churn (a flow expiring, a connection closing) can still
-    defeat that; it is read again, three times at most.  If OVS's own count kept moving
-    through every attempt, the table is changing under the reads (new connections
-    arriving while others expire) and no read can match a count exactly: the read is
-    taken as it is (the parsers turn every line into one entry or raise, so nothing is
-    dropped unseen).  A table whose count stood still must match it exactly.
-    """
-    entries, total = read(), count()
-    seen = {total}
-    for _ in range(3):
-        if len(entries) == total:
-            return entries
-        before = count()
-        entries = read()
-        total = count()
-        seen |= {before, total}
-        if min(before, total) <= len(entries) <= max(before, total):
-            return entries
-    if len(seen) > 1:
-        return entries
-    parsers.check_count(what, len(entries), total, source)
-    return entries
+_counted = counted
 
 
 def read_snapshot(rundir: str | Path | None = None, db: str | None = None,

@@ -14,6 +14,13 @@ so a crash costs the gap of a restart, not the tables.  Keeping it current:
 Our own reads are OpenFlow messages too, so the counter is read again after each
 snapshot and that value is the baseline.  A snapshot of 10k flows costs ~0.2 s of CPU
 (docs/performance.md has the measured idle cost).
+
+The traffic categories (conntrack, FDB) cost in proportion to the table, and with the
+netdev datapath each conntrack dump holds vswitchd's main thread, which forwards
+(:mod:`ovsndu.ovs.ct_read`: read zone by zone, each hold short).  So they are read
+again only every ``max(refresh, last read's seconds / traffic_budget)`` seconds — the
+keeper spends at most ``traffic_budget`` of its time on them (at 100k conntrack entries,
+a read of ~3 s: every 5 min); a snapshot in between keeps the last ones read.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from ovsndu.errors import OvsnduError
 from ovsndu.model import Snapshot
 from ovsndu.ovs import daemon
 from ovsndu.ovs.daemon import VswitchdSpec
-from ovsndu.ovs.readers import read_snapshot
+from ovsndu.ovs.readers import StateReader
 
 log = structlog.get_logger("ovsndu.keeper")
 
@@ -46,6 +53,10 @@ class StateKeeper:
     taken_at: float = 0.0  # monotonic
     pid: int | None = None
     snapshots: int = 0
+    traffic_budget: float = 0.01
+    traffic_at: float = 0.0  # monotonic, the last read of conntrack and FDB
+    traffic_read_s: float = 0.0  # how long that read took
+    traffic_reads: int = 0
     _baseline: str | None = field(default=None, repr=False)
 
     def counter(self, pid: int) -> str | None:
@@ -69,10 +80,28 @@ class StateKeeper:
         current = self.counter(pid)
         return current is not None and current != self._baseline
 
+    def traffic_due(self, pid: int, now: float) -> bool:
+        """Whether the next snapshot reads conntrack and FDB again (else keeps the last)."""
+        if self.snapshot is None or self.pid != pid:
+            return True
+        return now - self.traffic_at >= max(self.refresh,
+                                            self.traffic_read_s / self.traffic_budget)
+
     def take(self, pid: int) -> Snapshot | None:
         """Snapshot *pid* now; keeps the previous snapshot (and returns None) on failure."""
+        reader = StateReader(self.spec.rundir, self.spec.db, pid=pid)
         try:
-            snap = read_snapshot(self.spec.rundir, self.spec.db, pid=pid)
+            began = time.monotonic()
+            if self.traffic_due(pid, began):
+                traffic = reader.traffic()
+                read_s = time.monotonic() - began
+                snap = reader.snapshot(traffic=traffic)
+                self.traffic_at, self.traffic_read_s = began, read_s
+                self.traffic_reads += 1
+            else:
+                assert self.snapshot is not None
+                snap = reader.snapshot(traffic={c: self.snapshot.categories[c]
+                                                for c in ("conntrack", "fdb")})
         except OvsnduError as exc:
             log.warning("keeper.snapshot_failed", event_kind="anomaly", vswitchd_pid=pid,
                         reason=str(exc))

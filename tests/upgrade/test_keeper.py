@@ -1,0 +1,46 @@
+"""The supervisor's state keeper against a real vswitchd holding conntrack: conntrack and
+FDB are read again only when their budget allows; a snapshot in between keeps the last
+ones read and reads everything else afresh."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ovsndu.ovs.daemon import VswitchdSpec
+from ovsndu.ovs.sandbox import Sandbox
+from ovsndu.testing.state_corpus import populate_conntrack
+from ovsndu.upgrade.keeper import StateKeeper
+
+
+def test_traffic_reads_are_bounded(sandbox: Sandbox) -> None:
+    sb = sandbox
+    populate_conntrack(sb)
+    keeper = StateKeeper(VswitchdSpec(sb.rundir, sb.db), refresh=60.0)
+    pid = sb.vswitchd_pid
+    first = keeper.take(pid)
+    assert first is not None and first.categories["conntrack"]
+    assert keeper.traffic_reads == 1 and keeper.traffic_read_s > 0
+
+    sb.ofctl("brc", "add-flow", "table=7,priority=1,actions=drop")
+    second = keeper.take(pid)
+    assert second is not None
+    assert keeper.traffic_reads == 1  # not due: the last conntrack and FDB are kept
+    assert second.categories["conntrack"] == first.categories["conntrack"]
+    assert len(second.categories["flows"]) == len(first.categories["flows"]) + 1
+
+    keeper.traffic_at -= keeper.traffic_read_s / keeper.traffic_budget + keeper.refresh
+    third = keeper.take(pid)
+    assert third is not None and keeper.traffic_reads == 2
+    assert keeper.traffic_due(pid, keeper.traffic_at + 1) is False
+
+
+def test_traffic_interval_scales_with_the_read() -> None:
+    keeper = StateKeeper(VswitchdSpec(Path("/nonexistent"), "unix:/nonexistent"), refresh=60.0)
+    keeper.snapshot, keeper.pid = object(), 1  # type: ignore[assignment]
+    keeper.traffic_at, keeper.traffic_read_s = 1000.0, 3.0  # a 3 s read: every 300 s
+    assert not keeper.traffic_due(1, 1000.0 + 299)
+    assert keeper.traffic_due(1, 1000.0 + 300)
+    keeper.traffic_read_s = 0.05  # a small table: the refresh interval rules
+    assert not keeper.traffic_due(1, 1000.0 + 59)
+    assert keeper.traffic_due(1, 1000.0 + 60)
+    assert keeper.traffic_due(2, 1000.0 + 1)  # another process: read at once
