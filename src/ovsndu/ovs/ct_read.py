@@ -9,7 +9,8 @@ and formats only that zone's (a walk of 100k entries ~5 ms; ~50 ms per 12.5k ent
 formatted).  ``dpctl/ct-get-nconns`` reads a counter.
 
 So a userspace table is read zone by zone.  The zones are the caller's (a previous
-read's) and the ones the last read of the same process and datapath found here; the
+read's) and the ones the last read of the same datapath found here (of this process or
+the one it replaces: a standby taking over has the same zones); the
 sum read is checked against ``ct-get-nconns`` taken before and after.  Entries in a zone
 nobody knew make the sum fall short: then one full dump is taken (and its zones are
 remembered for the next read).  The kernel datapath's table is the kernel's (a dump does
@@ -28,15 +29,15 @@ from ovsndu.ovs.unixctl import Unixctl
 
 T = TypeVar("T")
 
-# (vswitchd pid, datapath) -> the zones its last read found
-_ZONES: dict[tuple[int | None, str], frozenset[int]] = {}
+# datapath -> the zones its last read found
+_ZONES: dict[str, frozenset[int]] = {}
 # stats of the last read per (pid, datapath): entries, dumps, whether it fell back
 LAST: dict[tuple[int | None, str], dict[str, int]] = {}
 
 
-def known_zones(pid: int | None, dp: str) -> frozenset[int]:
-    """The zones the last read of *dp* in process *pid* found (empty if none yet)."""
-    return _ZONES.get((pid, dp), frozenset())
+def known_zones(dp: str) -> frozenset[int]:
+    """The zones the last read of *dp* found (empty if none yet)."""
+    return _ZONES.get(dp, frozenset())
 
 
 def read_conntrack(appctl: Unixctl, dp: str, zones: Collection[int] = ()) -> Sequence[Entry]:
@@ -46,12 +47,12 @@ def read_conntrack(appctl: Unixctl, dp: str, zones: Collection[int] = ()) -> Seq
     if dp.startswith("system@"):
         entries = _full(appctl, dp)
     else:
-        known = set(zones) | _ZONES.get(key, frozenset())
+        known = set(zones) | _ZONES.get(dp, frozenset())
         by_zone = _by_zone(appctl, dp, sorted(known)) if known else None
         entries = by_zone if by_zone is not None else _full(appctl, dp)
         LAST[key] = {"entries": len(entries), "zones": len(known),
                      "full_dump": int(by_zone is None)}
-    _ZONES[key] = frozenset(e.zone for e in entries if isinstance(e, Conntrack))
+    _ZONES[dp] = frozenset(e.zone for e in entries if isinstance(e, Conntrack))
     return entries
 
 
