@@ -417,6 +417,12 @@ def check_count(what: str, entries: int, other: int, source: str) -> None:
 
 def derive_nat(orig: str, reply: str) -> str:
     """NAT that turns *orig* into *reply*: ``src=IP[:PORT]``, ``dst=...``, both, or ``""``."""
+    # The common case, no NAT: the reply is the original reversed (half the parse time).
+    parts = orig.split(",")
+    if (len(parts) == 4 and parts[2].startswith("sport=") and parts[3].startswith("dport=")
+            and reply == (f"src={parts[1][4:]},dst={parts[0][4:]},"
+                          f"sport={parts[3][6:]},dport={parts[2][6:]}")):
+        return ""
     o, r = _tuple_fields(orig), _tuple_fields(reply)
     port_keys = ("sport", "dport") if "sport" in o else (None, None)
     out = []
