@@ -13,6 +13,7 @@ Also the Python side: parsing the full dump.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -66,7 +67,7 @@ def measure(run: Run, repeat: int) -> dict[str, Any]:
                 continue
             walls.append((t1 - t0) * 1000)
             sizes.append(size)
-            gaps = [(b - a) * 1000 for a, b in zip(times, times[1:], strict=False)
+            gaps = [(b - a) * 1000 for a, b in itertools.pairwise(times)
                     if b >= t0 and a <= t1]
             holds.append(max(gaps, default=0.0))
         out["commands"][name] = {"wall_ms": [round(w) for w in walls],
