@@ -7,7 +7,9 @@ unixctl command it spends *s* seconds on is an *s*-second silence of the disrupt
 benchmark's A→B stream (2000 pkt/s).  Same sandbox as ``benchmarks.disruption``
 (N filler rules, the stateful ACL, M idle entries over 8 zones); per command, R times,
 one second apart: the command's wall time and the longest silence that overlaps it.
-Also the Python side: parsing the full dump.
+Also the Python side (parsing the full dump), ovsndu's reader (:mod:`ovsndu.ovs.ct_read`:
+a full dump while no zone is known, then zone by zone) and the supervisor's keeper
+(a snapshot reading conntrack, one keeping it): wall time and every silence over 20 ms.
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ from typing import Any
 
 from benchmarks.disruption import Run, _arrivals
 from benchmarks.measure import ZONE_BASE, ZONES
-from ovsndu.ovs import parsers
+from ovsndu.ovs import ct_read, parsers
+from ovsndu.ovs.daemon import VswitchdSpec
+from ovsndu.ovs.unixctl import Unixctl
+from ovsndu.upgrade.keeper import StateKeeper
+
+DP = "netdev@ovs-netdev"
 
 
 def _commands() -> list[tuple[str, tuple[str, ...]]]:
@@ -55,6 +62,22 @@ def measure(run: Run, repeat: int) -> dict[str, Any]:
     t = time.monotonic()
     entries = parsers.parse_conntrack(sb.appctl("dpctl/dump-conntrack", "-m", "-s"))
     parse_s = time.monotonic() - t
+    # ovsndu's readers: ovs/ct_read.py (a full dump first, then zone by zone), and the
+    # supervisor's keeper (a snapshot reading conntrack, then one keeping it).
+    spans: list[tuple[str, float, float]] = []
+    with Unixctl.for_daemon(sb.rundir) as appctl:
+        for name in ("read_conntrack, zones unknown (full dump)",
+                     "read_conntrack, zone by zone"):
+            time.sleep(1.0)
+            t0 = time.monotonic()
+            ct_read.read_conntrack(appctl, DP)
+            spans.append((name, t0, time.monotonic()))
+    keeper = StateKeeper(VswitchdSpec(sb.rundir, sb.db))
+    for name in ("keeper snapshot reading conntrack", "keeper snapshot keeping conntrack"):
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        keeper.take(sb.vswitchd_pid)
+        spans.append((name, t0, time.monotonic()))
     time.sleep(1.0)
     run.stop_traffic()
     times = [a for _, a in _arrivals(run.work / "udp.txt")]
@@ -74,6 +97,14 @@ def measure(run: Run, repeat: int) -> dict[str, Any]:
                                  "silence_ms": [round(h) for h in holds],
                                  "median_silence_ms": round(statistics.median(holds)),
                                  "reply_bytes": sizes[0]}
+    for name, t0, t1 in spans:
+        gaps = [(b - a) * 1000 for a, b in itertools.pairwise(times) if b >= t0 and a <= t1]
+        out["commands"][name] = {"wall_ms": [round((t1 - t0) * 1000)],
+                                 "silence_ms": [round(max(gaps, default=0.0))],
+                                 "silences_over_20ms": [round(g) for g in gaps if g > 20]}
+    out["keeper_traffic_read_s"] = round(keeper.traffic_read_s, 3)
+    out["keeper_traffic_every_s"] = round(max(keeper.refresh, keeper.traffic_read_s
+                                              / keeper.traffic_budget))
     return out
 
 
