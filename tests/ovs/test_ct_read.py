@@ -28,7 +28,7 @@ def test_zone_by_zone_equals_one_full_dump(sandbox: Sandbox) -> None:
     sb = sandbox
     populate_conntrack(sb)
     with Unixctl.for_daemon(sb.rundir) as appctl:
-        ct_read._ZONES.pop(DP, None)  # as in a fresh process
+        ct_read.forget_zones()  # as in a fresh process
         first = ct_read.read_conntrack(appctl, DP)
         assert ct_read.LAST[(appctl.pid, DP)]["full_dump"] == 1  # no zone known yet
         zones = {e.zone for e in first if isinstance(e, Conntrack)}

@@ -9,8 +9,9 @@ and formats only that zone's (a walk of 100k entries ~5 ms; ~50 ms per 12.5k ent
 formatted).  ``dpctl/ct-get-nconns`` reads a counter.
 
 So a userspace table is read zone by zone.  The zones are the caller's (a previous
-read's) and the ones the last read of the same datapath found here (of this process or
-the one it replaces: a standby taking over has the same zones); the
+read's), the ones the last read of the same datapath found here (of this process or
+the one it replaces: a standby taking over has the same zones) and those hinted
+(:func:`hint_zones`: the client, of the snapshot it restores); the
 sum read is checked against ``ct-get-nconns`` taken before and after.  Entries in a zone
 nobody knew make the sum fall short: then one full dump is taken (and its zones are
 remembered for the next read).  The kernel datapath's table is the kernel's (a dump does
@@ -19,7 +20,7 @@ not hold forwarding): read whole, as before.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import TypeVar
 
 from ovsndu.errors import ParseError
@@ -31,6 +32,8 @@ T = TypeVar("T")
 
 # datapath -> the zones its last read found
 _ZONES: dict[str, frozenset[int]] = {}
+# zones a process expects in any datapath (e.g. the client, of the state it restores)
+_HINT: set[int] = set()
 # stats of the last read per (pid, datapath): entries, dumps, whether it fell back
 LAST: dict[tuple[int | None, str], dict[str, int]] = {}
 
@@ -40,6 +43,18 @@ def known_zones(dp: str) -> frozenset[int]:
     return _ZONES.get(dp, frozenset())
 
 
+def hint_zones(zones: Iterable[int]) -> None:
+    """Zones every later read of this process tries first (those of a snapshot being
+    restored: its read-back then goes zone by zone from the start)."""
+    _HINT.update(zones)
+
+
+def forget_zones() -> None:
+    """Forget every zone learnt or hinted (the next read of each datapath is a full dump)."""
+    _ZONES.clear()
+    _HINT.clear()
+
+
 def read_conntrack(appctl: Unixctl, dp: str, zones: Collection[int] = ()) -> Sequence[Entry]:
     """Every conntrack entry of datapath *dp*; zone by zone on a userspace datapath
     when the zones are known (*zones* and the last read's), else one full dump."""
@@ -47,7 +62,7 @@ def read_conntrack(appctl: Unixctl, dp: str, zones: Collection[int] = ()) -> Seq
     if dp.startswith("system@"):
         entries = _full(appctl, dp)
     else:
-        known = set(zones) | _ZONES.get(dp, frozenset())
+        known = set(zones) | _ZONES.get(dp, frozenset()) | _HINT
         by_zone = _by_zone(appctl, dp, sorted(known)) if known else None
         entries = by_zone if by_zone is not None else _full(appctl, dp)
         LAST[key] = {"entries": len(entries), "zones": len(known),

@@ -35,7 +35,7 @@ from ovsndu.model import (
     TlvMapping,
     TunnelNeighbor,
 )
-from ovsndu.ovs import ofbundle, ofdump, ofmeters, parsers
+from ovsndu.ovs import ct_read, ofbundle, ofdump, ofmeters, parsers
 from ovsndu.ovs.ct_replay_later import replay_deferred
 from ovsndu.ovs.ofbundle import CapturedBundle
 from ovsndu.ovs.ofctl import ofctl
@@ -136,15 +136,15 @@ class Restorer:
 
     def _openflow_state(self) -> Snapshot:
         """The target's ports and OpenFlow state (TLV maps, meters, groups, flows) as found."""
-        now = StateReader(self.rundir, self.db, pid=self.pid).snapshot()
-        for name in ("tunnel_neighbors", "conntrack", "fdb", "routes"):
+        now = StateReader(self.rundir, self.db, pid=self.pid).snapshot(traffic=False)
+        for name in ("tunnel_neighbors", "routes"):
             now = now.replace(name, [])
         return now
 
     def _put_back(self, before: Snapshot) -> None:
         """Install *before* (from :meth:`_openflow_state`) again and check it by read-back."""
         Restorer(self.rundir, self.db, pid=self.pid).apply(self.plan(before, encode=True))
-        after = StateReader(self.rundir, self.db, pid=self.pid).snapshot()
+        after = StateReader(self.rundir, self.db, pid=self.pid).snapshot(traffic=False)
         for name in ("flows", "groups", "meters", "tlv_mappings"):
             if after.digest(name) != before.digest(name):
                 raise RestoreError(name, "read-back differs from the state found: "
@@ -171,6 +171,9 @@ class Restorer:
              defer_window: float | None = None) -> RestorePlan:
         """Check bridges and OpenFlow port numbers, and build every line to send
         (:func:`ovsndu.ovs.restore_plan.build_plan`)."""
+        # Its read-back then reads conntrack zone by zone from the start (ovs/ct_read.py).
+        ct_read.hint_zones({e.zone for e in snap.categories["conntrack"]
+                            if isinstance(e, Conntrack)})
         return build_plan(snap, self.db, self.uncarried, encode=encode,
                           defer_window=defer_window)
 
