@@ -17,6 +17,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any, ClassVar
 
 from ovsndu.errors import ModelError
@@ -54,7 +55,7 @@ class Entry:
 
     def canonical(self) -> bytes:
         """The canonical encoding: compact JSON of ``[category, stable values in field order]``."""
-        return _ENCODER.encode([self.CATEGORY, *_getters(type(self))[1](self)]).encode()
+        return _encode([self.CATEGORY, *_getters(type(self))[1](self)]).encode()
 
     def identity(self) -> tuple[Any, ...]:
         """Which entry this is, independent of its other values (never None inside)."""
@@ -62,6 +63,17 @@ class Entry:
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# The same encoder, made once: JSONEncoder.encode builds its C encoder on every call,
+# half the cost of a canonical encoding (100k conntrack entries: ~0.25 s of a build).
+_C_ENCODE = (c_make_encoder(None, _ENCODER.default, encode_basestring, None, ":", ",",
+                            False, False, True) if c_make_encoder is not None else None)
+
+
+def _encode(values: list[Any]) -> str:
+    """``_ENCODER.encode(values)``, byte for byte."""
+    if _C_ENCODE is None:
+        return _ENCODER.encode(values)
+    return "".join(_C_ENCODE(values, 0))
 _NAMES: dict[type[Entry], tuple[str, ...]] = {}
 _STABLE: dict[type[Entry], tuple[str, ...]] = {}
 
