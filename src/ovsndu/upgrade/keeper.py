@@ -8,8 +8,8 @@ so a crash costs the gap of a restart, not the tables.  Keeping it current:
   since the last snapshot (a controller or ``ovs-ofctl`` changed something, or just
   asked), a new snapshot is taken — at most every :attr:`StateKeeper.min_gap` seconds;
 * every :attr:`StateKeeper.refresh` seconds a snapshot is taken anyway: the state that
-  changes without an OpenFlow message (conntrack, MAC learning, ``learn()`` flows,
-  expired timeouts, ports added through OVSDB) is at most that old.
+  changes without an OpenFlow message (``learn()`` flows, expired timeouts, ports added
+  through OVSDB) is at most that old; conntrack and MAC learning, see below.
 
 Our own reads are OpenFlow messages too, so the counter is read again after each
 snapshot and that value is the baseline.  A snapshot of 10k flows costs ~0.2 s of CPU
