@@ -145,3 +145,24 @@ def test_release_continues_the_stopped_process_and_closes_the_monitors(
     assert not last.stopped
     assert "actions=NORMAL" in sandbox.ofctl("br0", "dump-flows")  # it answers again
     assert last.monitors["br0"]._sock.fileno() == -1  # closed
+
+
+def test_a_partial_group_change_makes_a_monitor_incomplete(sandbox: Sandbox) -> None:
+    """An OpenFlow 1.5 insert_bucket is forwarded with the new bucket only: the monitor
+    cannot know the group's content, so the catch-up reads it again."""
+    mgmt = _bridge(sandbox)
+    sandbox.ofctl("br0", "add-group", "group_id=5,type=all,bucket=bucket_id:1,actions=drop",
+                  version="OpenFlow15")
+    monitor = BridgeMonitor(sandbox.mgmt_path("br0"), "br0")
+    try:
+        sandbox.run(["ovs-ofctl", "-O", "OpenFlow15", "insert-buckets", mgmt,
+                     "group_id=5,command_bucket_id=last,bucket=bucket_id:2,actions=drop"])
+        for _ in range(100):
+            monitor.drain()
+            if monitor.messages:
+                break
+            time.sleep(0.01)
+        assert monitor.partial and not monitor.complete
+        assert [c.op for c in monitor.changes()] == ["unknown"]
+    finally:
+        monitor.close()

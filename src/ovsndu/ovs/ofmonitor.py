@@ -167,14 +167,22 @@ class BridgeMonitor:
             for u in ofmonwire.flow_updates(m))
 
     @property
+    def partial(self) -> bool:
+        """Whether a forwarded group mod gave only part of a group (OpenFlow 1.5
+        ``insert_bucket``/``remove_bucket``): its new content is known only by reading."""
+        return any(ofmonwire.forwarded(m).command in ("insert_bucket", "remove_bucket")
+                   for m in self.messages if m[1] == ofmonwire.REQUESTFORWARD)
+
+    @property
     def complete(self) -> bool:
         """Whether the messages hold every change: the connection stayed up, unpaused,
         and the socket was far from full at the stop.  Open vSwitch queues what a full
         socket does not take inside the process (sent later, or never once it is
         killed); with this thread draining, the socket fills only in a burst, and a
-        backlog over :data:`MAX_BACKLOG` is taken as one that may have overflowed."""
-        return (not self.error and not self.paused and self.backlog <= MAX_BACKLOG
-                and self.backlog_bytes <= MAX_BACKLOG_BYTES)
+        backlog over :data:`MAX_BACKLOG` is taken as one that may have overflowed.  A
+        :attr:`partial` group change is not complete either."""
+        return (not self.error and not self.paused and not self.partial
+                and self.backlog <= MAX_BACKLOG and self.backlog_bytes <= MAX_BACKLOG_BYTES)
 
     def changes(self) -> list[Change]:
         """The messages as changes, in arrival order (ParseError on anything unknown)."""

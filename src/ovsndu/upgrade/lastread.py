@@ -135,6 +135,8 @@ def _why_incomplete(m: BridgeMonitor) -> str:
         return m.error
     if m.paused:
         return "the switch paused the flow monitor"
+    if m.partial:
+        return "a group changed by insert_bucket or remove_bucket (content not forwarded)"
     return (f"{m.backlog} messages ({m.backlog_bytes} bytes) unread at the stop "
             "(changes may be held back in the switch)")
 
