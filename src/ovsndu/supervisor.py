@@ -33,6 +33,7 @@ from ovsndu.ovs.unixctl import pid_alive
 from ovsndu.systemd import lifecycle
 from ovsndu.systemd import notify as sdnotify
 from ovsndu.systemd.dbus import DbusService
+from ovsndu.upgrade import binlogs
 from ovsndu.upgrade.history import HistoryStore, UpgradeRecord, ensure_private_dir
 from ovsndu.upgrade.keeper import StateKeeper
 from ovsndu.upgrade.machine import EXIT_REFUSED
@@ -62,7 +63,8 @@ class Supervisor:
         self.cfg = cfg
         self.spec = spec_of(cfg)
         self.state_dir = Path(cfg.ovsndu.state_dir)
-        self.store = HistoryStore(self.state_dir)
+        self.store = HistoryStore(self.state_dir, on_finish=lambda record: binlogs.attach(
+            record, self.state_dir / "work" / record.id, self.spec.log_file))
         self.serving: Serving | None = None
         self.runner: UpgradeRunner | None = None
         self.phase = "starting"

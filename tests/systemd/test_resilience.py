@@ -270,8 +270,13 @@ def test_a_healthy_reload_journals_no_error_and_no_rehearsal(box: Container) -> 
     ours = box.run("journalctl", f"OVSNDU_UPGRADE_ID={upgrade_id}", "-o", "cat",
                    "--no-pager").stdout
     for event in ("upgrade.phase", "sync.listening", "sync.client_accepted", "sync.synced",
-                  "upgrade.finished"):
+                  "upgrade.vswitchd_logs", "upgrade.finished"):
         assert event in ours, (event, ours[-2000:])
+    # What the rehearsal and the standby logged is summarised in the record instead.
+    logs = status(box)["last_upgrade"]["vswitchd_logs"]
+    assert logs["rehearsal"]["counts"]["INFO"] > 10, logs
+    assert any("another ovs-vswitchd process is running" in line
+               for line in logs["standby"]["lines"]), logs
 
 
 def test_a_stop_during_a_reload_ends_inactive(box: Container) -> None:

@@ -379,16 +379,57 @@ def test_status_as_non_root_is_one_line(rig: Rig, tmp_path: Path) -> None:
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def test_a_failing_binary_says_why_in_the_record(tmp_path: Path) -> None:
-    """Its exit status and last stderr lines reach the answer, the record and the log."""
-    with make_rig(tmp_path, validate=False) as rig:
-        bad = fake_binary(tmp_path, "complaining", '[ "$1" = --version ] && exec "$REAL" "$@"\n'
-                          'echo "boom: cannot parse --frobnicate" >&2\nexit 7')
+# How a failing new binary ends, and what it says before: as the rehearsal (outside the
+# live database) or as the standby (on it); the other role runs the real binary.
+FAILURES = {
+    "exit": ('echo "boom: cannot parse --frobnicate" >&2\nexit 7', "exit status 7",
+             "boom: cannot parse --frobnicate"),
+    "signal": ('echo "about to crash" >&2\nkill -SEGV $$', "signal SIGSEGV", "about to crash"),
+    "hang": ('echo "waiting for nothing" >&2\nexec sleep 600', "still running",
+             "waiting for nothing"),
+}
+IN_ROLE = {"rehearsal": '[ "$1" != "$LIVE_DB" ]', "standby": '[ "$1" = "$LIVE_DB" ]'}
+
+
+@pytest.mark.parametrize("kind", sorted(FAILURES))
+@pytest.mark.parametrize("role", sorted(IN_ROLE))
+def test_a_failing_binary_says_why_in_the_record(tmp_path: Path, role: str, kind: str) -> None:
+    """Its exit status (or that it hung) and its last stderr lines reach the one-line
+    answer, the record's reason and its vswitchd_logs, and the log; the old one serves."""
+    body, status, said = FAILURES[kind]
+    with make_rig(tmp_path, db_env="LIVE_DB") as rig:
+        bad = fake_binary(tmp_path, f"{role}-{kind}",
+                          f'if [ "$1" != --version ] && {IN_ROLE[role]}; then\n{body}\nfi\n'
+                          'exec "$REAL" "$@"')
         before, old = raw_state(rig), one_serving(rig)
         code, result = rig.reload("--vswitchd", str(bad))
         assert code == 1, result
-        for text in (result["reason"], last_record(rig)["reason"]):
-            assert "exit status 7" in text and "boom: cannot parse --frobnicate" in text, text
-        assert "boom: cannot parse" in rig.log_path.read_text()
+        assert result["reason"].startswith("client failed" if role == "rehearsal"
+                                           else "standby failed"), result["reason"]
+        record = last_record(rig)
+        for text in (result["reason"], record["reason"]):
+            assert status in text and said in text, text
+            assert "\n" not in text and len(text) < 1000
+        assert said in record["vswitchd_logs"][role]["stderr"], record["vswitchd_logs"]
+        log = rig.log_path.read_text()
+        assert "upgrade.vswitchd_logs" in log and said in log
         assert one_serving(rig) == old
         same_raw(rig, before)
+
+
+def test_a_healthy_reload_summarises_both_new_vswitchds_logs(rig: Rig) -> None:
+    """The rehearsal's and the standby's logs (off the journal) are summarised in the record
+    (counts by level, WARN/ERR lines verbatim) and in one log entry with the upgrade's id."""
+    code, result = rig.reload()
+    assert code == 0, result
+    logs = last_record(rig)["vswitchd_logs"]
+    assert logs == result["record"]["vswitchd_logs"]
+    for role in ("rehearsal", "standby"):
+        assert logs[role]["counts"].get("INFO", 0) > 10, logs[role]
+        assert len(logs[role]["lines"]) <= 20
+    # The standby's wait on the OVSDB lock: an ERR line kept in the record, not the journal.
+    assert any("another ovs-vswitchd process is running" in line
+               for line in logs["standby"]["lines"]), logs["standby"]
+    entries = [ln for ln in rig.log_path.read_text().splitlines()
+               if "upgrade.vswitchd_logs" in ln]
+    assert len(entries) == 1 and result["record"]["id"] in entries[0], entries

@@ -22,6 +22,7 @@ from ovsndu.errors import OvsnduError, VswitchdError
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import read_bridges
 from ovsndu.ovs.unixctl import Unixctl, pid_alive
+from ovsndu.ovs.vlog import last_words
 
 SYSTEM_RUNDIR = "/var/run/openvswitch"
 STANDBY_PIDFILE = "ovs-vswitchd.standby.pid"
@@ -102,11 +103,31 @@ def spawn(spec: VswitchdSpec, binary: str, *, standby: bool = False,
     argv = spec.argv(as_ovs_vswitchd(spec.rundir, binary), standby=standby)
     env = spec.env if ovs_rundir is None else {**spec.env, "OVS_RUNDIR": str(ovs_rundir)}
     try:
-        return subprocess.Popen(argv, env=env,
+        proc = subprocess.Popen(argv, env=env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=stderr, start_new_session=True)
     except OSError as exc:
         raise VswitchdError(f"cannot start {binary}: {exc.strerror}") from None
+    name = getattr(stderr, "name", None)
+    if isinstance(name, str):
+        _STDERR[proc.pid] = Path(name)
+    return proc
+
+
+_STDERR: dict[int, Path] = {}
+"""The file a vswitchd started by :func:`spawn` writes its stderr to, by PID."""
+
+
+def stderr_file(pid: int) -> Path | None:
+    """Where vswitchd *pid* (started by :func:`spawn` with a file) writes its stderr."""
+    return _STDERR.get(pid)
+
+
+def ended(proc: subprocess.Popen[bytes], what: str = "the new vswitchd") -> str:
+    """``the new vswitchd exited with exit status 7; stderr: ...`` for a dead *proc*."""
+    said = last_words(stderr_file(proc.pid), None)
+    return f"{what} exited with {exit_description(proc.returncode)}" + (
+        f"; {said}" if said else "")
 
 
 def enable_syslog(spec: VswitchdSpec, pid: int) -> None:
@@ -116,13 +137,13 @@ def enable_syslog(spec: VswitchdSpec, pid: int) -> None:
 
 
 def exit_description(returncode: int | None) -> str:
-    """``exit status 1`` or ``killed by SIGSEGV`` for a Popen return code."""
+    """``exit status 1`` or ``signal SIGSEGV`` for a Popen return code."""
     if returncode is None:
         return "still running"
     if returncode < 0:
         with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-returncode).name}"
-        return f"killed by signal {-returncode}"
+            return f"signal {signal.Signals(-returncode).name}"
+        return f"signal {-returncode}"
     return f"exit status {returncode}"
 
 
@@ -184,7 +205,7 @@ def wait_bridges(spec: VswitchdSpec, proc: subprocess.Popen[bytes], names: list[
     of_dir = of_dir or spec.rundir
     while True:
         if proc.poll() is not None:
-            raise VswitchdError(f"the new vswitchd exited with status {proc.returncode}")
+            raise VswitchdError(ended(proc))
         if all((of_dir / f"{n}.mgmt").exists() for n in names):
             try:
                 with unixctl_for(spec, proc.pid, timeout=2) as appctl:

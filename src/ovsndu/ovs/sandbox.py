@@ -28,6 +28,7 @@ from typing import Literal
 from ovsndu.errors import SandboxError, VswitchdError
 from ovsndu.ovs.ofctl import ofctl
 from ovsndu.ovs.unixctl import Unixctl, pid_alive
+from ovsndu.ovs.vlog import last_words
 
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 NETNS_PREFIX = "ovsndu-"
@@ -192,7 +193,8 @@ class Sandbox:
                 f"--pidfile={self.rundir / 'ovsdb-server.pid'}",
                 f"--log-file={self.rundir / 'ovsdb-server.log'}",
                 "-vconsole:off",
-            ]
+            ],
+            "ovsdb-server",
         )
         wait_for(
             lambda: self._alive(self.ovsdb_proc, "ovsdb-server") and _accepts(self.db_sock),
@@ -219,9 +221,21 @@ class Sandbox:
         ]
 
     def start_vswitchd(self) -> None:
-        """Start ovs-vswitchd and wait until its unixctl answers ``version``."""
-        self.vswitchd_proc = self._spawn(self.ns_argv(self.vswitchd_argv()))
-        wait_for(self._vswitchd_ready, 20, "ovs-vswitchd to answer on unixctl")
+        """Start ovs-vswitchd and wait until its unixctl answers ``version``; a SandboxError
+        names how it ended (or that it still runs) and its last words (:mod:`ovs.vlog`)."""
+        self.vswitchd_proc = self._spawn(self.ns_argv(self.vswitchd_argv()), "ovs-vswitchd")
+        try:
+            wait_for(self._vswitchd_ready, 20, "ovs-vswitchd to answer on unixctl")
+        except SandboxError as exc:
+            if self.vswitchd_proc is None or self.vswitchd_proc.poll() is not None:
+                raise
+            said = self.last_words("ovs-vswitchd")
+            raise SandboxError(f"{exc} (it is still running" + (f"; {said})" if said else ")")
+                               ) from None
+
+    def last_words(self, name: str) -> str:
+        """The last stderr lines and the last log complaint of daemon *name*."""
+        return last_words(self.rundir / f"{name}.stderr", self.rundir / f"{name}.log")
 
     def _vswitchd_ready(self) -> bool:
         if not self._alive(self.vswitchd_proc, "ovs-vswitchd"):
@@ -239,9 +253,11 @@ class Sandbox:
 
     def _alive(self, proc: subprocess.Popen[bytes] | None, name: str) -> bool:
         if proc is None or proc.poll() is not None:
-            log = self.rundir / f"{name}.log"
-            tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
-            raise SandboxError(f"{name} exited early" + (f": {tail[0]}" if tail else ""))
+            from ovsndu.ovs.daemon import exit_description
+
+            said = self.last_words(name)
+            how = exit_description(proc.returncode) if proc is not None else "not started"
+            raise SandboxError(f"{name} exited early with {how}" + (f"; {said}" if said else ""))
         return True
 
     def restart_vswitchd(self, *, flow_restore_wait: bool = False) -> None:
@@ -336,16 +352,18 @@ class Sandbox:
             )
         return proc.stdout
 
-    def _spawn(self, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, argv: Sequence[str], name: str) -> subprocess.Popen[bytes]:
+        """Start daemon *name*, its stderr to ``<rundir>/<name>.stderr``."""
         try:
-            return subprocess.Popen(
-                list(argv),
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
-            )
+            with open(self.rundir / f"{name}.stderr", "wb") as stderr:
+                return subprocess.Popen(
+                    list(argv),
+                    env=self.env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                    preexec_fn=_die_with_parent,
+                )
         except OSError as exc:
             raise SandboxError(f"cannot start {argv[0]}: {exc.strerror}") from None
 

@@ -27,6 +27,7 @@ from ovsndu.errors import OvsnduError, RestoreError, SyncAborted
 from ovsndu.model import Port, Snapshot
 from ovsndu.model.carried import check_carried, check_category
 from ovsndu.model.delta import OPENFLOW, Delta, applied
+from ovsndu.ovs import vlog
 from ovsndu.ovs.catchup import CATCHUP_FILE, apply_catchup
 from ovsndu.ovs.ct_defer import HOT_WINDOW_S
 from ovsndu.ovs.dpdk import defuse_copy
@@ -36,6 +37,7 @@ from ovsndu.ovs.restore import RestorePlan, Restorer, controlled_bridges, user_r
 from ovsndu.ovs.sandbox import Sandbox, backup_db
 from ovsndu.ovs.uncarried import carried_only
 from ovsndu.protocol.transport import receive_state
+from ovsndu.upgrade.binlogs import REHEARSAL_LOG
 from ovsndu.upgrade.leftovers import REHEARSAL_FILE, REHEARSAL_PREFIX
 
 EXIT_COMMITTED = 0
@@ -77,6 +79,19 @@ def rehearse(snap: Snapshot, binary: str, live_db: str, workdir: Path) -> dict[s
                            "the rehearsal: " + lost[0].describe(entry_text))
     # Nothing lost: acknowledge the snapshot's digests.
     return snap.digests()
+
+
+def keep_rehearsal_log(rundir: Path, workdir: Path, error: str = "") -> None:
+    """The rehearsal vswitchd's log summarised (and its stderr's last lines) into the work
+    directory, where the supervisor puts it into the record (:mod:`ovsndu.upgrade.binlogs`):
+    its log file goes away with the rehearsal sandbox, and never reaches the journal."""
+    summary = vlog.summarise(rundir / "ovs-vswitchd.log")
+    summary["stderr"] = vlog.tail(rundir / "ovs-vswitchd.stderr")
+    summary.pop("file", None)
+    if error:
+        summary["error"] = error[:1000]
+    with contextlib.suppress(OSError):
+        (workdir / REHEARSAL_LOG).write_text(json.dumps(summary))
 
 
 def say(text: str) -> None:
@@ -152,9 +167,14 @@ async def run(args: argparse.Namespace) -> int:
             # runner, or a recovering supervisor) removes it even if this process is killed.
             (Path(args.workdir) / REHEARSAL_FILE).write_text(f"{rehearsal}\n")
             rehearsal.mkdir(mode=0o700)
+            error = ""
             try:
                 digests = rehearse(snap, args.vswitchd, args.db, rehearsal)
+            except OvsnduError as exc:
+                error = str(exc)
+                raise
             finally:
+                keep_rehearsal_log(rehearsal / "run", Path(args.workdir), error)
                 shutil.rmtree(rehearsal, ignore_errors=True)
         plans.append(Restorer(args.rundir, args.db).plan(
             snap, encode=True, defer_window=args.ct_defer_window))

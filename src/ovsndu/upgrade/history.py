@@ -102,6 +102,8 @@ class UpgradeRecord:
     marks: dict[str, float] = field(default_factory=dict)
     #: the database schema: versions before/advertised/target, conversion and its timings
     schema: dict[str, Any] = field(default_factory=dict)
+    #: what the new binary logged: ``rehearsal``/``standby`` summaries (upgrade/binlogs.py)
+    vswitchd_logs: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data, with the format version."""
@@ -159,6 +161,7 @@ class UpgradeRecord:
             handover_gap_ms=None if gap is None else float(gap),
             marks={k: float(v) for k, v in marks.items()},
             schema=dict(_get(data, "schema", dict, {})),
+            vswitchd_logs=dict(_get(data, "vswitchd_logs", dict, {})),
         )
 
 
@@ -174,6 +177,8 @@ class HistoryStore:
     """The records in one state directory (created 0700 on first write).
 
     Corrupt history lines go to ``on_corrupt`` (default: a structlog warning).
+    ``on_finish`` completes a finished record before it is written (the supervisor's:
+    :func:`ovsndu.upgrade.binlogs.attach`); its failure is an anomaly, never fatal.
     """
 
     def __init__(
@@ -181,8 +186,10 @@ class HistoryStore:
         state_dir: str | os.PathLike[str],
         *,
         on_corrupt: Callable[[CorruptLine], None] | None = None,
+        on_finish: Callable[[UpgradeRecord], None] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.on_finish = on_finish
         self.inflight_path = self.state_dir / INFLIGHT
         self.history_path = self.state_dir / HISTORY
         self.on_corrupt = on_corrupt or self._log_corrupt
@@ -225,6 +232,11 @@ class HistoryStore:
         """Append the finished record to the history, then drop the in-flight file."""
         if record.outcome is None or record.exit_code is None:
             raise ValueError(f"upgrade {record.id} has no outcome yet")
+        if self.on_finish is not None:
+            try:
+                self.on_finish(record)
+            except Exception as exc:  # a summary must never cost the record
+                record.anomalies.append(f"finishing the record failed: {exc!r}"[:500])
         self._ensure_dir()
         line = json.dumps(record.to_dict(), sort_keys=True, separators=(",", ":")).encode()
         flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC

@@ -63,7 +63,12 @@ async def roll_back(run: UpgradeRunner, mode: str, reason: str) -> None:
         else pid_alive(run.serving.pid)
     )
     if run.standby is not None:
+        # How the new binary ended goes into the record (ovsndu.upgrade.binlogs).
+        ended = run.standby.poll()
         await asyncio.to_thread(daemon.kill, run.standby.pid, run.standby)
+        run.record.vswitchd_logs.setdefault("standby", {})["exit"] = (
+            daemon.exit_description(ended) if ended is not None
+            else "still running, killed by the rollback")
         await asyncio.to_thread(daemon.remove_stale_files, run.spec, run.standby.pid)
     if original_alive and run.snapshot is not None and not await asyncio.to_thread(
             answers_within, run, run.serving.pid, UNRESPONSIVE_WAIT):
