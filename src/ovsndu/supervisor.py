@@ -2,9 +2,10 @@
 
 It starts (or adopts) ovs-vswitchd, keeps its last known state current
 (:mod:`ovsndu.upgrade.keeper`) and restarts it with that state if it dies outside an
-upgrade, serves the control socket (``reload``, ``status``, ``reexec``), runs at most
-one upgrade at a time, and on start finishes or rolls back an upgrade a previous
-instance left in flight and sweeps its leftovers.  It can die or be replaced at any
+upgrade, serves the control socket (``reload``, ``status``, ``reexec``, ``release``:
+:mod:`ovsndu.control_server`), runs at most one upgrade at a time, and on start
+finishes or rolls back an upgrade a previous instance left in flight and sweeps its
+leftovers.  It can die or be replaced at any
 time without touching the serving vswitchd (``reexec`` execs the installed ovsndu in
 the same process).  It is the one place that runs the event loop.
 """
@@ -13,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import math
 import os
 import signal
 import sys
@@ -24,9 +23,9 @@ from typing import Any
 
 import structlog
 
-from ovsndu import __version__
-from ovsndu.config import Config, reread
-from ovsndu.errors import ConfigError, OvsnduError, VswitchdError
+from ovsndu import __version__, control_server
+from ovsndu.config import Config
+from ovsndu.errors import OvsnduError, VswitchdError
 from ovsndu.ovs import daemon
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.unixctl import pid_alive
@@ -36,7 +35,6 @@ from ovsndu.systemd.dbus import DbusService
 from ovsndu.upgrade import binlogs
 from ovsndu.upgrade.history import HistoryStore, UpgradeRecord, ensure_private_dir
 from ovsndu.upgrade.keeper import StateKeeper
-from ovsndu.upgrade.machine import EXIT_REFUSED
 from ovsndu.upgrade.recovery import Recovery
 from ovsndu.upgrade.runner import UpgradeRunner
 from ovsndu.upgrade.serving import (
@@ -52,8 +50,6 @@ from ovsndu.upgrade.serving import (
 log = structlog.get_logger("ovsndu.supervisor")
 MONITOR_INTERVAL = 0.1
 """Seconds between checks that the serving vswitchd lives (a crash is seen this fast)."""
-MAX_TIMEOUT = 86400.0
-"""The longest ``timeout`` a reload may ask for (seconds)."""
 
 
 class Supervisor:
@@ -72,7 +68,7 @@ class Supervisor:
         self.reexec = False
         self.released = False
         self.instance = os.urandom(6).hex()  # tells a re-executed supervisor from this one
-        self._stop = asyncio.Event()
+        self.stopping = asyncio.Event()
 
     # --- life cycle --------------------------------------------------------------------------
     async def run(self) -> int:
@@ -89,7 +85,8 @@ class Supervisor:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        server = await asyncio.start_unix_server(self._handle, path=str(path))
+        server = await asyncio.start_unix_server(
+            lambda r, w: control_server.handle(self, r, w), path=str(path))
         os.chmod(path, 0o600)
         self.phase = "idle"
         assert self.serving is not None
@@ -101,11 +98,11 @@ class Supervisor:
             control_socket=str(path),
         )
         self.bus = await DbusService.start(self)
-        sdnotify.notify(READY=1, MAINPID=os.getpid(), STATUS=self._status_line())
+        sdnotify.notify(READY=1, MAINPID=os.getpid(), STATUS=self.status_line())
         monitor = asyncio.create_task(self._monitor())
         keeping = asyncio.create_task(self._keep_state())
         try:
-            await self._stop.wait()
+            await self.stopping.wait()
         finally:
             monitor.cancel()
             keeping.cancel()
@@ -113,7 +110,7 @@ class Supervisor:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             if self.reexec:
-                sdnotify.notify(STATUS=f"re-executing ovsndu; {self._status_line()}")
+                sdnotify.notify(STATUS=f"re-executing ovsndu; {self.status_line()}")
             elif self.released:
                 pass  # vswitchd is the unit's main process now: leave it running
             else:
@@ -130,19 +127,19 @@ class Supervisor:
     def _request_stop(self) -> None:
         """SIGTERM/SIGINT: a requested stop (ExecStopPost then stops what is left)."""
         lifecycle.mark_stopping(self.spec.rundir)
-        self._stop.set()
+        self.stopping.set()
 
     runner_task: asyncio.Task[UpgradeRecord] | None = None
     bus: DbusService | None = None
 
-    def _status_line(self) -> str:
+    def status_line(self) -> str:
         s = self.serving
         who = f"vswitchd pid {s.pid} ({s.version})" if s else "no vswitchd"
         return f"{self.phase}; {who}"
 
-    def _announce(self) -> None:
+    def announce(self) -> None:
         """Tell systemd and D-Bus who serves now."""
-        sdnotify.notify(STATUS=self._status_line())
+        sdnotify.notify(STATUS=self.status_line())
         if self.bus is not None:
             self.bus.changed()
 
@@ -239,7 +236,7 @@ class Supervisor:
                 except OvsnduError as exc:
                     log.error("supervisor.restart_failed", event_kind="anomaly", reason=str(exc))
                 self.keeper.forget()
-                self._announce()
+                self.announce()
 
     async def _keep_state(self) -> None:
         """Keep the serving vswitchd's last known state current (see keeper.py)."""
@@ -315,152 +312,7 @@ class Supervisor:
         return {"vswitchd_pid": k.pid, "age_s": round(time.monotonic() - k.taken_at, 1),
                 "entries": sum(k.snapshot.counts().values()), "snapshots": k.snapshots}
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), 10)
-            try:
-                request = json.loads(line or b"{}")
-            except RecursionError:
-                raise ValueError("nested too deeply") from None
-            if not isinstance(request, dict):
-                raise ValueError(f"a request is a JSON object, not {type(request).__name__}")
-            op = request.get("op")
-            if op == "status":
-                await _send(writer, {"event": "status", **self.status()})
-            elif op == "reload":
-                await self._reload(request, writer)
-            elif op == "reexec":
-                await self._reexec(writer)
-            elif op == "release":
-                await self._release(writer)
-            else:
-                await _send(writer, _refusal(f"unknown op {op!r}"))
-        except (ValueError, TimeoutError, ConnectionError) as exc:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await _send(writer, _refusal(f"bad request: {str(exc)[:200]}"))
-        except Exception as exc:  # never a silent hang-up: the caller gets a line
-            log.error("supervisor.control_error", event_kind="anomaly", reason=repr(exc))
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await _send(writer, {"event": "error", "outcome": "failed", "exit_code": 3,
-                                     "reason": f"internal error: {exc!r}"})
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-
-    async def _reload(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
-        if self.runner is not None:
-            await _send(
-                writer,
-                {
-                    "event": "result",
-                    "outcome": "refused",
-                    "exit_code": EXIT_REFUSED,
-                    "reason": f"busy: upgrade {self.runner.upgrade_id} is in phase {self.phase}",
-                },
-            )
-            return
-        assert self.serving is not None
-        try:  # a reload reads the whole configuration again
-            self.cfg = reread(self.cfg)
-        except ConfigError as exc:
-            await _send(writer, {"event": "result", "outcome": "refused",
-                                 "exit_code": EXIT_REFUSED, "reason": str(exc)})
-            return
-        timeout = reload_timeout(request.get("timeout"), self.cfg.upgrade.timeout)
-        binary = request.get("vswitchd") or self.cfg.ovs.vswitchd
-        if not isinstance(binary, str):
-            raise ValueError(f"vswitchd must be a path, not {type(binary).__name__}")
-
-        def progress(event: dict[str, Any]) -> None:
-            if event.get("event") == "phase":
-                self.phase = str(event["phase"])
-                if self.bus is not None:
-                    self.bus.changed()
-                sdnotify.notify(STATUS=self._status_line(), EXTEND_TIMEOUT_USEC=int(timeout * 1e6))
-            with contextlib.suppress(Exception):
-                writer.write(json.dumps(event).encode() + b"\n")
-
-        def moved(serving: Serving) -> None:
-            self.serving = serving
-            self._announce()
-
-        runner = UpgradeRunner(
-            self.cfg,
-            self.serving,
-            self.store,
-            new_binary=binary,
-            timeout=timeout,
-            schema=str(request.get("schema") or ""),
-            progress=progress,
-            on_serving=moved,
-        )
-        self.runner = runner
-        sdnotify.notify(RELOADING=1, STATUS=f"upgrading to {binary}")
-        task = self.runner_task = asyncio.create_task(runner.run())
-        task.add_done_callback(self._upgrade_done)
-        try:
-            record = await asyncio.shield(task)
-        except Exception as exc:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await _send(writer, {"event": "result", "outcome": "failed", "exit_code": 3,
-                                     "reason": f"internal error: {exc!r} (see the journal)"})
-            return
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await _send(
-                writer,
-                {
-                    "event": "result",
-                    "outcome": record.outcome,
-                    "exit_code": record.exit_code,
-                    "reason": record.reason,
-                    "record": record.to_dict(),
-                },
-            )
-
-    async def _reexec(self, writer: asyncio.StreamWriter) -> None:
-        """Replace this process's image by the installed ovsndu; vswitchd is not touched."""
-        if self.runner is not None:
-            await _send(writer, _refusal(f"busy: upgrade {self.runner.upgrade_id} is in "
-                                         f"phase {self.phase}"))
-            return
-        s = self.serving
-        await _send(writer, {"event": "result", "outcome": "reexec", "exit_code": 0,
-                             "supervisor_pid": os.getpid(),
-                             "supervisor_instance": self.instance,
-                             "vswitchd_pid": s.pid if s else None,
-                             "reason": "re-executing the installed ovsndu"})
-        self.reexec = True
-        self._stop.set()
-
-    async def _release(self, writer: asyncio.StreamWriter) -> None:
-        """Hand the running vswitchd to the unit (``uninstall-systemd``) and exit.
-
-        systemd learns that vswitchd is the main process now (MAINPID=), so once the
-        stock unit is back its ExecStop (ovs-ctl stop) stops the switch; we leave it
-        running and exit without being the main process any more.
-        """
-        s = self.serving
-        if self.runner is not None or s is None:
-            why = f"busy: upgrade {self.runner.upgrade_id}" if self.runner else "no vswitchd"
-            await _send(writer, _refusal(why))
-            return
-        # Processed before we exit (else systemd would see its main process end first).
-        told = sdnotify.notify(MAINPID=s.pid, STATUS=f"handed over to ovs-vswitchd pid {s.pid}")
-        told = told and await asyncio.to_thread(sdnotify.barrier)
-        if not told:
-            await _send(writer, _refusal("systemd did not confirm ovs-vswitchd as the unit's "
-                                         "main process; the supervisor stays"))
-            return
-        await _send(writer, {"event": "result", "outcome": "released", "exit_code": 0,
-                             "supervisor_pid": os.getpid(), "vswitchd_pid": s.pid,
-                             "systemd_told": told,
-                             "reason": f"ovs-vswitchd pid {s.pid} keeps running"})
-        log.info("supervisor.released", event_kind="released", vswitchd_pid=s.pid)
-        self.released = True
-        self._stop.set()
-
-    def _upgrade_done(self, task: asyncio.Task[UpgradeRecord]) -> None:
+    def upgrade_done(self, task: asyncio.Task[UpgradeRecord]) -> None:
         if self.runner is not None:
             self.serving = self.runner.serving
         self.runner, self.runner_task, self.phase = None, None, "idle"
@@ -475,31 +327,7 @@ class Supervisor:
             for anomaly in rec.anomalies:  # each one its own journal entry
                 log.warning("upgrade.anomaly", event_kind="anomaly", upgrade_id=rec.id,
                             outcome=rec.outcome, reason=anomaly)
-        sdnotify.notify(READY=1, STATUS=self._status_line())
-
-
-async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
-    writer.write(json.dumps(message).encode() + b"\n")
-    await writer.drain()
-
-
-def _refusal(reason: str) -> dict[str, Any]:
-    """The answer to a request refused before anything changed."""
-    return {"event": "error", "outcome": "refused", "exit_code": EXIT_REFUSED,
-            "reason": reason}
-
-
-def reload_timeout(raw: object, default: float) -> float:
-    """A reload's ``timeout``: absent means *default*; else a finite number of seconds in
-    (0, MAX_TIMEOUT].  ValueError (one line) otherwise."""
-    if raw is None:
-        return default
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise ValueError(f"timeout must be a number of seconds, not {type(raw).__name__}")
-    if not math.isfinite(raw) or not 0 < raw <= MAX_TIMEOUT:
-        raise ValueError(f"timeout must be more than 0 and at most {MAX_TIMEOUT:g} s, "
-                         f"not {raw!r}")
-    return float(raw)
+        sdnotify.notify(READY=1, STATUS=self.status_line())
 
 
 def supervise(cfg: Config) -> int:

@@ -41,6 +41,7 @@ def test_missing_file_and_last_words(tmp_path: Path) -> None:
     log = tmp_path / "x.log"
     log.write_text(line("00:00.000", 1, "ERR", "could not open") + "\n"
                    + line("00:00.100", 2, "INFO", "later") + "\n")
-    assert vlog.last_words(err, log) == "stderr: two | three | four; log: ERR bridge: could not open"
+    said = vlog.last_words(err, log)
+    assert said == "stderr: two | three | four; log: ERR bridge: could not open"
     assert vlog.last_words(None, None) == ""
     assert vlog.tail(tmp_path / "none") == []
