@@ -15,7 +15,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from ovsndu.protocol.connection import AUTOMATIC, TRANSITIONS, Direction, Side, State
+from ovsndu.protocol.states import AUTOMATIC, TRANSITIONS, Direction, Side, State
 
 DOC = Path(__file__).with_name("protocol.md")
 _SIGIL = {Direction.SEND: "!", Direction.RECEIVE: "?"}

@@ -27,8 +27,8 @@ def test_diagrams_up_to_date() -> None:
 
 def test_every_message_documented() -> None:
     """Every message and every state of both machines appears in the doc."""
-    from ovsndu.protocol.connection import TRANSITIONS
     from ovsndu.protocol.messages import MESSAGE_TYPES
+    from ovsndu.protocol.states import TRANSITIONS
 
     text = (DOCS / "protocol.md").read_text()
     for cls in MESSAGE_TYPES.values():

@@ -24,7 +24,7 @@ import structlog
 
 from ovsndu.errors import ProtocolError, RemoteProtocolError, SyncAborted, SyncTimeout
 from ovsndu.model import Snapshot
-from ovsndu.protocol.connection import TERMINAL, Connection, State, abort
+from ovsndu.protocol.connection import Connection
 from ovsndu.protocol.messages import (
     Abort,
     Applied,
@@ -39,6 +39,7 @@ from ovsndu.protocol.messages import (
     Ready,
     _NeedData,
 )
+from ovsndu.protocol.states import TERMINAL, State, abort
 
 log = structlog.get_logger("ovsndu.sync")
 

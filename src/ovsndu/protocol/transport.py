@@ -55,7 +55,7 @@ from ovsndu.errors import (
     SyncTimeout,
 )
 from ovsndu.model import CATEGORIES, Entry, Snapshot, VswitchdInfo, category_digest
-from ovsndu.protocol.connection import Config, Connection, Side, State, abort
+from ovsndu.protocol.connection import Connection
 from ovsndu.protocol.messages import Applied, Chunk, Credit, End, Hello
 from ovsndu.protocol.session import (
     ClientSession,
@@ -64,6 +64,7 @@ from ovsndu.protocol.session import (
     collector_paused,
     peer_credentials,
 )
+from ovsndu.protocol.states import Config, Side, State, abort
 
 __all__ = [
     "ApplyAllCallback",
