@@ -433,3 +433,34 @@ def test_a_healthy_reload_summarises_both_new_vswitchds_logs(rig: Rig) -> None:
     entries = [ln for ln in rig.log_path.read_text().splitlines()
                if "upgrade.vswitchd_logs" in ln]
     assert len(entries) == 1 and result["record"]["id"] in entries[0], entries
+
+
+def test_state_and_token_files_are_created_private(rig: Rig, tmp_path: Path) -> None:
+    """The snapshot, the token, the in-flight record and the history are created 0600 by
+    the open() itself (seen by strace on the supervisor and its children): no window in
+    which others may read them, whatever the umask."""
+    import re
+    import shutil
+
+    if shutil.which("strace") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set and this test needs strace")
+        pytest.skip("needs strace; CI is unset, so skipping")
+    trace = tmp_path / "strace.out"
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=open,openat,creat",
+                               "-o", str(trace), "-p", str(rig.supervisor.pid)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1)  # attached
+        code, result = rig.reload()
+        assert code == 0, result
+    finally:
+        tracer.terminate()
+        tracer.wait(timeout=30)
+    state = rig.cfg.ovsndu.state_dir
+    created = [line for line in trace.read_text().splitlines()
+               if "O_CREAT" in line and state in line
+               and re.search(r"snapshot\.json|/token\"|inflight|history\.jsonl", line)]
+    assert any("snapshot.json" in c for c in created) and any("token" in c for c in created)
+    loose = [c for c in created if not re.search(r"O_CREAT[^)]*, 0600( <unfinished|\))", c)]
+    assert not loose, loose
