@@ -1,5 +1,6 @@
 """The state model: nine immutable categories, canonical order, digests, diffs (pure)."""
 
+from ovsndu.model.snapshot import Snapshot, VswitchdInfo, category_digest, sort_entries
 from ovsndu.model.state import (
     CATEGORIES,
     ENTRY_TYPES,
@@ -11,13 +12,9 @@ from ovsndu.model.state import (
     Meter,
     Port,
     Route,
-    Snapshot,
     TlvMapping,
     TunnelNeighbor,
-    VswitchdInfo,
-    category_digest,
     entry_from_dict,
-    sort_entries,
 )
 
 __all__ = [

@@ -25,7 +25,8 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from ovsndu.model.diff import diff_category
-from ovsndu.model.state import CATEGORIES, Conntrack, Entry, FdbEntry, Snapshot
+from ovsndu.model.snapshot import Snapshot
+from ovsndu.model.state import CATEGORIES, Conntrack, Entry, FdbEntry
 
 TRAFFIC_STATE = ("conntrack", "fdb")
 CONTROL_PLANE = tuple(c for c in CATEGORIES if c not in TRAFFIC_STATE)

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ovsndu.model.diff import diff_category
-from ovsndu.model.state import Entry, Snapshot, entry_from_dict
+from ovsndu.model.snapshot import Snapshot
+from ovsndu.model.state import Entry, entry_from_dict
 
 OPENFLOW = ("tlv_mappings", "meters", "groups", "flows")
 TRAFFIC = ("conntrack", "fdb")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ovsndu.model.state import CATEGORIES, Entry, Snapshot, category_digest
+from ovsndu.model.snapshot import Snapshot, category_digest
+from ovsndu.model.state import CATEGORIES, Entry
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,139 @@
+"""One vswitchd's whole state: the nine categories in canonical order, with digests.
+
+Pure: no I/O.  :class:`Snapshot` holds every category (entries from
+:mod:`ovsndu.model.state`) sorted canonically (by identity, then by canonical encoding)
+with a SHA-256 digest each, and its documented JSON shape (format 1) both ways;
+:func:`sort_entries` and :func:`category_digest` are the same order and digest for
+loose entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import types
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ovsndu.errors import ModelError
+from ovsndu.model.state import CATEGORIES, ENTRY_TYPES, FORMAT, Entry, entry_from_dict
+
+
+def sort_entries(entries: Iterable[Entry]) -> tuple[Entry, ...]:
+    """Canonical order: by identity, then by canonical encoding."""
+    return _sorted_with_digest(entries)[0]
+
+
+def _sorted_with_digest(entries: Iterable[Entry]) -> tuple[tuple[Entry, ...], str]:
+    keyed = sorted(((e.identity(), e.canonical(), e) for e in entries), key=lambda t: (t[0], t[1]))
+    # Entries equal but for volatile fields: order them by all fields (rare, so cheap).
+    for i in range(1, len(keyed)):
+        if keyed[i][:2] == keyed[i - 1][:2]:
+            keyed.sort(key=lambda t: (t[0], t[1], _full(t[2])))
+            break
+    h = hashlib.sha256()
+    for _, encoded, _ in keyed:
+        h.update(encoded)
+        h.update(b"\n")
+    return tuple(t[2] for t in keyed), h.hexdigest()
+
+
+def _full(entry: Entry) -> str:
+    return json.dumps(entry.to_dict(), sort_keys=True, default=str)
+
+
+def category_digest(entries: Iterable[Entry]) -> str:
+    """SHA-256 over the canonical encodings of *entries* in canonical order."""
+    return _sorted_with_digest(entries)[1]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VswitchdInfo:
+    """Which process the snapshot was read from."""
+
+    pid: int | None
+    version: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every category of one vswitchd's state, in canonical order, immutable."""
+
+    vswitchd: VswitchdInfo
+    categories: Mapping[str, tuple[Entry, ...]]
+    _digests: Mapping[str, str] = field(compare=False, repr=False)
+
+    @classmethod
+    def build(cls, vswitchd: VswitchdInfo, categories: Mapping[str, Iterable[Entry]]) -> Snapshot:
+        """Sort and freeze; every one of the nine categories must be present."""
+        missing = set(CATEGORIES) - set(categories)
+        extra = set(categories) - set(CATEGORIES)
+        if missing or extra:
+            raise ModelError(f"categories missing {sorted(missing)} / unknown {sorted(extra)}")
+        frozen: dict[str, tuple[Entry, ...]] = {}
+        digests: dict[str, str] = {}
+        for name in CATEGORIES:
+            entries, digest = _sorted_with_digest(categories[name])
+            wrong = [e for e in entries if name != e.CATEGORY]
+            if wrong:
+                raise ModelError(f"{name}: holds a {type(wrong[0]).__name__}")
+            frozen[name], digests[name] = entries, digest
+        return cls(vswitchd, types.MappingProxyType(frozen), types.MappingProxyType(digests))
+
+    def digest(self, category: str) -> str:
+        """The category's SHA-256 digest."""
+        return self._digests[category]
+
+    def digests(self) -> dict[str, str]:
+        """Every category's digest."""
+        return {name: self.digest(name) for name in CATEGORIES}
+
+    def counts(self) -> dict[str, int]:
+        """Every category's entry count."""
+        return {name: len(self.categories[name]) for name in CATEGORIES}
+
+    def replace(self, category: str, entries: Iterable[Entry]) -> Snapshot:
+        """A copy with one category's entries replaced."""
+        cats = dict(self.categories)
+        cats[category] = tuple(entries)
+        return Snapshot.build(self.vswitchd, cats)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The documented JSON shape (format 1)."""
+        return {
+            "format": FORMAT,
+            "vswitchd": {"pid": self.vswitchd.pid, "version": self.vswitchd.version},
+            "categories": {
+                name: {
+                    "count": len(entries),
+                    "digest": self._digests[name],
+                    "entries": [e.to_dict() for e in entries],
+                }
+                for name, entries in self.categories.items()
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Snapshot:
+        """Parse the JSON shape; the stored digests and counts must match the entries."""
+        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+            raise ModelError(f"not an ovsndu snapshot of format {FORMAT}")
+        info = data.get("vswitchd") or {}
+        cats = data.get("categories")
+        if not isinstance(cats, Mapping):
+            raise ModelError("snapshot has no 'categories' object")
+        built: dict[str, list[Entry]] = {}
+        for name, body in cats.items():
+            if not isinstance(body, Mapping) or not isinstance(body.get("entries"), list):
+                raise ModelError(f"{name}: no 'entries' list")
+            built[name] = [entry_from_dict(name, e) for e in body["entries"]]
+            if not isinstance(name, str) or name not in ENTRY_TYPES:
+                raise ModelError(f"unknown category {name!r}")
+        snap = cls.build(VswitchdInfo(pid=info.get("pid"), version=info.get("version")), built)
+        for name, body in cats.items():
+            if "digest" in body and body["digest"] != snap.digest(name):
+                raise ModelError(f"{name}: stored digest does not match its entries")
+            if "count" in body and body["count"] != len(snap.categories[name]):
+                raise ModelError(f"{name}: stored count does not match its entries")
+        return snap
