@@ -26,7 +26,7 @@ from typing import Any
 
 from benchmarks.disruption import Run, _arrivals
 from benchmarks.measure import ZONE_BASE, ZONES
-from ovsndu.ovs import ct_read, parsers
+from ovsndu.ovs import appctl_parsers, ct_read
 from ovsndu.ovs.daemon import VswitchdSpec
 from ovsndu.ovs.unixctl import Unixctl
 from ovsndu.upgrade.keeper import StateKeeper
@@ -60,7 +60,7 @@ def measure(run: Run, repeat: int) -> dict[str, Any]:
             t1 = time.monotonic()
             calls.append((name, t0, t1, len(text)))
     t = time.monotonic()
-    entries = parsers.parse_conntrack(sb.appctl("dpctl/dump-conntrack", "-m", "-s"))
+    entries = appctl_parsers.parse_conntrack(sb.appctl("dpctl/dump-conntrack", "-m", "-s"))
     parse_s = time.monotonic() - t
     # ovsndu's readers: ovs/ct_read.py (a full dump first, then zone by zone), and the
     # supervisor's keeper (a snapshot reading conntrack, then one keeping it).

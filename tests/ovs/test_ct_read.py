@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from ovsndu.model import Conntrack
 from ovsndu.ovs import ct_read
+from ovsndu.ovs.appctl_parsers import parse_conntrack
 from ovsndu.ovs.packets import frame
-from ovsndu.ovs.parsers import parse_conntrack
 from ovsndu.ovs.sandbox import Sandbox
 from ovsndu.ovs.unixctl import Unixctl
 from ovsndu.testing.state_corpus import populate_conntrack

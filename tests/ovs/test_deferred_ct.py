@@ -13,9 +13,9 @@ from dataclasses import replace
 import pytest
 
 from ovsndu.model import Conntrack, Snapshot
+from ovsndu.ovs.appctl_parsers import parse_conntrack
 from ovsndu.ovs.ct_defer import split_for_gap
 from ovsndu.ovs.packets import frame
-from ovsndu.ovs.parsers import parse_conntrack
 from ovsndu.ovs.readers import read_snapshot
 from ovsndu.ovs.replay import conntrack_packets
 from ovsndu.ovs.restore import Restorer

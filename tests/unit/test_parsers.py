@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ovsndu.errors import ParseError
-from ovsndu.ovs import parsers
+from ovsndu.ovs import appctl_parsers, parsers
 
 FLOWS = """\
 OFPST_FLOW reply (OF1.5) (xid=0x2):
@@ -116,7 +116,7 @@ def test_conntrack_and_nat() -> None:
         "udp,orig=(src=fd00::1,dst=fd00::2,sport=5,dport=6),reply=(src=fd00::99,"
         "dst=fd00::1,sport=4000,dport=5),id=0,status=0,timeout=59\n"
     )
-    tcp, udp, udp6 = parsers.parse_conntrack(text)
+    tcp, udp, udp6 = appctl_parsers.parse_conntrack(text)
     assert (tcp.zone, tcp.mark, tcp.labels, tcp.state, tcp.timeout, tcp.nat) == (
         7,
         42,
@@ -128,12 +128,12 @@ def test_conntrack_and_nat() -> None:
     assert (udp.zone, udp.nat, udp.state) == (0, "src=10.9.9.9:4000", None)
     assert udp6.nat == "dst=[fd00::99]:4000"
     with pytest.raises(ParseError, match="conntrack"):
-        parsers.parse_conntrack("tcp,zone=1\n")
+        appctl_parsers.parse_conntrack("tcp,zone=1\n")
 
 
 def test_fdb_routes_neighbours_tlv_dpif() -> None:
     """The unixctl tables."""
-    fdb = parsers.parse_fdb(
+    fdb = appctl_parsers.parse_fdb(
         "br0",
         " port  VLAN  MAC                Age\n"
         "    1     0  50:54:00:00:00:01    3\n"
@@ -143,7 +143,7 @@ def test_fdb_routes_neighbours_tlv_dpif() -> None:
         ("1", 0, False, 3),
         ("LOCAL", 10, True, None),
     ]
-    routes = parsers.parse_routes(
+    routes = appctl_parsers.parse_routes(
         "Route Table:\nCached: 127.0.0.1/32 dev lo SRC 127.0.0.1 local\n"
         "User: 10.6.0.0/16 MARK 7 dev br0 GW 192.168.1.253 SRC 192.168.1.1\n"
     )
@@ -151,7 +151,7 @@ def test_fdb_routes_neighbours_tlv_dpif() -> None:
         ("cached", "127.0.0.1/32", "lo", None, 0, True),
         ("user", "10.6.0.0/16", "br0", "192.168.1.253", 7, False),
     ]
-    (n,) = parsers.parse_tnl_neigh(
+    (n,) = appctl_parsers.parse_tnl_neigh(
         "IP                MAC                 Bridge\n=========\n"
         "192.168.1.2       aa:bb:cc:dd:ee:02   br0\n"
     )
@@ -160,16 +160,16 @@ def test_fdb_routes_neighbours_tlv_dpif() -> None:
         "br0", "  class  type  length  match field\n 0xffff  0x80       4  tun_metadata0\n"
     )
     assert t.spec() == "{class=0xffff,type=0x80,len=4}->tun_metadata0"
-    ports = parsers.parse_dpif_ports(
+    ports = appctl_parsers.parse_dpif_ports(
         "netdev@ovs-netdev: hit:0 missed:3\n  br0:\n"
         "    br0 65534/100: (dummy-internal)\n"
         "    p1 1/1: (dummy)\n"
     )
     assert ports == {("br0", "br0"): 100, ("br0", "p1"): 1}
     for bad, fn in [
-        ("1 0 mac", lambda t: parsers.parse_fdb("br0", t)),
-        ("User: 1.0.0.0/8 via x", parsers.parse_routes),
-        ("1.1.1.1 nomac br0", parsers.parse_tnl_neigh),
+        ("1 0 mac", lambda t: appctl_parsers.parse_fdb("br0", t)),
+        ("User: 1.0.0.0/8 via x", appctl_parsers.parse_routes),
+        ("1.1.1.1 nomac br0", appctl_parsers.parse_tnl_neigh),
     ]:
         with pytest.raises(ParseError):
             fn(bad)

@@ -9,7 +9,7 @@ import pytest
 
 from ovsndu.errors import ParseError
 from ovsndu.model import Conntrack
-from ovsndu.ovs import parsers
+from ovsndu.ovs import appctl_parsers, parsers
 from ovsndu.ovs.packets import crc32c, frame
 from ovsndu.ovs.replay import conntrack_packets
 
@@ -116,7 +116,7 @@ CT = (
 class TestConntrack:
     def test_helper_parent_and_other_protocols(self) -> None:
         """Defect 2: the helper is kept; a related entry keeps its parent."""
-        ftp, tftp_data, sctp, gre, lite = parsers.parse_conntrack(CT)
+        ftp, tftp_data, sctp, gre, lite = appctl_parsers.parse_conntrack(CT)
         assert (ftp.helper, ftp.parent) == ("ftp", "")
         assert tftp_data.parent == "src=10.1.0.1,dst=10.1.0.2,sport=42001,dport=69"
         assert (sctp.protocol, sctp.mark, gre.protocol, lite.protocol) == (
@@ -125,7 +125,7 @@ class TestConntrack:
     def test_counters_are_left_out(self) -> None:
         """``-s`` adds packets/bytes inside the tuples: volatile, not part of the tuple."""
         line = CT.splitlines()[3].replace("dport=0),reply", "dport=0,packets=3,bytes=180),reply")
-        (e,) = parsers.parse_conntrack(line)
+        (e,) = appctl_parsers.parse_conntrack(line)
         assert e.orig == "src=10.1.0.1,dst=10.1.0.2,sport=0,dport=0"
 
     @pytest.mark.parametrize("bad", [
@@ -137,19 +137,19 @@ class TestConntrack:
     def test_unknown_text_raises(self, bad: str) -> None:
         """Unknown fields, protocols and trailing text name the line."""
         with pytest.raises(ParseError, match="conntrack"):
-            parsers.parse_conntrack(bad)
+            appctl_parsers.parse_conntrack(bad)
 
     def test_stats_total(self) -> None:
         """The second count: ``dpctl/ct-stats-show``."""
         text = "Connections Stats:\n    Total: 11\n  TCP: 2\n  UDP: 2\n"
-        assert parsers.parse_ct_stats_total(text) == 11
+        assert appctl_parsers.parse_ct_stats_total(text) == 11
 
     def test_every_protocol_has_a_replay(self) -> None:
         """Defect 6: SCTP, GRE, UDP-Lite, IPv6: no more 'cannot be replayed'."""
-        for entry in parsers.parse_conntrack(CT):
+        for entry in appctl_parsers.parse_conntrack(CT):
             packets = conntrack_packets(entry)
             assert packets, entry
-        ftp = parsers.parse_conntrack(CT)[0]
+        ftp = appctl_parsers.parse_conntrack(CT)[0]
         assert "alg=ftp" in conntrack_packets(ftp)[0].actions
 
     def test_unknown_helper_is_uncarried(self) -> None:
@@ -172,11 +172,12 @@ def test_sctp_frame_checksum() -> None:
 
 class TestUnixctlTables:
     @pytest.mark.parametrize(("fn", "text"), [
-        (parsers.parse_routes, "Route Table:\nKernel: 10.0.0.0/8 dev eth0\n"),
-        (parsers.parse_routes, "garbage\n"),
-        (parsers.parse_tnl_neigh, "10.0.0.9   aa:bb:cc:dd:ee:ff   br0   extra\n"),
-        (lambda t: parsers.parse_fdb("br0", t), "    1     0  not-a-mac    3\n"),
-        (parsers.parse_dpif_ports, "netdev@ovs-netdev: hit:0 missed:0\n  br0:\n  what is this\n"),
+        (appctl_parsers.parse_routes, "Route Table:\nKernel: 10.0.0.0/8 dev eth0\n"),
+        (appctl_parsers.parse_routes, "garbage\n"),
+        (appctl_parsers.parse_tnl_neigh, "10.0.0.9   aa:bb:cc:dd:ee:ff   br0   extra\n"),
+        (lambda t: appctl_parsers.parse_fdb("br0", t), "    1     0  not-a-mac    3\n"),
+        (appctl_parsers.parse_dpif_ports,
+         "netdev@ovs-netdev: hit:0 missed:0\n  br0:\n  what is this\n"),
     ])
     def test_unknown_lines_raise(self, fn: object, text: str) -> None:
         """Each unixctl table names a line it does not understand instead of skipping it."""
@@ -185,11 +186,11 @@ class TestUnixctlTables:
 
     def test_headers_are_recognised(self) -> None:
         """The real headers of empty tables parse to nothing."""
-        assert parsers.parse_routes("Route Table:\n") == []
-        assert parsers.parse_tnl_neigh(
+        assert appctl_parsers.parse_routes("Route Table:\n") == []
+        assert appctl_parsers.parse_tnl_neigh(
             "IP                                            MAC                 Bridge\n"
             "==========================================================================\n") == []
-        assert parsers.parse_fdb("br0", " port  VLAN  MAC                Age\n") == []
+        assert appctl_parsers.parse_fdb("br0", " port  VLAN  MAC                Age\n") == []
 
 
 def test_window_scale_is_kept_and_replayed() -> None:
@@ -199,7 +200,7 @@ def test_window_scale_is_kept_and_replayed() -> None:
             "dst=10.1.0.1,sport=2,dport=1),id=0,zone=1,status=0,protoinfo=(state_orig="
             "ESTABLISHED,state_reply=SYN_SENT,wscale_orig=7,wscale_reply=9,flags_orig="
             "WINDOW_SCALE,flags_reply=WINDOW_SCALE)")
-    (e,) = parsers.parse_conntrack(line)
+    (e,) = appctl_parsers.parse_conntrack(line)
     assert (e.tcp_flags_orig, e.wscale_orig, e.tcp_flags_reply, e.wscale_reply) == (
         "WINDOW_SCALE", 7, "WINDOW_SCALE", 9)
     syn, synack = (bytes.fromhex(p.packet.hex()) for p in conntrack_packets(e))

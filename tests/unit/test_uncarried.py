@@ -6,7 +6,7 @@ import pytest
 
 from ovsndu.errors import RestoreError
 from ovsndu.model import CATEGORIES, Conntrack, FdbEntry, Port, Snapshot, VswitchdInfo
-from ovsndu.ovs.parsers import derive_nat
+from ovsndu.ovs.appctl_parsers import derive_nat
 from ovsndu.ovs.uncarried import carried_only, counts, find_uncarried, refuse_if_any
 
 

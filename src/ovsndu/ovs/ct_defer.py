@@ -93,7 +93,7 @@ _ICMP_KEYS = {"type": "icmp_type", "code": "icmp_code", "id": "icmp_id"}
 def flush_tuple(entry: Conntrack, direction: str = "orig") -> str:
     """The ``ct-tuple`` argument of ``dpctl/flush-conntrack`` naming *entry*'s
     *direction* (``orig`` or ``reply``) tuple."""
-    from ovsndu.ovs.parsers import CT_PROTOCOLS
+    from ovsndu.ovs.appctl_parsers import CT_PROTOCOLS
 
     text = entry.orig if direction == "orig" else entry.reply
     kv = dict(part.split("=", 1) for part in text.split(",") if "=" in part)

@@ -25,7 +25,7 @@ from typing import TypeVar
 
 from ovsndu.errors import ParseError
 from ovsndu.model import Conntrack, Entry
-from ovsndu.ovs import parsers
+from ovsndu.ovs import appctl_parsers, parsers
 from ovsndu.ovs.unixctl import Unixctl
 
 T = TypeVar("T")
@@ -87,7 +87,7 @@ def _by_zone(appctl: Unixctl, dp: str, zones: list[int]) -> list[Entry] | None:
         before = _nconns(appctl, dp)
         entries: list[Entry] = []
         for zone in zones:
-            entries += parsers.parse_conntrack(
+            entries += appctl_parsers.parse_conntrack(
                 appctl("dpctl/dump-conntrack", "-m", "-s", dp, f"zone={zone}"))
         after = _nconns(appctl, dp)
         if min(before, after) <= len(entries) <= max(before, after):
@@ -99,10 +99,10 @@ def _by_zone(appctl: Unixctl, dp: str, zones: list[int]) -> list[Entry] | None:
 
 def _full(appctl: Unixctl, dp: str) -> Sequence[Entry]:
     def read() -> Sequence[Entry]:
-        return parsers.parse_conntrack(appctl("dpctl/dump-conntrack", "-m", "-s", dp))
+        return appctl_parsers.parse_conntrack(appctl("dpctl/dump-conntrack", "-m", "-s", dp))
 
     def count() -> int:
-        return parsers.parse_ct_stats_total(appctl("dpctl/ct-stats-show", dp))
+        return appctl_parsers.parse_ct_stats_total(appctl("dpctl/ct-stats-show", dp))
 
     return counted(read, count, f"conntrack of {dp}", "dpctl/ct-stats-show")
 

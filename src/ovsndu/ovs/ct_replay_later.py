@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ovsndu.errors import RestoreError, VswitchdError
-from ovsndu.ovs import parsers
+from ovsndu.ovs import appctl_parsers
 from ovsndu.ovs.ct_defer import flush_tuple, misjudged
 from ovsndu.ovs.paced import send_unbundled
 from ovsndu.ovs.replay import conntrack_lines
@@ -42,7 +42,7 @@ def replay_deferred(plan: RestorePlan, appctl: Unixctl, of_dir: Path,
     # ports) only for that zone's entries, not for the whole table at once.
     dp = _datapath_of(appctl, plan)
     found = [e for zone in sorted({e.zone for e in plan.ct_later})
-             for e in parsers.parse_conntrack(appctl("dpctl/dump-conntrack", "-m",
+             for e in appctl_parsers.parse_conntrack(appctl("dpctl/dump-conntrack", "-m",
                                                      "-s", *dp, f"zone={zone}"))]
     wrong = misjudged(plan.ct_later, found)
     for e in wrong:

@@ -5,9 +5,9 @@ never guesses and never drops: every line is an entry or a recognised header.
 Where OVS prints a second count (the TLV table's allocated space,
 ``dpctl/ct-stats-show``, ``dump-aggregate``), a ``check_*`` function compares.
 Formats are those of ``ovs-ofctl -O OpenFlow15 --no-names``,
-``ovs-ofctl -O OpenFlow13 dump-meters``, ``dump-tlv-map`` and the unixctl
-commands ``tnl/neigh/show``, ``ovs/route/show``, ``dpctl/dump-conntrack -m -s``,
-``fdb/show`` and ``dpif/show``.
+``ovs-ofctl -O OpenFlow13 dump-meters`` and ``dump-tlv-map``; the unixctl dumps
+(neighbours, routes, FDB, conntrack, datapath ports) are
+:mod:`ovsndu.ovs.appctl_parsers`'.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator
 
 from ovsndu.errors import ParseError
-from ovsndu.model import Conntrack, FdbEntry, Flow, Group, Meter, Route, TlvMapping, TunnelNeighbor
+from ovsndu.model import Flow, Group, Meter, TlvMapping
 from ovsndu.model.state import METER_ID_NAMES
 
 _FLOW_INTS = {"table", "priority", "idle_timeout", "hard_timeout", "importance",
@@ -264,203 +264,8 @@ def parse_tlv_map(bridge: str, text: str) -> list[TlvMapping]:
     return out
 
 
-_NEIGH_HEADER = re.compile(r"^IP\s+MAC\s+Bridge\s*$|^=+$")
-
-
-def parse_tnl_neigh(text: str) -> list[TunnelNeighbor]:
-    """``tnl/neigh/show`` output → neighbours."""
-    out = []
-    for line in text.splitlines():
-        if not line.strip() or _NEIGH_HEADER.match(line.strip()):
-            continue
-        words = line.split()
-        if len(words) != 3 or not re.match(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$", words[1]):
-            raise ParseError("tunnel neighbour", line, "expected IP MAC BRIDGE")
-        out.append(TunnelNeighbor(bridge=words[2], ip=words[0], mac=words[1]))
-    return out
-
-
-def parse_routes(text: str) -> list[Route]:
-    """``ovs/route/show`` output → routes, ``User:`` as ``user``, ``Cached:`` as ``cached``."""
-    out = []
-    for line in text.splitlines():
-        if not line.strip() or line.strip() == "Route Table:":
-            continue
-        kind, sep, rest = line.partition(": ")
-        if not sep or kind not in ("User", "Cached"):
-            raise ParseError("route", line, "neither a User: nor a Cached: route")
-        words = rest.split()
-        if not words:
-            raise ParseError("route", line, "no prefix")
-        prefix, opts, local = words[0], {}, False
-        i = 1
-        while i < len(words):
-            word = words[i]
-            if word == "local":
-                local = True
-                i += 1
-            elif word in ("dev", "GW", "SRC", "MARK") and i + 1 < len(words):
-                opts[word] = words[i + 1]
-                i += 2
-            else:
-                raise ParseError("route", line, f"unknown word {word!r}")
-        if "dev" not in opts:
-            raise ParseError("route", line, "no dev")
-        try:
-            mark = int(opts.get("MARK", "0"))
-        except ValueError:
-            raise ParseError("route", line, "bad MARK") from None
-        out.append(Route(
-            kind=kind.lower(), prefix=prefix, dev=opts["dev"], gateway=opts.get("GW"),
-            pkt_mark=mark, local=local, src=opts.get("SRC"),
-        ))
-    return out
-
-
-def parse_fdb(bridge: str, text: str) -> list[FdbEntry]:
-    """``fdb/show BR`` output → entries; ``static`` in the Age column marks static ones."""
-    out = []
-    for line in text.splitlines():
-        words = line.split()
-        if not words or words == ["port", "VLAN", "MAC", "Age"]:
-            continue
-        if len(words) != 4 or not re.match(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$", words[2]):
-            raise ParseError("fdb", line, "expected PORT VLAN MAC AGE")
-        port, vlan, mac, age = words
-        static = age == "static"
-        try:
-            out.append(FdbEntry(bridge=bridge, port=port, vlan=int(vlan), mac=mac,
-                                static=static, age=None if static else int(age)))
-        except ValueError:
-            raise ParseError("fdb", line, "bad VLAN or age") from None
-    return out
-
-
-_KV_RE = re.compile(r"([a-z_]+)=(\([^)]*\)|[^,]*)")
-
-
-def _kv(text: str) -> dict[str, str]:
-    """``k=v,k=(a,b),...`` → dict (one level of parentheses, as OVS prints)."""
-    return dict(_KV_RE.findall(text))
-
-
-# Protocols ct_dpif prints by name; any other is printed as its number.
-CT_PROTOCOLS = {"icmp": 1, "igmp": 2, "tcp": 6, "udp": 17, "dccp": 33, "icmpv6": 58,
-                "sctp": 132, "udplite": 136}
-
-# One entry of ct_dpif_format_entry (lib/ct-dpif.c), its fields in the order printed.
-_CT_TUPLE = r"src=[0-9a-fA-F.:]+,dst=[0-9a-fA-F.:]+(?:,(?:sport|dport|id|type|code)=\d+)*"
-_CT_COUNTERS = r"(?:,packets=\d+,bytes=\d+)?"
-_CT_LINE = re.compile(
-    r"(?P<proto>[a-z][a-z0-9]*|\d{1,3})"
-    rf",orig=\((?P<orig>{_CT_TUPLE}){_CT_COUNTERS}\)"
-    rf",reply=\((?P<reply>{_CT_TUPLE}){_CT_COUNTERS}\)"
-    r"(?:,start=[-0-9T:.]+)?(?:,stop=[-0-9T:.]+)?"
-    r"(?:,id=\d+)?(?:,zone=(?P<zone>\d+))?(?:,status=[A-Za-z_|0-9]*)?"
-    r"(?:,timeout=(?P<timeout>\d+))?(?:,mark=(?P<mark>\d+))?"
-    r"(?:,labels=(?P<labels>0x[0-9a-f]+))?"
-    r"(?:,protoinfo=\((?:state=(?P<state>[A-Z_0-9\[\]]+)"
-    r"|state_orig=(?P<so>[A-Z_0-9\[\]]+),state_reply=(?P<sr>[A-Z_0-9\[\]]+)"
-    r"(?:,wscale_orig=(?P<wo>\d+),wscale_reply=(?P<wr>\d+))?"
-    r"(?:,flags_orig=(?P<fo>[A-Za-z_|0-9]*))?(?:,flags_reply=(?P<fr>[A-Za-z_|0-9]*))?)"
-    r"(?:,vtag_orig=\d+,vtag_reply=\d+)?\))?"
-    r"(?:,helper=(?P<helper>[a-z0-9_-]+))?"
-    rf"(?:,parent=\((?P<parent>{_CT_TUPLE})\))?"
-)
-
-
-def parse_conntrack(text: str) -> list[Conntrack]:
-    """``dpctl/dump-conntrack -m -s`` output → entries (NAT derived from the tuples).
-
-    Every line must be one whole entry as ``ct_dpif_format_entry`` prints it; packet
-    and byte counters (volatile) are left out of the tuples.
-    """
-    out = []
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped:
-            continue
-        m = _CT_LINE.fullmatch(stripped)
-        if m is None:
-            raise ParseError("conntrack", line, "not an entry as dump-conntrack -m -s prints")
-        proto = m["proto"]
-        if proto not in CT_PROTOCOLS and not (proto.isdigit() and int(proto) < 256):
-            raise ParseError("conntrack", line, f"unknown protocol {proto!r}")
-        orig, reply, timeout = m["orig"], m["reply"], m["timeout"]
-        out.append(Conntrack(
-            protocol=proto, orig=orig, reply=reply, zone=int(m["zone"] or 0),
-            mark=int(m["mark"] or 0), labels=m["labels"] or "0x0",
-            state_orig=m["so"] or m["state"], state_reply=m["sr"],
-            nat=derive_nat(orig, reply), helper=m["helper"] or "", parent=m["parent"] or "",
-            tcp_flags_orig="" if m["fo"] in (None, "0") else m["fo"],
-            tcp_flags_reply="" if m["fr"] in (None, "0") else m["fr"],
-            wscale_orig=int(m["wo"] or 0), wscale_reply=int(m["wr"] or 0),
-            timeout=int(timeout) if timeout is not None else None,
-        ))
-    return out
-
-
-def parse_ct_stats_total(text: str) -> int:
-    """``dpctl/ct-stats-show`` output → its ``Total:`` connection count."""
-    m = re.search(r"^\s*Total:\s*(\d+)\s*$", text, re.M)
-    if m is None:
-        raise ParseError("conntrack stats", text.strip()[:200], "no 'Total: N' line")
-    return int(m.group(1))
-
-
 def check_count(what: str, entries: int, other: int, source: str) -> None:
     """Entries parsed must equal the count OVS reports elsewhere."""
     if entries != other:
         raise ParseError(what, f"{source}: {other}", f"read {entries} entries, but {source} "
                          f"counts {other}")
-
-
-def derive_nat(orig: str, reply: str) -> str:
-    """NAT that turns *orig* into *reply*: ``src=IP[:PORT]``, ``dst=...``, both, or ``""``."""
-    # The common case, no NAT: the reply is the original reversed (half the parse time).
-    parts = orig.split(",")
-    if (len(parts) == 4 and parts[2].startswith("sport=") and parts[3].startswith("dport=")
-            and reply == (f"src={parts[1][4:]},dst={parts[0][4:]},"
-                          f"sport={parts[3][6:]},dport={parts[2][6:]}")):
-        return ""
-    o, r = _tuple_fields(orig), _tuple_fields(reply)
-    port_keys = ("sport", "dport") if "sport" in o else (None, None)
-    out = []
-    if r.get("dst") != o.get("src") or (port_keys[0] and r.get("dport") != o.get("sport")):
-        out.append("src=" + _addr(r.get("dst", ""), r.get("dport") if port_keys[0] else None))
-    if r.get("src") != o.get("dst") or (port_keys[0] and r.get("sport") != o.get("dport")):
-        out.append("dst=" + _addr(r.get("src", ""), r.get("sport") if port_keys[0] else None))
-    return ",".join(out)
-
-
-def _tuple_fields(text: str) -> dict[str, str]:
-    return dict(item.split("=", 1) for item in text.split(","))
-
-
-def _addr(ip: str, port: str | None) -> str:
-    if ":" in ip:
-        ip = f"[{ip}]"
-    return f"{ip}:{port}" if port else ip
-
-
-_DPIF_DP = re.compile(r"^\S+@\S+: hit:\d+ missed:\d+$")
-
-
-def parse_dpif_ports(text: str) -> dict[tuple[str, str], int]:
-    """``dpif/show`` output → {(bridge, interface): datapath port number}."""
-    out: dict[tuple[str, str], int] = {}
-    bridge = None
-    for line in text.splitlines():
-        if not line.strip() or _DPIF_DP.match(line):
-            continue
-        m = re.match(r"^  (\S+):$", line)
-        if m:
-            bridge = m.group(1)
-            continue
-        m = re.match(r"^    (\S+) (\d+|LOCAL|\S+)/(\d+|none)(?:: .*)?$", line)
-        if m and bridge is not None:
-            if m.group(3) != "none":
-                out[(bridge, m.group(1))] = int(m.group(3))
-            continue
-        raise ParseError("dpif/show", line, "neither a datapath, a bridge nor a port")
-    return out

@@ -17,7 +17,7 @@ from typing import Any
 
 from ovsndu.errors import VswitchdError
 from ovsndu.model import CATEGORIES, Entry, Flow, Port, Snapshot, VswitchdInfo
-from ovsndu.ovs import ofdump, parsers
+from ovsndu.ovs import appctl_parsers, ofdump, parsers
 from ovsndu.ovs.ct_read import counted, read_conntrack
 from ovsndu.ovs.ofctl import best_version, ofctl
 from ovsndu.ovs.ovsdb import Ovsdb
@@ -117,11 +117,11 @@ class StateReader:
             # OpenFlow dumps fork ovs-ofctl; run them while unixctl reads go on here.
             with ThreadPoolExecutor(max_workers=4) as pool:
                 futures = [pool.submit(job) for job in self._openflow_jobs(bridges)]
-                cats["ports"] = list(read_ports(db, parsers.parse_dpif_ports(
+                cats["ports"] = list(read_ports(db, appctl_parsers.parse_dpif_ports(
                     appctl("dpif/show"))))
-                cats["tunnel_neighbors"] = list(parsers.parse_tnl_neigh(
+                cats["tunnel_neighbors"] = list(appctl_parsers.parse_tnl_neigh(
                     appctl("tnl/neigh/show")))
-                cats["routes"] = list(parsers.parse_routes(appctl("ovs/route/show")))
+                cats["routes"] = list(appctl_parsers.parse_routes(appctl("ovs/route/show")))
                 if isinstance(traffic, Mapping):
                     cats.update({k: list(v) for k, v in traffic.items()})
                 elif traffic:
@@ -200,7 +200,7 @@ def read_flows(rundir: Path, bridge: BridgeInfo) -> list[Flow]:
 def _read_traffic(appctl: Unixctl, bridges: list[BridgeInfo]) -> dict[str, list[Entry]]:
     fdb: list[Entry] = []
     for bridge in bridges:
-        fdb.extend(parsers.parse_fdb(bridge.name, appctl("fdb/show", bridge.name)))
+        fdb.extend(appctl_parsers.parse_fdb(bridge.name, appctl("fdb/show", bridge.name)))
     conntrack: list[Entry] = []
     for dp in appctl("dpctl/dump-dps").split():
         conntrack.extend(_read_conntrack(appctl, dp))

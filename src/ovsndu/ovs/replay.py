@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 from ovsndu.errors import RestoreError
 from ovsndu.model import Conntrack, FdbEntry
+from ovsndu.ovs.appctl_parsers import CT_PROTOCOLS
 from ovsndu.ovs.packets import ethernet, frame
-from ovsndu.ovs.parsers import CT_PROTOCOLS
 
 
 class CannotReplay(RestoreError):

@@ -35,7 +35,7 @@ from ovsndu.model import (
     TlvMapping,
     TunnelNeighbor,
 )
-from ovsndu.ovs import ct_read, ofbundle, ofdump, ofmeters, parsers
+from ovsndu.ovs import appctl_parsers, ct_read, ofbundle, ofdump, ofmeters, parsers
 from ovsndu.ovs.ct_replay_later import replay_deferred
 from ovsndu.ovs.ofbundle import CapturedBundle
 from ovsndu.ovs.ofctl import ofctl
@@ -182,7 +182,7 @@ class Restorer:
         kernel = {b.name for b in bridges if b.datapath_type not in USERSPACE_DATAPATHS}
         if not kernel:
             return
-        dp_ports = parsers.parse_dpif_ports(self._appctl("dpif/show"))
+        dp_ports = appctl_parsers.parse_dpif_ports(self._appctl("dpif/show"))
         for want in snap.categories["ports"]:
             assert isinstance(want, Port)
             got = dp_ports.get((want.bridge, want.interface))
@@ -370,7 +370,7 @@ class Restorer:
                            e.mac)
 
     def _routes(self, snap: Snapshot) -> None:
-        have = {r.canonical() for r in parsers.parse_routes(self._appctl("ovs/route/show"))
+        have = {r.canonical() for r in appctl_parsers.parse_routes(self._appctl("ovs/route/show"))
                 if r.kind == "user"}
         for r in snap.categories["routes"]:
             assert isinstance(r, Route)
