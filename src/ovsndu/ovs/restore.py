@@ -9,14 +9,15 @@ read-back whose digests must equal the snapshot's.
 
 A bridge whose OpenFlow part fails is put back as found (its flows untouched by
 the atomic bundle; meters and TLV mappings the restore added removed again), and
-the restore stops with an error naming the rejected entry.
+the restore stops with an error naming the rejected entry.  The steps outside
+OpenFlow (datapath ports, static FDB, user routes, kernel conntrack) are
+:mod:`ovsndu.ovs.restore_dp`'s.
 """
 
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -26,16 +27,13 @@ from pathlib import Path
 from ovsndu.errors import OvsnduError, RestoreError, VswitchdError
 from ovsndu.model import (
     Conntrack,
-    FdbEntry,
     Flow,
     Meter,
-    Port,
-    Route,
     Snapshot,
     TlvMapping,
     TunnelNeighbor,
 )
-from ovsndu.ovs import appctl_parsers, ct_read, ofbundle, ofdump, ofmeters, parsers
+from ovsndu.ovs import ct_read, ofbundle, ofdump, ofmeters, parsers, restore_dp
 from ovsndu.ovs.ct_replay_later import replay_deferred
 from ovsndu.ovs.ofbundle import CapturedBundle
 from ovsndu.ovs.ofctl import ofctl
@@ -177,20 +175,6 @@ class Restorer:
         return build_plan(snap, self.db, self.uncarried, encode=encode,
                           defer_window=defer_window)
 
-    def _check_dp_ports(self, snap: Snapshot, bridges: list[BridgeInfo]) -> None:
-        """The kernel keeps datapath port numbers: they must not have changed."""
-        kernel = {b.name for b in bridges if b.datapath_type not in USERSPACE_DATAPATHS}
-        if not kernel:
-            return
-        dp_ports = appctl_parsers.parse_dpif_ports(self._appctl("dpif/show"))
-        for want in snap.categories["ports"]:
-            assert isinstance(want, Port)
-            got = dp_ports.get((want.bridge, want.interface))
-            if want.bridge in kernel and want.dp_port is not None and got != want.dp_port:
-                raise RestoreError("ports", f"interface {want.interface} of {want.bridge} has "
-                                   f"datapath port {got}, the snapshot {want.dp_port}")
-
-
     # --- applying -------------------------------------------------------------------------
     def apply(self, plan: RestorePlan, *, fresh: bool = False) -> RestoreReport:
         """Send a plan.  *fresh*: the target was just started (no TLV map, no meters), so
@@ -200,9 +184,9 @@ class Restorer:
         with Unixctl.for_daemon(self.rundir, pid=self.pid) as appctl:
             self._appctl = appctl
             with self._step(report, "check"):
-                self._check_dp_ports(snap, plan.bridges)
+                restore_dp.check_dp_ports(snap, plan.bridges, self._appctl)
             with self._step(report, "fdb"):
-                self._fdb_statics(snap, plan.port_names)
+                restore_dp.fdb_statics(snap, plan.port_names, self._call)
                 for br, port, vlan, mac in plan.fdb.decoys:
                     self._call("fdb", "fdb/add", br, port, str(vlan), mac)
             if plan.has_tcp and not self.tcp_seq_check:
@@ -230,10 +214,10 @@ class Restorer:
                     assert isinstance(n, TunnelNeighbor)
                     self._call("tunnel_neighbors", "tnl/neigh/set", n.bridge, n.ip, n.mac)
             with self._step(report, "routes"):
-                self._routes(snap)
+                restore_dp.user_routes(snap, self._appctl, self._call)
             if snap.categories["conntrack"] and plan.ct_bridge is None:
                 with self._step(report, "conntrack"):
-                    self._kernel_conntrack(snap)
+                    restore_dp.kernel_conntrack(snap)
         report.counts = snap.counts()
         return report
 
@@ -258,22 +242,6 @@ class Restorer:
         with Unixctl.for_daemon(self.rundir, pid=self.pid) as appctl:
             self._appctl = appctl
             return replay_deferred(plan, appctl, self.of_dir, send)
-
-    @staticmethod
-    def _kernel_conntrack(snap: Snapshot) -> None:
-        """Kernel datapath: nothing to replay; every entry must still be in the kernel."""
-        from ovsndu.ovs.kernel_ct import missing_from_kernel
-
-        entries = [e for e in snap.categories["conntrack"] if isinstance(e, Conntrack)]
-        try:
-            missing = missing_from_kernel(entries)
-        except OvsnduError as exc:
-            raise RestoreError("conntrack", str(exc)) from None
-        if missing:
-            first = missing[0]
-            raise RestoreError("conntrack", f"{len(missing)} of {len(entries)} entries are no "
-                               f"longer in the kernel, e.g. zone {first.zone} "
-                               f"{first.protocol} {first.orig}")
 
     def _tlv_and_meters(self, snap: Snapshot, bridge: BridgeInfo, *, fresh: bool,
                         encoded_meters: list[bytes] | None = None) -> None:
@@ -361,50 +329,6 @@ class Restorer:
                 category = "groups"
             raise RestoreError(category, f"{bridge} rejected {what}, none installed: "
                                f"{reason}") from None
-
-    def _fdb_statics(self, snap: Snapshot, names: dict[tuple[str, str], str]) -> None:
-        for e in snap.categories["fdb"]:
-            assert isinstance(e, FdbEntry)
-            if e.static:
-                self._call("fdb", "fdb/add", e.bridge, names[(e.bridge, e.port)], str(e.vlan),
-                           e.mac)
-
-    def _routes(self, snap: Snapshot) -> None:
-        have = {r.canonical() for r in appctl_parsers.parse_routes(self._appctl("ovs/route/show"))
-                if r.kind == "user"}
-        for r in snap.categories["routes"]:
-            assert isinstance(r, Route)
-            if r.kind != "user" or r.canonical() in have:
-                continue
-            args = [r.prefix, r.dev]
-            if r.gateway:
-                args.append(r.gateway)
-            if r.pkt_mark:
-                args.append(f"pkt_mark={r.pkt_mark}")
-            try:
-                self._appctl("ovs/route/add", *args)
-            except VswitchdError:
-                # A dummy device keeps its address in the old process, not in a kernel:
-                # give it the route's source address again, then retry.
-                if not (r.src and self._dummy_address(r)):
-                    raise
-                self._call("routes", "ovs/route/add", *args)
-
-    def _dummy_address(self, route: Route) -> bool:
-        """Assign *route*'s source address to its dummy device; False when not dummy."""
-        assert route.src is not None
-        plen = 128 if ":" in route.src else 32
-        if route.gateway:
-            gw = ipaddress.ip_address(route.gateway)
-            while plen > 0 and gw not in ipaddress.ip_network(f"{route.src}/{plen}",
-                                                               strict=False):
-                plen -= 1
-        command = "netdev-dummy/ip6addr" if ":" in route.src else "netdev-dummy/ip4addr"
-        try:
-            self._appctl(command, route.dev, f"{route.src}/{plen}")
-        except VswitchdError:
-            return False
-        return True
 
     # --- verification -------------------------------------------------------------------
     def verify(self, snap: Snapshot, anomalies: list[str] | None = None, *,
