@@ -111,6 +111,8 @@ def spawn(spec: VswitchdSpec, binary: str, *, standby: bool = False,
     name = getattr(stderr, "name", None)
     if isinstance(name, str):
         _STDERR[proc.pid] = Path(name)
+        while len(_STDERR) > 16:  # a long-lived supervisor: only recent ones matter
+            del _STDERR[next(iter(_STDERR))]
     return proc
 
 
