@@ -25,7 +25,8 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ovsndu.model.state import Entry, Flow, Snapshot
+from ovsndu.model.snapshot import Snapshot
+from ovsndu.model.state import Entry, Flow
 
 WINDOW_CATEGORIES = ("flows", "groups", "meters")
 
