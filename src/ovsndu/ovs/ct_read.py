@@ -64,7 +64,7 @@ def read_conntrack(appctl: Unixctl, dp: str, zones: Collection[int] = ()) -> Seq
     else:
         known = set(zones) | _ZONES.get(dp, frozenset()) | _HINT
         by_zone = _by_zone(appctl, dp, sorted(known)) if known else None
-        entries = by_zone if by_zone is not None else _full(appctl, dp)
+        entries = by_zone if by_zone is not None else _full_once(appctl, dp)
         LAST[key] = {"entries": len(entries), "zones": len(known),
                      "full_dump": int(by_zone is None)}
     _ZONES[dp] = frozenset(e.zone for e in entries if isinstance(e, Conntrack))
@@ -95,6 +95,18 @@ def _by_zone(appctl: Unixctl, dp: str, zones: list[int]) -> list[Entry] | None:
         if len(entries) < min(before, after) and before == after:
             return None  # entries in a zone not read: no second try helps
     return None
+
+
+def _full_once(appctl: Unixctl, dp: str) -> Sequence[Entry]:
+    """One full dump checked against ``ct-get-nconns`` before and after it (a table that
+    changes while it is read, e.g. entries expiring, is not read again: each read is a
+    hold); :func:`_full` when it does not add up."""
+    before = _nconns(appctl, dp)
+    entries = parsers.parse_conntrack(appctl("dpctl/dump-conntrack", "-m", "-s", dp))
+    after = _nconns(appctl, dp)
+    if min(before, after) <= len(entries) <= max(before, after):
+        return entries
+    return _full(appctl, dp)
 
 
 def _full(appctl: Unixctl, dp: str) -> Sequence[Entry]:
