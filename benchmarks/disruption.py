@@ -390,6 +390,7 @@ def _measure(args: argparse.Namespace, huge: Path | None) -> None:
         report["by_flows"][str(n)] = {**per, "gap_ratio_median": ratio}
         print(f"N={n}: median gap ovsndu {ours:.0f} ms, upstream {theirs:.0f} ms, "
               f"ratio {ratio:.2f}", flush=True)
+    report["loadavg_at_end"] = os.getloadavg()  # the machine's load (other work) at the end
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     if args.plot:
