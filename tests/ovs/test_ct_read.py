@@ -4,7 +4,7 @@ a zone nobody knew makes it fall back to a full dump, nothing missed."""
 
 from __future__ import annotations
 
-from ovsndu.model import Conntrack
+from ovsndu.model import Conntrack, Flow
 from ovsndu.ovs import ct_read
 from ovsndu.ovs.appctl_parsers import parse_conntrack
 from ovsndu.ovs.packets import frame
@@ -47,3 +47,12 @@ def test_zone_by_zone_equals_one_full_dump(sandbox: Sandbox) -> None:
         assert ct_read.LAST[(appctl.pid, DP)]["full_dump"] == 1
         assert {_key(e) for e in third if isinstance(e, Conntrack)} == _raw(sb)
         assert 4321 in ct_read.known_zones(DP)
+
+
+def test_zones_named_by_flows() -> None:
+    """Literal zones of ct() actions; a zone from a register is not one."""
+    flows = [Flow(bridge="b", table=0, cookie="0x0", priority=1, match="ip", actions=a)
+             for a in ("ct(table=1,zone=7)", "ct(commit,zone=12,nat(src=10.0.0.1)),output:2",
+                       "ct(commit,zone=NXM_NX_REG13[0..15],exec(load:0x1->NXM_NX_CT_MARK[]))",
+                       "load:0x5->NXM_NX_REG0[],resubmit(,3)", "ct(table=2)")]
+    assert ct_read.zones_named(flows) == {7, 12}

@@ -8,23 +8,25 @@ converts and formats the table — at 100k entries one full dump silences traffi
 and formats only that zone's (a walk of 100k entries ~5 ms; ~50 ms per 12.5k entries
 formatted).  ``dpctl/ct-get-nconns`` reads a counter.
 
-So a userspace table is read zone by zone.  The zones are the caller's (a previous
-read's), the ones the last read of the same datapath found here (of this process or
-the one it replaces: a standby taking over has the same zones) and those hinted
-(:func:`hint_zones`: the client, of the snapshot it restores); the
-sum read is checked against ``ct-get-nconns`` taken before and after.  Entries in a zone
-nobody knew make the sum fall short: then one full dump is taken (and its zones are
-remembered for the next read).  The kernel datapath's table is the kernel's (a dump does
+So a userspace table is read zone by zone.  The zones are the caller's (the zones
+the flows name in ``ct()`` actions: the snapshot reads conntrack after the flows), the
+ones the last read of the same datapath found here (of this process or the one it
+replaces: a standby taking over has the same zones) and those hinted
+(:func:`hint_zones`: the client, of the snapshot it restores); the sum read is checked
+against ``ct-get-nconns`` taken before and after.  Entries in a zone nobody knew (set
+from a register, say) make the sum fall short: then one full dump is taken (and its
+zones are remembered for the next read).  The kernel datapath's table is the kernel's (a dump does
 not hold forwarding): read whole, as before.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import TypeVar
 
 from ovsndu.errors import ParseError
-from ovsndu.model import Conntrack, Entry
+from ovsndu.model import Conntrack, Entry, Flow
 from ovsndu.ovs import appctl_parsers, parsers
 from ovsndu.ovs.unixctl import Unixctl
 
@@ -49,6 +51,16 @@ def hint_zones(zones: Iterable[int]) -> None:
     _HINT.update(zones)
 
 
+_ZONE_IN_ACTIONS = re.compile(r"\bct\([^)]*?\bzone=(\d+)")
+
+
+def zones_named(flows: Iterable[Entry]) -> set[int]:
+    """The zones flows name literally in a ``ct()`` action (``zone=REG`` ones are learnt
+    from a full dump instead)."""
+    return {int(z) for f in flows if isinstance(f, Flow)
+            for z in _ZONE_IN_ACTIONS.findall(f.actions)}
+
+
 def forget_zones() -> None:
     """Forget every zone learnt or hinted (the next read of each datapath is a full dump)."""
     _ZONES.clear()
@@ -67,7 +79,9 @@ def read_conntrack(appctl: Unixctl, dp: str, zones: Collection[int] = ()) -> Seq
         entries = by_zone if by_zone is not None else _full_once(appctl, dp)
         LAST[key] = {"entries": len(entries), "zones": len(known),
                      "full_dump": int(by_zone is None)}
-    _ZONES[dp] = frozenset(e.zone for e in entries if isinstance(e, Conntrack))
+    # The zones found, and the caller's (the flows' zones, even while empty: a
+    # connection may enter one before the next read).
+    _ZONES[dp] = frozenset(e.zone for e in entries if isinstance(e, Conntrack)) | set(zones)
     return entries
 
 
@@ -102,7 +116,7 @@ def _full_once(appctl: Unixctl, dp: str) -> Sequence[Entry]:
     changes while it is read, e.g. entries expiring, is not read again: each read is a
     hold); :func:`_full` when it does not add up."""
     before = _nconns(appctl, dp)
-    entries = parsers.parse_conntrack(appctl("dpctl/dump-conntrack", "-m", "-s", dp))
+    entries = appctl_parsers.parse_conntrack(appctl("dpctl/dump-conntrack", "-m", "-s", dp))
     after = _nconns(appctl, dp)
     if min(before, after) <= len(entries) <= max(before, after):
         return entries

@@ -9,6 +9,7 @@ with the OpenFlow version chosen per bridge from its ``protocols`` column.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 from ovsndu.errors import VswitchdError
 from ovsndu.model import CATEGORIES, Entry, Flow, Port, Snapshot, VswitchdInfo
 from ovsndu.ovs import appctl_parsers, ofdump, parsers
-from ovsndu.ovs.ct_read import counted, read_conntrack
+from ovsndu.ovs.ct_read import counted, read_conntrack, zones_named
 from ovsndu.ovs.ofctl import best_version, ofctl
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.unixctl import Unixctl
@@ -105,6 +106,7 @@ class StateReader:
         self.db = db or f"unix:{self.rundir / 'db.sock'}"
         self.pid = pid
         self.of_dir = Path(of_dir) if of_dir is not None else self.rundir  # OpenFlow sockets
+        self.traffic_read_s = 0.0  # how long the last read of conntrack and FDB took
 
     def snapshot(self, *, traffic: bool | Mapping[str, Sequence[Entry]] = True) -> Snapshot:
         """Read all nine categories (conntrack and FDB left empty unless *traffic*: the
@@ -122,19 +124,25 @@ class StateReader:
                 cats["tunnel_neighbors"] = list(appctl_parsers.parse_tnl_neigh(
                     appctl("tnl/neigh/show")))
                 cats["routes"] = list(appctl_parsers.parse_routes(appctl("ovs/route/show")))
-                if isinstance(traffic, Mapping):
-                    cats.update({k: list(v) for k, v in traffic.items()})
-                elif traffic:
-                    cats.update(_read_traffic(appctl, bridges))
                 for future in futures:
                     category, entries = future.result()
                     cats[category].extend(entries)
+                if isinstance(traffic, Mapping):
+                    cats.update({k: list(v) for k, v in traffic.items()})
+                elif traffic:  # after the flows: the zones they name are read one by one
+                    began = time.monotonic()
+                    cats.update(_read_traffic(appctl, bridges, zones_named(cats["flows"])))
+                    self.traffic_read_s = time.monotonic() - began
             return Snapshot.build(VswitchdInfo(pid=appctl.pid, version=version), cats)
 
-    def traffic(self) -> dict[str, list[Entry]]:
-        """Only the traffic categories (conntrack, FDB)."""
+    def traffic(self, zones: Collection[int] = ()) -> dict[str, list[Entry]]:
+        """Only the traffic categories (conntrack, FDB); *zones*: conntrack zones to read
+        one by one besides those known (:func:`ovsndu.ovs.ct_read.read_conntrack`)."""
         with Unixctl.for_daemon(self.rundir, pid=self.pid) as appctl, Ovsdb(self.db) as db:
-            return _read_traffic(appctl, read_bridges(db))
+            began = time.monotonic()
+            out = _read_traffic(appctl, read_bridges(db), zones)
+            self.traffic_read_s = time.monotonic() - began
+            return out
 
     def openflow(self, only: Collection[str] | None = None) -> dict[str, list[Entry]]:
         """Only the OpenFlow categories (flows, groups, meters, TLV map), dumped in parallel;
@@ -197,19 +205,15 @@ def read_flows(rundir: Path, bridge: BridgeInfo) -> list[Flow]:
                                                   "dump-flows", extra=("--no-names",)))
 
 
-def _read_traffic(appctl: Unixctl, bridges: list[BridgeInfo]) -> dict[str, list[Entry]]:
+def _read_traffic(appctl: Unixctl, bridges: list[BridgeInfo],
+                  zones: Collection[int] = ()) -> dict[str, list[Entry]]:
     fdb: list[Entry] = []
     for bridge in bridges:
         fdb.extend(appctl_parsers.parse_fdb(bridge.name, appctl("fdb/show", bridge.name)))
     conntrack: list[Entry] = []
     for dp in appctl("dpctl/dump-dps").split():
-        conntrack.extend(_read_conntrack(appctl, dp))
+        conntrack.extend(read_conntrack(appctl, dp, zones))
     return {"fdb": fdb, "conntrack": conntrack}
-
-
-def _read_conntrack(appctl: Unixctl, dp: str) -> Sequence[Entry]:
-    """Zone by zone where it can (:mod:`ovsndu.ovs.ct_read`)."""
-    return read_conntrack(appctl, dp)
 
 
 _counted = counted

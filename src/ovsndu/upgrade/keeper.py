@@ -93,10 +93,8 @@ class StateKeeper:
         try:
             began = time.monotonic()
             if self.traffic_due(pid, began):
-                traffic = reader.traffic()
-                read_s = time.monotonic() - began
-                snap = reader.snapshot(traffic=traffic)
-                self.traffic_at, self.traffic_read_s = began, read_s
+                snap = reader.snapshot()
+                self.traffic_at, self.traffic_read_s = began, reader.traffic_read_s
                 self.traffic_reads += 1
             else:
                 assert self.snapshot is not None
