@@ -29,8 +29,6 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-import structlog
-
 from ovsndu.errors import VswitchdError
 from ovsndu.model import Entry, Snapshot
 from ovsndu.model.window import apply_window
@@ -41,8 +39,6 @@ from ovsndu.ovs.ofdir import HiddenSockets
 from ovsndu.ovs.ofmonitor import BridgeMonitor, wait_stopped
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import StateReader, read_bridges
-
-log = structlog.get_logger("ovsndu.upgrade")
 
 
 @dataclass
