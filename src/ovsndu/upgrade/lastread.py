@@ -33,6 +33,7 @@ from ovsndu.errors import VswitchdError
 from ovsndu.model import Entry, Snapshot
 from ovsndu.model.window import apply_window
 from ovsndu.ovs import ofdir, parsers
+from ovsndu.ovs.ct_read import zones_named
 from ovsndu.ovs.daemon import VswitchdSpec
 from ovsndu.ovs.ofctl import ofctl
 from ovsndu.ovs.ofdir import HiddenSockets
@@ -102,7 +103,9 @@ def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[st
         t for b in bridges for t in parsers.parse_tlv_map(
             b.name, ofctl(hidden.directory, b.name, b.of_version, "dump-tlv-map"))]
     traffic_at = time.monotonic()
-    last.replaced.update(StateReader(spec.rundir, spec.db, pid=pid).traffic())
+    # Zone by zone (ovs/ct_read.py): the zones the read's flows name, and those known.
+    last.replaced.update(StateReader(spec.rundir, spec.db, pid=pid).traffic(
+        zones_named(last.snapshot.categories["flows"])))
     stop_at = time.monotonic()
     os.kill(pid, signal.SIGSTOP)
     last.stopped, last.stopped_wall = True, time.time()
