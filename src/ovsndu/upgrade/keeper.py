@@ -9,7 +9,8 @@ so a crash costs the gap of a restart, not the tables.  Keeping it current:
   asked), a new snapshot is taken — at most every :attr:`StateKeeper.min_gap` seconds;
 * every :attr:`StateKeeper.refresh` seconds a snapshot is taken anyway: the state that
   changes without an OpenFlow message (``learn()`` flows, expired timeouts, ports added
-  through OVSDB) is at most that old; conntrack and MAC learning, see below.
+  through OVSDB) is at most that old; conntrack and MAC learning too unless their
+  tables are large, see below.
 
 Our own reads are OpenFlow messages too, so the counter is read again after each
 snapshot and that value is the baseline.  A snapshot of 10k flows costs ~0.2 s of CPU
@@ -17,10 +18,11 @@ snapshot and that value is the baseline.  A snapshot of 10k flows costs ~0.2 s o
 
 The traffic categories (conntrack, FDB) cost in proportion to the table, and with the
 netdev datapath each conntrack dump holds vswitchd's main thread, which forwards
-(:mod:`ovsndu.ovs.ct_read`: read zone by zone, each hold short).  So they are read
-again only every ``max(refresh, last read's seconds / traffic_budget)`` seconds — the
-keeper spends at most ``traffic_budget`` of its time on them (at 100k conntrack entries,
-a read of ~3 s: every 5 min); a snapshot in between keeps the last ones read.
+(:mod:`ovsndu.ovs.ct_read`: read zone by zone, each hold short).  So a snapshot reads
+them again only when ``last read's seconds / traffic_budget`` have passed since — the
+keeper spends at most ``traffic_budget`` of its time on them.  A small table (a read of
+a few ms) is read with every snapshot, as the rest; at 100k conntrack entries (a read of
+~1.5 s) every ~150 s, and the snapshots in between keep the last ones read.
 """
 
 from __future__ import annotations
@@ -84,8 +86,7 @@ class StateKeeper:
         """Whether the next snapshot reads conntrack and FDB again (else keeps the last)."""
         if self.snapshot is None or self.pid != pid:
             return True
-        return now - self.traffic_at >= max(self.refresh,
-                                            self.traffic_read_s / self.traffic_budget)
+        return now - self.traffic_at >= self.traffic_read_s / self.traffic_budget
 
     def take(self, pid: int) -> Snapshot | None:
         """Snapshot *pid* now; keeps the previous snapshot (and returns None) on failure."""
