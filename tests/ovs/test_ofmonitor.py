@@ -20,6 +20,17 @@ def _bridge(sandbox: Sandbox) -> str:
     return f"unix:{sandbox.mgmt_path('br0')}"
 
 
+def _drain_while_stopped(sandbox: Sandbox, monitor: BridgeMonitor) -> None:
+    """Stop the sandbox's vswitchd, drain *monitor*, continue it."""
+    pid = sandbox.vswitchd_pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert wait_stopped(pid)
+        monitor.drain()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def test_changes_of_other_connections_arrive_in_order(sandbox: Sandbox) -> None:
     mgmt = _bridge(sandbox)
     monitor = follow(sandbox.mgmt_path("br0").parent, ["br0"])["br0"]
@@ -38,13 +49,7 @@ def test_changes_of_other_connections_arrive_in_order(sandbox: Sandbox) -> None:
         of("del-flows", "table=3,udp,tp_dst=7")
         of("del-meter", "meter=5")
         of("del-groups")
-        pid = sandbox.vswitchd_pid
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            assert wait_stopped(pid)
-            monitor.drain()
-        finally:
-            os.kill(pid, signal.SIGCONT)
+        _drain_while_stopped(sandbox, monitor)
         assert monitor.complete
         got = [(c.category, c.op, c.entry) for c in monitor.changes()]
     finally:
@@ -119,13 +124,7 @@ def test_a_backlog_at_the_stop_makes_a_monitor_incomplete(sandbox: Sandbox) -> N
         monitor._halt()
         sandbox.ofctl("br0", "add-flows", "-", input_text="".join(
             f"table=1,priority=1,udp,tp_dst={n},actions=output:1\n" for n in range(1, 1001)))
-        pid = sandbox.vswitchd_pid
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            assert wait_stopped(pid)
-            monitor.drain()
-        finally:
-            os.kill(pid, signal.SIGCONT)
+        _drain_while_stopped(sandbox, monitor)
         assert not monitor.paused and not monitor.error
         assert monitor.backlog > MAX_BACKLOG and not monitor.complete
     finally:

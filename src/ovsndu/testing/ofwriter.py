@@ -161,13 +161,7 @@ class OpenWriter(threading.Thread):
                                                lambda x: meter_mod(x, MODIFY, mid, 7)):
                 self.meters[mid] = 7
         if n % 15 == 0:
-            gid, mid = 5000 + n - 10, 500 + n - 10
-            if gid in self.groups and self._do("group del", gid,
-                                               lambda x: group_mod(x, DELETE, gid, 0)):
-                del self.groups[gid]
-            if mid in self.meters and self._do("meter del", mid,
-                                               lambda x: meter_mod(x, DELETE, mid, 0)):
-                del self.meters[mid]
+            self._delete_group_and_meter(5000 + n - 10, 500 + n - 10)
 
     def _forget(self, n: int) -> None:
         """Delete what step *n* - keep added, if still there."""
@@ -177,6 +171,10 @@ class OpenWriter(threading.Thread):
         if port in self.flows and self._do(
                 "flow del", port, lambda x: flow_mod(x, DELETE_STRICT, port, None, self.table)):
             del self.flows[port]
+        self._delete_group_and_meter(gid, mid)
+
+    def _delete_group_and_meter(self, gid: int, mid: int) -> None:
+        """Delete group *gid* and meter *mid*, each if still there."""
         if gid in self.groups and self._do("group del", gid,
                                            lambda x: group_mod(x, DELETE, gid, 0)):
             del self.groups[gid]
