@@ -139,19 +139,25 @@ def _fdb_macs(rig: Rig) -> set[str]:
 
 
 def _check_carried(churn: Churn, record: dict[str, Any]) -> None:
-    """Every connection and MAC the old process had seen before the handover began is in
-    the new process, as OVS's own tools print them (none can have expired: UDP entries
-    live 30 s, MACs 300 s, and the test is younger).  What was sent during an earlier
-    reload's handover may have fallen into its gap (never seen by any process)."""
+    """Every connection the old process held when it stopped is in the new process, as
+    OVS's own tools print them: conntrack was frozen for the final read (no entry could
+    be created from then on), so every connection sent before the freeze (with 50 ms
+    for the old process to take it) must be there; every MAC seen before the handover
+    began, too (none can have expired: UDP entries live 30 s, MACs 300 s, and the test is
+    younger).  What was sent during an earlier reload's handover may have fallen into
+    its gap (never seen by any process)."""
     start, _end = _handover(record)
     churn.gaps.append(_handover(record))
-    cutoff = start - 0.05  # sent well before: processed by the old one
+    marks = record["marks"]
+    frozen = start + marks["ct_frozen"] / 1000
+    assert start < frozen <= start + marks["old_stopped"] / 1000, marks
+    assert marks["catchup_ct_frozen_ms"] > 0 and "catchup.ct_refused" in marks, marks
 
-    def seen(t: float) -> bool:
+    def seen(t: float, cutoff: float) -> bool:
         return t < cutoff and not any(a - 0.05 <= t <= b + 0.05 for a, b in churn.gaps[:-1])
 
-    want_ct = {port for t, port in churn.sent("udp.txt") if seen(t)}
-    want_mac = {mac for t, mac in churn.sent("mac.txt") if seen(t)}
+    want_ct = {port for t, port in churn.sent("udp.txt") if seen(t, frozen - 0.05)}
+    want_mac = {mac for t, mac in churn.sent("mac.txt") if seen(t, start - 0.05)}
     have_ct, have_mac = _conntrack_sports(churn.rig), _fdb_macs(churn.rig)
     assert len(want_ct) > 200 and len(want_mac) > 40, (len(want_ct), len(want_mac))
     assert sorted(want_ct - have_ct) == [], f"{len(want_ct - have_ct)} of {len(want_ct)} lost"
@@ -165,9 +171,15 @@ def _serving_pid_agrees(rig: Rig) -> int:
     return pid
 
 
+def _limit(rig: Rig) -> str:
+    return rig.sb.appctl("dpctl/ct-get-maxconns").strip()
+
+
 def test_reloads_under_churn_lose_nothing(churn: Churn) -> None:
     """Two reloads while connections and MACs keep appearing: both commit, everything the
-    old process held is carried (the final catch-up included), TCP survives."""
+    old process held is carried (the final catch-up included, conntrack frozen for its
+    read), the operator's conntrack limit too, and TCP survives."""
+    churn.rig.sb.appctl("dpctl/ct-set-maxconns", "400000")
     for _ in range(2):
         before, _ = churn.tcp_bytes()
         code, result = churn.rig.reload()
@@ -178,6 +190,7 @@ def test_reloads_under_churn_lose_nothing(churn: Churn) -> None:
         assert record["marks"].get("catchup.fdb.added", 0) > 0, record["marks"]
         _check_carried(churn, record)
         _serving_pid_agrees(churn.rig)
+        assert _limit(churn.rig) == "400000"  # not OVS's default, nor the freeze's 0
         # TCP backs off over the gap (RTO doubling): give it a few seconds to go on.
         deadline = time.monotonic() + 5
         while churn.tcp_bytes()[0] <= before and time.monotonic() < deadline:
@@ -208,3 +221,27 @@ def test_forced_failure_under_churn_then_next_reload_commits(churn: Churn,
     assert code == 0, result
     assert _serving_pid_agrees(churn.rig) != pid
     _check_carried(churn, result["record"])
+
+
+def test_rollback_while_frozen_puts_the_limit_back(churn: Churn, tmp_path: Path) -> None:
+    """The new vswitchd dies during the old one's last read (when its OpenFlow sockets
+    are hidden), before the takeover; conntrack is frozen for that read: the rollback continues the original with its own conntrack limit, and new
+    connections are committed again (OVS's dump-conntrack shows them)."""
+    churn.rig.sb.appctl("dpctl/ct-set-maxconns", "400000")
+    bad = fake_binary(tmp_path, "die-at-stop", (
+        'for a in "$@"; do case $a in --pidfile=*) D=$(dirname "${a#*=}");; esac; done\n'
+        'if [[ "$*" == *"$CRASH_DB"* ]] && [[ "$*" == *standby.pid* ]]; then\n'
+        '  ( until [ ! -e "$D/br0.mgmt" ]; do sleep 0.001; done; kill -KILL $$ ) &\n'
+        'fi\nexec "$REAL" "$@"'))
+    pid = _serving_pid_agrees(churn.rig)
+    code, result = churn.rig.reload("--vswitchd", str(bad))
+    assert code == 1 and result["outcome"] == "rolled_back", result
+    record = result["record"]
+    assert "ct_frozen" in record["marks"], record["marks"]  # it was frozen, then failed
+    assert record["ct_frozen"] == {}, record
+    assert _serving_pid_agrees(churn.rig) == pid
+    assert _limit(churn.rig) == "400000"
+    thawed = time.monotonic()
+    time.sleep(1)
+    fresh = {port for t, port in churn.sent("udp.txt") if thawed < t < thawed + 0.8}
+    assert fresh and fresh <= _conntrack_sports(churn.rig), len(fresh)

@@ -227,8 +227,9 @@ def _state(pid: int) -> str:
 
 def test_supervisor_killed_while_the_old_process_is_stopped(tmp_path: Path) -> None:
     """The final catch-up SIGSTOPs the old vswitchd for a few ms before it kills it; a
-    supervisor killed in between leaves it stopped.  Its next start continues it: it
-    serves again, with its state, alone."""
+    supervisor killed in between leaves it stopped, its conntrack frozen.  Its next
+    start continues it and puts its conntrack limit back: it serves again, with its
+    state, alone."""
     with make_rig(tmp_path) as rig:
         before = read_snapshot(rig.sb.rundir, rig.sb.db)
         old = before.vswitchd.pid
@@ -248,12 +249,17 @@ def test_supervisor_killed_while_the_old_process_is_stopped(tmp_path: Path) -> N
         # The moment of the catch-up: handover recorded, old process stopped.
         rec = json.loads(inflight.read_text())
         rec["phase"] = "handover"
+        # ... and its conntrack frozen for that read (ovs/ct_freeze.py).
+        (dp,) = rig.sb.appctl("dpctl/dump-dps").split()
+        rec["ct_frozen"] = {dp: 400000}
         inflight.write_text(json.dumps(rec))
+        rig.sb.appctl("dpctl/ct-set-maxconns", dp, "0")
         os.kill(old, signal.SIGSTOP)
         _wait(lambda: _state(old) in ("T", "t"), 5)
         rig.start_supervisor()
         assert _state(old) not in ("T", "t")
         assert rig.vswitchd_pids() == [old]
+        assert rig.sb.appctl("dpctl/ct-get-maxconns", dp).strip() == "400000"
         assert read_snapshot(rig.sb.rundir, rig.sb.db).digests() == before.digests()
         last = json.loads(rig.cli("history", "--json").stdout)[-1]
         assert last["outcome"] == "rolled_back", last

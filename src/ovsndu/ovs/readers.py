@@ -207,12 +207,14 @@ def read_flows(rundir: Path, bridge: BridgeInfo) -> list[Flow]:
 
 def _read_traffic(appctl: Unixctl, bridges: list[BridgeInfo],
                   zones: Collection[int] = ()) -> dict[str, list[Entry]]:
-    fdb: list[Entry] = []
-    for bridge in bridges:
-        fdb.extend(appctl_parsers.parse_fdb(bridge.name, appctl("fdb/show", bridge.name)))
+    # Conntrack first, FDB last: the final catch-up freezes conntrack (ovs/ct_freeze.py)
+    # but not MAC learning, so the FDB read is the one to end right before the stop.
     conntrack: list[Entry] = []
     for dp in appctl("dpctl/dump-dps").split():
         conntrack.extend(read_conntrack(appctl, dp, zones))
+    fdb: list[Entry] = []
+    for bridge in bridges:
+        fdb.extend(appctl_parsers.parse_fdb(bridge.name, appctl("fdb/show", bridge.name)))
     return {"fdb": fdb, "conntrack": conntrack}
 
 

@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from ovsndu.errors import VswitchdError
+from ovsndu.errors import OvsnduError, VswitchdError
 from ovsndu.model.delta import Delta, delta_between
-from ovsndu.ovs import daemon, ofdir
+from ovsndu.ovs import ct_freeze, daemon, ofdir
 from ovsndu.ovs.catchup import CATCHUP_FILE
 from ovsndu.ovs.ofdir import PREFIX, PrivateRundir
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.restore import Restorer
+from ovsndu.ovs.unixctl import Unixctl
 from ovsndu.upgrade.lastread import LastRead, read_until_stop, settle
 from ovsndu.upgrade.serving import Serving, record_version
 
@@ -86,8 +87,12 @@ async def take_over(run: UpgradeRunner) -> None:
     def hidden_now(hidden: ofdir.HiddenSockets) -> None:
         run.hidden = hidden
 
+    def frozen_now(limits: dict[str, int]) -> None:
+        run.record.ct_frozen = limits
+        run._write_inflight()
+
     await asyncio.to_thread(read_until_stop, spec, last, run.of_dir.name.removeprefix(PREFIX),
-                            marks, on_hidden=hidden_now)
+                            marks, on_hidden=hidden_now, on_frozen=frozen_now)
     t0 = time.monotonic()
     # Both since the phase began (wall clock, as the record's phase start): when the
     # full read ended and when the old process was stopped; writes between the two
@@ -95,10 +100,15 @@ async def take_over(run: UpgradeRunner) -> None:
     began = datetime.fromisoformat(run._phase_started_wall).timestamp()
     marks["final_read_done"] = round((last.read_done_wall - began) * 1000, 2)
     marks["old_stopped"] = round((last.stopped_wall - began) * 1000, 2)
+    if last.frozen:
+        marks["ct_frozen"] = round((last.frozen_wall - began) * 1000, 2)
 
     def mark(name: str) -> None:
         marks[name] = round((time.monotonic() - t0) * 1000, 2)
 
+    if standby.poll() is not None:  # the old one still holds everything: keep it
+        raise VswitchdError(f"the new vswitchd exited with "
+                            f"{daemon.exit_description(standby.returncode)} before the takeover")
     gone = await asyncio.to_thread(daemon.ordered_takeover, spec, run.serving.pid,
                                    run.serving.proc, standby.pid)
     last.stopped = False  # killed
@@ -112,6 +122,11 @@ async def take_over(run: UpgradeRunner) -> None:
     old = run.serving
     run.serving = Serving(standby.pid, standby, run.new_binary, run.record.to_version)
     run.on_serving(run.serving)
+    run.record.ct_frozen = {}  # the frozen process is gone
+    for note in last.traffic_notes():
+        run.record.anomalies.append(note)
+        log.warning("upgrade.catchup_incomplete", upgrade_id=run.upgrade_id,
+                    phase="handover", event_kind="anomaly", reason=note)
 
     def final_and_delta() -> Delta:
         assert run.snapshot is not None
@@ -150,6 +165,11 @@ async def take_over(run: UpgradeRunner) -> None:
              event_kind="taken_over", old_pid=old.pid, new_pid=standby.pid, **marks)
     run.frw_set = False
     run.record.to_pid = standby.pid
+    if last.unfrozen is not None:
+        log.info("upgrade.ct_not_frozen", upgrade_id=run.upgrade_id, phase="handover",
+                 event_kind="catchup", reason=last.unfrozen)
+    if last.ct_limits:
+        await asyncio.to_thread(carry_ct_limits, run, standby.pid, last.ct_limits)
     await asyncio.to_thread(record_version, run.spec, run.record.to_version)
     await asyncio.to_thread(prove_serving, run, standby.pid)
     await asyncio.to_thread(run.schema.check_log, run.spec.log_file)
@@ -159,6 +179,22 @@ async def take_over(run: UpgradeRunner) -> None:
     log.info("upgrade.openflow_published", upgrade_id=run.upgrade_id, phase="handover",
              event_kind="openflow_published", sockets=published)
     await asyncio.to_thread(ofdir.remove_unused, spec.rundir)
+
+
+def carry_ct_limits(run: UpgradeRunner, pid: int, limits: dict[str, int]) -> None:
+    """The old process's conntrack limits on the new one (OVS does not keep them)."""
+    try:
+        with Unixctl.for_daemon(run.spec.rundir, pid=pid, timeout=10) as appctl:
+            carried = ct_freeze.carry_limit(appctl, limits)
+    except OvsnduError as exc:
+        note = f"conntrack limit {limits} not set on the new vswitchd: {exc}"
+        run.record.anomalies.append(note)
+        log.warning("upgrade.ct_limit_not_carried", upgrade_id=run.upgrade_id,
+                    phase="handover", event_kind="anomaly", reason=note)
+        return
+    if carried:
+        log.info("upgrade.ct_limit_carried", upgrade_id=run.upgrade_id, phase="handover",
+                 event_kind="carried", limits=carried)
 
 
 def set_frw(run: UpgradeRunner, on: bool) -> None:

@@ -104,6 +104,9 @@ class UpgradeRecord:
     schema: dict[str, Any] = field(default_factory=dict)
     #: what the new binary logged: ``rehearsal``/``standby`` summaries (upgrade/binlogs.py)
     vswitchd_logs: dict[str, Any] = field(default_factory=dict)
+    #: datapath -> connection limit in force before the final read froze conntrack in
+    #: the old process (ovs/ct_freeze.py): what to put back if it goes on serving
+    ct_frozen: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data, with the format version."""
@@ -134,6 +137,9 @@ class UpgradeRecord:
             raise HistoryError("anomalies must be strings")
         gap = _get(data, "handover_gap_ms", (int, float), None)
         marks = _get(data, "marks", dict, {})
+        ct_frozen = _get(data, "ct_frozen", dict, {})
+        if not all(isinstance(k, str) and _is_int(v) for k, v in ct_frozen.items()):
+            raise HistoryError("ct_frozen must map datapaths to integers")
         if not all(isinstance(k, str) and isinstance(v, int | float) for k, v in marks.items()):
             raise HistoryError("marks must map names to numbers")
         return cls(
@@ -162,6 +168,7 @@ class UpgradeRecord:
             marks={k: float(v) for k, v in marks.items()},
             schema=dict(_get(data, "schema", dict, {})),
             vswitchd_logs=dict(_get(data, "vswitchd_logs", dict, {})),
+            ct_frozen={k: int(v) for k, v in ct_frozen.items()},
         )
 
 

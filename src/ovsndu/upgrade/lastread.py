@@ -7,7 +7,8 @@ Order (docs/upgrade.md, "Sync until the handover"):
 2. the full read of the OpenFlow and port state (not conntrack and FDB);
 3. the OpenFlow sockets are hidden: no new connection reaches the old process; the
    TLV maps (not followed: no event carries them) are read again;
-4. conntrack and FDB are read, last, since traffic keeps creating entries;
+4. conntrack and FDB are read, last, since traffic keeps creating entries; conntrack
+   with entry creation frozen where that is safe (ovs/ct_freeze.py), FDB last;
 5. the process is stopped (SIGSTOP, every thread) and the monitors drained: it can
    send nothing more, so they hold every change it made up to the stop.
 
@@ -17,7 +18,7 @@ be followed (it does not allow OpenFlow 1.5) or a monitor the switch paused or l
 falls back to the old way: the OpenFlow state is read again after step 3, and a write
 on an already-open connection between that read and the kill is not carried; the
 record names it.  If anything fails before the kill, :func:`release` lets the old
-process go on (SIGCONT) and closes the monitors.
+process go on (SIGCONT), puts its conntrack limit back and closes the monitors.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ import signal
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from ovsndu.errors import VswitchdError
+from ovsndu.errors import OvsnduError, VswitchdError
 from ovsndu.model import Entry, Snapshot
 from ovsndu.model.window import apply_window
-from ovsndu.ovs import ofdir, parsers
+from ovsndu.ovs import ct_freeze, ofdir, parsers
 from ovsndu.ovs.ct_read import zones_named
 from ovsndu.ovs.daemon import VswitchdSpec
 from ovsndu.ovs.ofctl import ofctl
@@ -40,6 +42,7 @@ from ovsndu.ovs.ofdir import HiddenSockets
 from ovsndu.ovs.ofmonitor import BridgeMonitor, wait_stopped
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import StateReader, read_bridges
+from ovsndu.ovs.unixctl import Unixctl
 
 
 @dataclass
@@ -54,18 +57,46 @@ class LastRead:
     replaced: dict[str, list[Entry]] = field(default_factory=dict)
     monitors: dict[str, BridgeMonitor] = field(default_factory=dict)
     stopped: bool = False
+    rundir: Path | None = None  # where its control socket is (to thaw conntrack)
+    ct_limits: dict[str, int] = field(default_factory=dict)  # per userspace datapath
+    frozen: dict[str, int] = field(default_factory=dict)  # limits to put back when frozen
+    unfrozen: str | None = None  # why conntrack was not frozen for the read
+    ct_missed: int = 0  # unfrozen: entries the table held at the end that the read lacks
+    frozen_wall: float = 0.0
     fallback: list[str] = field(default_factory=list)  # why changes were read again
     read_done_wall: float = 0.0  # time.time() at the end of the full read, at the SIGSTOP
     stopped_wall: float = 0.0
 
-    def release(self) -> None:
-        """The old process keeps serving (a failure before the kill): continue it, stop
-        following it."""
+    def release(self) -> str | None:
+        """The old process keeps serving (a failure before the kill): continue it, put
+        its conntrack limit back, stop following it.  What could not be put back, if
+        anything (for the record and the journal)."""
+        self.resume()
+        if not self.frozen or self.rundir is None:
+            return None
+        try:
+            with Unixctl.for_daemon(self.rundir, pid=self.pid, timeout=10) as appctl:
+                ct_freeze.thaw(appctl, self.frozen)
+        except OvsnduError as exc:
+            return (f"conntrack of the old vswitchd {self.pid} is still frozen "
+                    f"(ovs-appctl dpctl/ct-set-maxconns {self.frozen}): {exc}")
+        self.frozen = {}
+        return None
+
+    def resume(self) -> None:
+        """Continue it (conntrack stays frozen) and stop following it."""
         if self.stopped:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGCONT)
             self.stopped = False
         self.close()
+
+    def traffic_notes(self) -> list[str]:
+        """What the conntrack read may lack, for the record's anomalies."""
+        if self.frozen or not self.ct_missed:
+            return []
+        return [f"at least {self.ct_missed} conntrack entries created during the final "
+                f"read are not carried (conntrack not frozen: {self.unfrozen})"]
 
     def close(self) -> None:
         """Close the monitoring connections."""
@@ -74,10 +105,12 @@ class LastRead:
 
 
 def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[str, float],
-                    *, on_hidden: Callable[[HiddenSockets], None]) -> None:
+                    *, on_hidden: Callable[[HiddenSockets], None],
+                    on_frozen: Callable[[dict[str, int]], None]) -> None:
     """Steps 1–5 on the old process ``last.pid``; *last* is filled as it goes (so that a
-    failure leaves what :meth:`LastRead.release` needs); *marks* get durations (ms)."""
-    pid = last.pid
+    failure leaves what :meth:`LastRead.release` needs); *marks* get durations (ms).
+    *on_frozen* gets the conntrack limits to put back before they are set to 0."""
+    pid, last.rundir = last.pid, spec.rundir
     with Ovsdb(spec.db) as db:
         bridges = read_bridges(db)
     unfollowed: dict[str, str] = {}
@@ -103,9 +136,25 @@ def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[st
         t for b in bridges for t in parsers.parse_tlv_map(
             b.name, ofctl(hidden.directory, b.name, b.of_version, "dump-tlv-map"))]
     traffic_at = time.monotonic()
-    # Zone by zone (ovs/ct_read.py): the zones the read's flows name, and those known.
-    last.replaced.update(StateReader(spec.rundir, spec.db, pid=pid).traffic(
-        zones_named(last.snapshot.categories["flows"])))
+    with Unixctl.for_daemon(spec.rundir, pid=pid) as appctl:
+        dps = appctl("dpctl/dump-dps").split()
+        last.ct_limits = ct_freeze.limits(appctl, [d for d in dps if not d.startswith("system@")])
+        last.unfrozen = ct_freeze.why_not_freeze(dps, last.snapshot.categories["flows"],
+                                                 last.snapshot.categories["groups"])
+        if last.unfrozen is None and last.ct_limits:
+            refused = ct_freeze.refusals(appctl)
+            on_frozen(dict(last.ct_limits))  # recorded first: a crash can put it back
+            last.frozen = dict(last.ct_limits)
+            ct_freeze.freeze(appctl, last.frozen)
+            last.frozen_wall = time.time()
+        # Zone by zone (ovs/ct_read.py): the zones the read's flows name, and those known.
+        last.replaced.update(StateReader(spec.rundir, spec.db, pid=pid).traffic(
+            zones_named(last.snapshot.categories["flows"])))
+        if last.frozen:
+            marks["catchup.ct_refused"] = float(ct_freeze.refusals(appctl) - refused)
+        else:  # what the table holds now that the read does not (a lower bound)
+            held = sum(int(appctl("dpctl/ct-get-nconns", dp).strip() or 0) for dp in dps)
+            last.ct_missed = max(0, held - len(last.replaced["conntrack"]))
     stop_at = time.monotonic()
     os.kill(pid, signal.SIGSTOP)
     last.stopped, last.stopped_wall = True, time.time()
@@ -118,8 +167,8 @@ def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[st
               if not m.complete]
     if broken:
         # Continue it and read its OpenFlow state again (the window is back); nothing
-        # the monitors saw is used.
-        last.release()
+        # the monitors saw is used.  Its conntrack stays frozen until the kill.
+        last.resume()
         last.monitors = {}
         _read_openflow_again(spec, last, hidden, marks)
     last.fallback = [*unfollowed.values(), *broken]
@@ -127,6 +176,8 @@ def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[st
     marks["catchup_tlv_read_ms"] = round((traffic_at - tlv_at) * 1000, 2)
     marks["catchup_traffic_read_ms"] = round((stop_at - traffic_at) * 1000, 2)
     marks["catchup_drain_ms"] = round((drained - stop_at) * 1000, 2)
+    if last.frozen:
+        marks["catchup_ct_frozen_ms"] = round((last.stopped_wall - last.frozen_wall) * 1000, 2)
 
 
 def _why_incomplete(m: BridgeMonitor) -> str:

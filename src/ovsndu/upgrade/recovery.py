@@ -22,10 +22,10 @@ import structlog
 from ovsndu.config import Config
 from ovsndu.errors import HistoryError, OvsnduError, VswitchdError
 from ovsndu.model import Snapshot
-from ovsndu.ovs import daemon, ofdir
+from ovsndu.ovs import ct_freeze, daemon, ofdir
 from ovsndu.ovs.daemon import VswitchdSpec
 from ovsndu.ovs.restore import Restorer
-from ovsndu.ovs.unixctl import pid_alive
+from ovsndu.ovs.unixctl import Unixctl, pid_alive
 from ovsndu.upgrade import leftovers, machine
 from ovsndu.upgrade.conversion import revert_recorded
 from ovsndu.upgrade.history import HistoryStore, UpgradeRecord
@@ -126,6 +126,11 @@ class Recovery:
             # (upgrade/lastread.py): it goes on serving.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(old, signal.SIGCONT)
+        if old is not None and rec.ct_frozen:  # frozen for that read: put the limit back
+            with Unixctl.for_daemon(self.spec.rundir, pid=old, timeout=10) as appctl:
+                ct_freeze.thaw(appctl, rec.ct_frozen)
+            log.warning("supervisor.ct_thawed", event_kind="recovery", upgrade_id=rec.id,
+                        pid=old, limits=rec.ct_frozen)
         ofdir.settle(self.spec.rundir, old_alive=old is not None)
         finishable = action in ("commit", "handover") and old is None and new is not None
         if finishable and new is not None and self._finish_on_new(new, snap):

@@ -55,8 +55,14 @@ async def roll_back(run: UpgradeRunner, mode: str, reason: str) -> None:
             run.client.kill()
         await run.client.wait()
     if run.last is not None:  # stopped for its final read, followed: let it go on
-        await asyncio.to_thread(run.last.release)
+        problem = await asyncio.to_thread(run.last.release)
         run.last = None
+        if problem is None:
+            run.record.ct_frozen = {}
+        else:
+            run.record.anomalies.append(problem)
+            log.error("upgrade.ct_still_frozen", upgrade_id=run.upgrade_id,
+                      phase="rollback", event_kind="anomaly", reason=problem)
     original_alive = run.serving.pid == run.record.from_pid and (
         run.serving.proc.poll() is None
         if run.serving.proc is not None
