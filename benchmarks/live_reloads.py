@@ -8,7 +8,8 @@ socket every ~30 ms (``ovs-ofctl add-flow``, acknowledged by a barrier), and a c
 holding one connection open (``ovsndu.testing.ofwriter``: flows in table 4, groups and
 meters added, modified and deleted, each acknowledged by a barrier; it connects again to
 the new process after each reload).  Then ``--runs`` reloads, one after the other.  Per
-reload: exit code, connections and MACs seen before the handover but missing afterwards
+reload: exit code, connections sent before conntrack was frozen for the final read and
+MACs seen before the handover, missing afterwards
 (OVS's dpctl/dump-conntrack and fdb/show), acknowledged flow writes missing afterwards,
 writes acknowledged in the 500 ms before the old process stopped (and on the open
 connection, after the final read), TCP alive, the gap and what the final catch-up cost.
@@ -158,7 +159,11 @@ def main() -> None:
                     def seen(t: float, cut: float = cut) -> bool:
                         return t < cut and not any(x - .05 <= t <= y + .05 for x, y in gaps)
 
-                    conns = {p for t, p in _sent(work / "udp.txt") if seen(t)}
+                    # Conntrack: every connection sent before the final read froze entry
+                    # creation (50 ms to reach the old process) existed when it stopped.
+                    frozen = start + marks.get("ct_frozen", 0) / 1000 - 0.05
+                    conns = {p for t, p in _sent(work / "udp.txt")
+                             if seen(t, max(cut, frozen))}
                     macs = {m for t, m in _sent(work / "mac.txt") if seen(t)}
                     ct = set(re.findall(r"sport=(\d+),dport=7000",
                                         sb.appctl("dpctl/dump-conntrack", "zone=1")))
@@ -181,6 +186,8 @@ def main() -> None:
                         catchup_read_ms=marks.get("catchup_read_ms"),
                         openflow_window_ms=marks.get("catchup_openflow_read_ms"),
                         traffic_read_ms=marks.get("catchup_traffic_read_ms"),
+                        ct_frozen_ms=marks.get("catchup_ct_frozen_ms"),
+                        ct_refused=marks.get("catchup.ct_refused"),
                         drain_ms=marks.get("catchup_drain_ms"),
                         catchup_apply_ms=marks.get("install_catchup_ms"),
                         catchup={k: v for k, v in marks.items() if k.startswith("catchup.")})

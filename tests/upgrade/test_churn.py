@@ -225,8 +225,9 @@ def test_forced_failure_under_churn_then_next_reload_commits(churn: Churn,
 
 def test_rollback_while_frozen_puts_the_limit_back(churn: Churn, tmp_path: Path) -> None:
     """The new vswitchd dies during the old one's last read (when its OpenFlow sockets
-    are hidden), before the takeover; conntrack is frozen for that read: the rollback continues the original with its own conntrack limit, and new
-    connections are committed again (OVS's dump-conntrack shows them)."""
+    are hidden), before the takeover; conntrack is frozen for that read: the rollback
+    continues the original with its own conntrack limit, and new connections are
+    committed again (OVS's dump-conntrack shows them)."""
     churn.rig.sb.appctl("dpctl/ct-set-maxconns", "400000")
     bad = fake_binary(tmp_path, "die-at-stop", (
         'for a in "$@"; do case $a in --pidfile=*) D=$(dirname "${a#*=}");; esac; done\n'
