@@ -68,6 +68,9 @@ class UpgradeConfig:
     uncarried: str = "report"
     #: let a schema downgrade drop values in columns the older schema lacks (recorded)
     allow_schema_loss: bool = False
+    #: longest time the final read may keep conntrack entry creation frozen in the old
+    #: vswitchd (new connections wait for the new one meanwhile); 0: never freeze
+    ct_freeze_max_ms: float = 250.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,6 +86,8 @@ _SECTIONS: dict[str, type[OvsConfig | UpgradeConfig | OvsnduConfig]] = {
     "upgrade": UpgradeConfig,
     "ovsndu": OvsnduConfig,
 }
+# Numbers for which 0 means "off".
+_ZERO_ALLOWED = frozenset({"ct_freeze_max_ms"})
 # Which base key each derived key follows, and how.
 _DERIVED = {"db": ("rundir", default_db), "control_socket": ("state_dir", default_control_socket)}
 
@@ -223,7 +228,10 @@ def _check(where: str, key: str, hint: str, value: object) -> object:
     if hint == "float":
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {_kind(value)}")
-        if not math.isfinite(value) or value <= 0:
+        if key in _ZERO_ALLOWED:
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{where}: expected a number >= 0, got {value!r}")
+        elif not math.isfinite(value) or value <= 0:
             raise ConfigError(f"{where}: expected a positive number, got {value!r}")
         return float(value)
     if hint == "tuple[str, ...]":

@@ -246,3 +246,21 @@ def test_rollback_while_frozen_puts_the_limit_back(churn: Churn, tmp_path: Path)
     time.sleep(1)
     fresh = {port for t, port in churn.sent("udp.txt") if thawed < t < thawed + 0.8}
     assert fresh and fresh <= _conntrack_sports(churn.rig), len(fresh)
+
+
+def test_the_freeze_is_bounded(churn: Churn) -> None:
+    """With ``ct_freeze_max_ms`` below the read's length, conntrack is thawed before the
+    read ends (new connections are not kept waiting longer); the reload still commits,
+    and the journal says why the read was not frozen to the end."""
+    rig = churn.rig
+    rig.cfg_path.write_text(rig.cfg.replace(ct_freeze_max_ms=0.001).to_toml())
+    code, result = rig.reload()
+    assert code == 0, result
+    marks = result["record"]["marks"]
+    assert 0 < marks["catchup_ct_frozen_ms"] < marks["catchup_traffic_read_ms"], marks
+    assert "the read outlasted the freeze's bound of 0.001 ms" in rig.log_path.read_text()
+    rig.cfg_path.write_text(rig.cfg.replace(ct_freeze_max_ms=0).to_toml())
+    code, result = rig.reload()
+    assert code == 0, result
+    assert "ct_frozen" not in result["record"]["marks"], result["record"]["marks"]
+    assert "disabled ([upgrade] ct_freeze_max_ms = 0)" in rig.log_path.read_text()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -63,9 +64,23 @@ class LastRead:
     unfrozen: str | None = None  # why conntrack was not frozen for the read
     ct_missed: int = 0  # unfrozen: entries the table held at the end that the read lacks
     frozen_wall: float = 0.0
+    thawed_wall: float = 0.0  # the freeze outlasted its bound and was lifted early
     fallback: list[str] = field(default_factory=list)  # why changes were read again
     read_done_wall: float = 0.0  # time.time() at the end of the full read, at the SIGSTOP
     stopped_wall: float = 0.0
+
+    def thaw_early(self, bound_s: float) -> None:
+        """The read outlasts the freeze's bound: let new connections in again (the rest
+        of the read has a window, named as when not frozen)."""
+        if not self.frozen or self.rundir is None or self.stopped:
+            return
+        try:
+            with Unixctl.for_daemon(self.rundir, pid=self.pid, timeout=10) as appctl:
+                ct_freeze.thaw(appctl, self.frozen)
+        except OvsnduError:
+            return  # still frozen: the stop, or a rollback's release, follows
+        self.frozen, self.thawed_wall = {}, time.time()
+        self.unfrozen = f"the read outlasted the freeze's bound of {bound_s * 1000:g} ms"
 
     def release(self) -> str | None:
         """The old process keeps serving (a failure before the kill): continue it, put
@@ -106,10 +121,12 @@ class LastRead:
 
 def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[str, float],
                     *, on_hidden: Callable[[HiddenSockets], None],
-                    on_frozen: Callable[[dict[str, int]], None]) -> None:
+                    on_frozen: Callable[[dict[str, int]], None],
+                    freeze_max_s: float = 0.25) -> None:
     """Steps 1–5 on the old process ``last.pid``; *last* is filled as it goes (so that a
     failure leaves what :meth:`LastRead.release` needs); *marks* get durations (ms).
-    *on_frozen* gets the conntrack limits to put back before they are set to 0."""
+    *on_frozen* gets the conntrack limits to put back before they are set to 0; the
+    freeze lasts *freeze_max_s* at most."""
     pid, last.rundir = last.pid, spec.rundir
     with Ovsdb(spec.db) as db:
         bridges = read_bridges(db)
@@ -141,18 +158,29 @@ def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[st
         last.ct_limits = ct_freeze.limits(appctl, [d for d in dps if not d.startswith("system@")])
         last.unfrozen = ct_freeze.why_not_freeze(dps, last.snapshot.categories["flows"],
                                                  last.snapshot.categories["groups"])
+        if last.unfrozen is None and freeze_max_s <= 0:
+            last.unfrozen = "disabled ([upgrade] ct_freeze_max_ms = 0)"
+        timer = None
         if last.unfrozen is None and last.ct_limits:
             refused = ct_freeze.refusals(appctl)
             on_frozen(dict(last.ct_limits))  # recorded first: a crash can put it back
             last.frozen = dict(last.ct_limits)
             ct_freeze.freeze(appctl, last.frozen)
             last.frozen_wall = time.time()
-        # Zone by zone (ovs/ct_read.py): the zones the read's flows name, and those known.
-        last.replaced.update(StateReader(spec.rundir, spec.db, pid=pid).traffic(
-            zones_named(last.snapshot.categories["flows"])))
-        if last.frozen:
+            timer = threading.Timer(freeze_max_s, last.thaw_early, (freeze_max_s,))
+            timer.start()
+        try:
+            # Zone by zone (ovs/ct_read.py): the zones the read's flows name, and those
+            # known.
+            last.replaced.update(StateReader(spec.rundir, spec.db, pid=pid).traffic(
+                zones_named(last.snapshot.categories["flows"])))
+        finally:
+            if timer is not None:  # never an appctl to a stopped process
+                timer.cancel()
+                timer.join()
+        if last.frozen_wall:
             marks["catchup.ct_refused"] = float(ct_freeze.refusals(appctl) - refused)
-        else:  # what the table holds now that the read does not (a lower bound)
+        if not last.frozen:  # what the table holds now that the read does not (a bound)
             held = sum(int(appctl("dpctl/ct-get-nconns", dp).strip() or 0) for dp in dps)
             last.ct_missed = max(0, held - len(last.replaced["conntrack"]))
     stop_at = time.monotonic()
@@ -176,8 +204,9 @@ def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[st
     marks["catchup_tlv_read_ms"] = round((traffic_at - tlv_at) * 1000, 2)
     marks["catchup_traffic_read_ms"] = round((stop_at - traffic_at) * 1000, 2)
     marks["catchup_drain_ms"] = round((drained - stop_at) * 1000, 2)
-    if last.frozen:
-        marks["catchup_ct_frozen_ms"] = round((last.stopped_wall - last.frozen_wall) * 1000, 2)
+    if last.frozen_wall:
+        marks["catchup_ct_frozen_ms"] = round(
+            ((last.thawed_wall or last.stopped_wall) - last.frozen_wall) * 1000, 2)
 
 
 def _why_incomplete(m: BridgeMonitor) -> str:
