@@ -71,30 +71,32 @@ class LastRead:
 
     def thaw_early(self, bound_s: float) -> None:
         """The read outlasts the freeze's bound: let new connections in again (the rest
-        of the read has a window, named as when not frozen)."""
-        if not self.frozen or self.rundir is None or self.stopped:
-            return
-        try:
-            with Unixctl.for_daemon(self.rundir, pid=self.pid, timeout=10) as appctl:
-                ct_freeze.thaw(appctl, self.frozen)
-        except OvsnduError:
-            return  # still frozen: the stop, or a rollback's release, follows
-        self.frozen, self.thawed_wall = {}, time.time()
-        self.unfrozen = f"the read outlasted the freeze's bound of {bound_s * 1000:g} ms"
+        of the read has a window, named as when not frozen).  A failure leaves it frozen:
+        the stop, or a rollback's :meth:`release`, follows."""
+        if self.frozen and not self.stopped and self._thaw() is None:
+            self.thawed_wall = time.time()
+            self.unfrozen = f"the read outlasted the freeze's bound of {bound_s * 1000:g} ms"
 
     def release(self) -> str | None:
         """The old process keeps serving (a failure before the kill): continue it, put
         its conntrack limit back, stop following it.  What could not be put back, if
         anything (for the record and the journal)."""
         self.resume()
-        if not self.frozen or self.rundir is None:
+        if not self.frozen:
             return None
+        failed = self._thaw()
+        return None if failed is None else (
+            f"conntrack of the old vswitchd {self.pid} is still frozen "
+            f"(ovs-appctl dpctl/ct-set-maxconns {self.frozen}): {failed}")
+
+    def _thaw(self) -> str | None:
+        """Put the conntrack limits back; why that failed, if it did."""
         try:
+            assert self.rundir is not None  # set with the freeze
             with Unixctl.for_daemon(self.rundir, pid=self.pid, timeout=10) as appctl:
                 ct_freeze.thaw(appctl, self.frozen)
         except OvsnduError as exc:
-            return (f"conntrack of the old vswitchd {self.pid} is still frozen "
-                    f"(ovs-appctl dpctl/ct-set-maxconns {self.frozen}): {exc}")
+            return str(exc)
         self.frozen = {}
         return None
 
