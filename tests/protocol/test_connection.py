@@ -298,6 +298,32 @@ class TestDeadlines:
         with pytest.raises(SyncTimeout, match="liveness"):
             server.check_deadlines(3.0)
 
+    def test_own_stall_is_not_the_peers_silence(self) -> None:
+        """Our process stalled (loop blocked, GIL starved) while the peer kept beating: the
+        late check reads first instead of blaming the peer; the stall is counted."""
+        server, client = pair(Config(heartbeat_interval=1, liveness_timeout=3),
+                              client_config=Config(heartbeat_interval=1, liveness_timeout=100))
+        list(run_sync(server, client, SNAP))
+        waiting = b"".join(client.check_deadlines(float(t)) for t in range(1, 11))
+        assert waiting  # ten heartbeats sit in the server's socket
+        server.check_deadlines(10.0)  # its first look after 10 s: no SyncTimeout
+        assert (server.stalls, server.longest_stall) == (1, 10.0)
+        assert feed(server, waiting, 10.0) == []
+        for t in (11.0, 12.0, 12.9):  # looking every heartbeat interval again: normal rule
+            server.check_deadlines(t)
+        with pytest.raises(SyncTimeout, match="liveness deadline expired in state SYNCED"):
+            server.check_deadlines(13.0)
+        assert server.stalls == 1
+
+    def test_silent_peer_after_own_stall(self) -> None:
+        """A peer that really is silent expires one heartbeat interval after our stall."""
+        server, client = pair(Config(heartbeat_interval=1, liveness_timeout=3))
+        list(run_sync(server, client, SNAP))
+        assert server.check_deadlines(20.0)  # late: a heartbeat, no expiry
+        assert server.next_deadline() == 21.0
+        with pytest.raises(SyncTimeout, match="liveness"):
+            server.check_deadlines(21.0)
+
     def test_progress_deadline_when_window_full(self) -> None:
         """A client that stops crediting expires the server's progress deadline."""
         cfg = Config(window=1, progress_timeout=4, liveness_timeout=100, heartbeat_interval=50)

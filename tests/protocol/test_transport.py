@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -339,3 +341,67 @@ class TestApplyAll:
             await sres.session.close()
             await cres.session.close()
         run(main())
+
+
+class TestStalledLoop:
+    def test_blocked_server_loop_reads_before_judging(self, path: Path) -> None:
+        """The server's event loop blocked for three times its liveness timeout (heavy work
+        on the loop thread) while the client, on its own loop, kept beating: once the loop
+        runs again the server reads those heartbeats and the upgrade goes on."""
+        server_cfg = Config(heartbeat_interval=0.05, liveness_timeout=0.5)
+        client_cfg = Config(heartbeat_interval=0.05, liveness_timeout=30)
+        failures: list[BaseException] = []
+
+        def client() -> None:
+            async def main() -> None:
+                cres = await receive_state(path, TOKEN, digest_of, config=client_cfg)
+                async with cres.session as session:
+                    await session.wait_handover(timeout=10)
+                    await session.ready()
+                    await session.wait_commit(timeout=10)
+            try:
+                asyncio.run(main())
+            except BaseException as exc:  # reported by the assertion below
+                failures.append(exc)
+
+        async def main() -> None:
+            server = asyncio.create_task(serve_state(path, SNAP, TOKEN, os.getuid(),
+                                                     config=server_cfg))
+            await wait_for_socket(path)
+            thread = threading.Thread(target=client)
+            thread.start()
+            sres = await server
+            time.sleep(1.5)  # the loop blocked: what is under test
+            await asyncio.sleep(0.2)
+            await sres.session.handover()
+            await sres.session.wait_ready(timeout=5)
+            await sres.session.commit()
+            assert sres.session.conn.stalls == 1  # seen, logged as sync.stalled
+            await sres.session.close()
+            await asyncio.to_thread(thread.join, 10)
+            assert failures == []
+        run(main())
+
+    def test_apply_all_snapshot_built_off_the_loop(self, path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+        """The client builds apply_all's snapshot in a worker thread (seconds at 300k
+        entries: a loop blocked that long sends no heartbeat)."""
+        from ovsndu.model import Snapshot
+
+        built_on: list[str] = []
+        original = Snapshot.build.__func__  # type: ignore[attr-defined]
+
+        def build(cls: type[Snapshot], *args: Any) -> Snapshot:
+            built_on.append(threading.current_thread().name)
+            return original(cls, *args)  # type: ignore[no-any-return]
+
+        monkeypatch.setattr(Snapshot, "build", classmethod(build))
+
+        async def main() -> None:
+            server = asyncio.create_task(serve_state(path, SNAP, TOKEN, os.getuid(), config=FAST))
+            await wait_for_socket(path)
+            cres = await receive_state(path, TOKEN, apply_all=lambda s: s.digests(), config=FAST)
+            await (await server).session.close()
+            await cres.session.close()
+        run(main())
+        assert built_on and threading.main_thread().name not in built_on

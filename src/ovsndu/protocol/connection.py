@@ -12,6 +12,12 @@ Rules of this module (after h11's ``_state.py``):
    monotonic clock, in seconds); deadlines are data, read with :meth:`next_deadline`
    and enforced by :meth:`check_deadlines`.
 3. Any exception moves the connection to ERROR, where only ``Abort`` may be sent.
+4. Time this side did not run is not the peer's silence.  Where heartbeats are armed
+   the transport looks (``receive_data``, ``send``, ``check_deadlines``) at least every
+   ``heartbeat_interval``; a look more than twice that after the previous one means our
+   own process stalled (a blocked event loop, CPU or GIL starvation), while the peer's
+   bytes waited in the socket.  Every deadline is then at least ``heartbeat_interval``
+   from that look, so what the peer sent meanwhile is read before it is judged.
 
 Besides the tables, the connection counts what the tables cannot see: chunk sequence
 numbers, the credit window, category order, entry counts and pending acknowledgements.
@@ -104,6 +110,11 @@ class Connection:
         self._started = self._now = self._last_recv = self._last_send = now
         self._last_progress = now
         self._hello_sent_at = now
+        self._last_look = now  # the latest time this side ran (any call with a clock)
+        self._resumed: float | None = None  # the look that ended our latest stall
+        #: our own stalls seen (count, longest in seconds): time the peer was not blamed for
+        self.stalls = 0
+        self.longest_stall = 0.0
 
     # --- introspection used by transports ----------------------------------------------------
 
@@ -160,6 +171,7 @@ class Connection:
 
     def send(self, msg: Message, now: float) -> bytes:
         """The bytes that carry *msg*; refuses (LocalProtocolError) what the protocol forbids."""
+        self._look(now)
         try:
             new = self._move(SEND, type(msg))
             data = self._encoder.encode(msg)
@@ -297,6 +309,7 @@ class Connection:
             raise LocalProtocolError("cannot receive data: connection is in ERROR")
         if self._eof and data:
             raise LocalProtocolError("data after end of stream")
+        self._look(now)
         try:
             if data:
                 self._decoder.feed(data)
@@ -362,8 +375,26 @@ class Connection:
 
     # --- deadlines -----------------------------------------------------------------------------
 
+    def _look(self, now: float) -> None:
+        """This side runs at *now*; a gap since the last look over twice the heartbeat
+        interval, where heartbeats are armed, was a stall of ours (rule 4)."""
+        gap = now - self._last_look
+        if gap > 2 * self.config.heartbeat_interval and self._heartbeat_due() is not None:
+            self._resumed = now
+            self.stalls += 1
+            self.longest_stall = max(self.longest_stall, gap)
+        self._last_look = max(self._last_look, now)
+
     def _deadlines(self) -> list[tuple[float, str, float]]:
-        """Armed expiries as ``(at, what, limit)``."""
+        """Armed expiries as ``(at, what, limit)``; none earlier than a heartbeat interval
+        after our latest stall (rule 4)."""
+        out = self._armed()
+        if self._resumed is None:
+            return out
+        floor = self._resumed + self.config.heartbeat_interval
+        return [(max(at, floor), what, limit) for at, what, limit in out]
+
+    def _armed(self) -> list[tuple[float, str, float]]:
         cfg, state = self.config, self.state
         if state in TERMINAL:
             return []
@@ -403,7 +434,11 @@ class Connection:
         return min(times, default=None)
 
     def check_deadlines(self, now: float) -> bytes:
-        """Raise SyncTimeout if a deadline passed; else the bytes of a due Heartbeat, or b""."""
+        """Raise SyncTimeout if a deadline passed; else the bytes of a due Heartbeat, or b"".
+
+        A call that comes late because this side stalled does not expire anything yet
+        (rule 4): what the peer sent meanwhile is read first."""
+        self._look(now)
         for at, what, limit in self._deadlines():
             if now >= at:
                 state, self.state = self.state.name, S.ERROR

@@ -4,7 +4,10 @@ A :class:`ServerSession` or :class:`ClientSession` owns one connected Unix socke
 sans-I/O :class:`~ovsndu.protocol.connection.Connection`.  One pump task reads, feeds
 the connection, answers its deadlines with the loop clock (heartbeats out,
 ``SyncTimeout`` on expiry) and queues the events the caller waits for; the session's
-methods send messages and wait for the next expected one.  How sessions are opened
+methods send messages and wait for the next expected one.  The pump runs on the event
+loop, so nothing heavy may: a loop blocked for seconds sends no heartbeat, and the peer
+rightly gives up after ``liveness_timeout`` (our own late look is logged as
+``sync.stalled`` and does not blame the peer, see the connection's rule 4).  How sessions are opened
 (listening, connecting, authenticating, streaming the state) is
 :mod:`ovsndu.protocol.transport`.
 """
@@ -117,9 +120,14 @@ class _Session:
 
     async def _pump(self) -> None:
         conn, read_size = self.conn, self.conn.config.read_size
+        stalls = 0
         try:
             while True:
                 beat = conn.check_deadlines(self._loop.time())
+                if conn.stalls != stalls:  # our loop did not run: say so, never blame the peer
+                    stalls = conn.stalls
+                    log.warning("sync.stalled", side=conn.side.value, state=conn.state.name,
+                                longest_s=round(conn.longest_stall, 3), stalls=stalls)
                 if beat:
                     self._writer.write(beat)
                 try:

@@ -349,14 +349,19 @@ async def _apply_everything(
     received: Mapping[str, tuple[Entry, ...]],
     ended: list[tuple[str, int]],
 ) -> None:
-    """Run *apply_all* on the whole state, then acknowledge every category in order."""
-    snap = Snapshot.build(
-        VswitchdInfo(pid=None, version=None), {c: received.get(c, ()) for c in CATEGORIES}
-    )
+    """Run *apply_all* on the whole state, then acknowledge every category in order.
+
+    The snapshot is built in a worker thread: sorting and digesting 300k entries takes
+    seconds, during which a blocked event loop would send no heartbeat."""
+    def build() -> Snapshot:
+        return Snapshot.build(VswitchdInfo(pid=None, version=None),
+                              {c: received.get(c, ()) for c in CATEGORIES})
+
     if inspect.iscoroutinefunction(apply_all):
+        snap = await session._guard(asyncio.to_thread(build))
         digests = await session._guard(apply_all(snap))
     else:
-        digests = await session._guard(asyncio.to_thread(apply_all, snap))
+        digests = await session._guard(asyncio.to_thread(lambda: apply_all(build())))
     for category, count in ended:
         digest = digests.get(category) if isinstance(digests, Mapping) else None
         if not isinstance(digest, str):
