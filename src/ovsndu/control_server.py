@@ -118,6 +118,7 @@ async def reload(sup: Supervisor, request: dict[str, Any], writer: asyncio.Strea
         schema=str(request.get("schema") or ""),
         progress=progress,
         on_serving=moved,
+        on_snapshot=sup.keeper.adopt,
     )
     sup.runner = runner
     sdnotify.notify(RELOADING=1, STATUS=f"upgrading to {binary}")

@@ -116,6 +116,13 @@ class TestDigest:
 
 
 class TestJsonShape:
+    @given(snapshots, st.integers(min_value=1, max_value=400))
+    @settings(max_examples=100)
+    def test_json_chunks_are_the_whole_text(self, snap: Snapshot, size: int) -> None:
+        """The snapshot file written piece by piece is json.dumps(to_dict()), byte for
+        byte, whatever the piece size (crash recovery reads it with from_dict)."""
+        assert "".join(snap.json_chunks(size)) == json.dumps(snap.to_dict())
+
     @given(snapshots)
     @settings(max_examples=100)
     def test_round_trip(self, snap: Snapshot) -> None:

@@ -44,3 +44,16 @@ def test_traffic_interval_scales_with_the_read() -> None:
     keeper.traffic_read_s = 0.005  # a small table: read again with every snapshot
     assert keeper.traffic_due(1, 1000.0 + 1)
     assert keeper.traffic_due(2, 1000.0)  # another process: read at once
+
+
+def test_adopts_the_upgrades_snapshot() -> None:
+    """The runner's snapshot replaces the keeper's (one copy held during an upgrade, not
+    two); it counts as a conntrack read, and the OpenFlow counter is read again."""
+    keeper = StateKeeper(VswitchdSpec(Path("/nonexistent"), "unix:/nonexistent"))
+    keeper.snapshot, keeper.pid, keeper.taken_at = object(), 1, 5.0  # type: ignore[assignment]
+    keeper._baseline, keeper.traffic_read_s = "17", 3.0  # a 3 s conntrack read
+    snap = object()
+    keeper.adopt(2, snap, 900.0)  # type: ignore[arg-type]
+    assert (keeper.snapshot, keeper.pid, keeper.taken_at) == (snap, 2, 900.0)
+    assert keeper.traffic_at == 900.0 and keeper._baseline is None
+    assert not keeper.traffic_due(2, 900.5) and keeper.traffic_due(2, 1200.0)

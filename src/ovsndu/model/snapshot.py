@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +113,29 @@ class Snapshot:
                 for name, entries in self.categories.items()
             },
         }
+
+    def json_chunks(self, size: int = 1 << 20) -> Iterator[str]:
+        """``json.dumps(self.to_dict())`` in pieces of about *size* characters, without
+        building the dict or the whole text (at 300k entries those held ~0.5 GiB, and
+        one ``json.dumps`` call holds the GIL for seconds)."""
+        dumps = json.dumps
+        head = {"format": FORMAT, "vswitchd": {"pid": self.vswitchd.pid,
+                                               "version": self.vswitchd.version}}
+        parts: list[str] = [dumps(head)[:-1], ', "categories": {']
+        length = 0
+        for n, (name, entries) in enumerate(self.categories.items()):
+            parts.append(f'{", " if n else ""}{dumps(name)}: {{"count": {len(entries)}, '
+                         f'"digest": {dumps(self._digests[name])}, "entries": [')
+            for i, entry in enumerate(entries):
+                text = dumps(entry.to_dict())
+                parts.append(", " + text if i else text)
+                length += len(text)
+                if length >= size:
+                    yield "".join(parts)
+                    parts, length = [], 0
+            parts.append("]}")
+        parts.append("}}")
+        yield "".join(parts)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Snapshot:

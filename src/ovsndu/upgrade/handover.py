@@ -148,7 +148,7 @@ async def take_over(run: UpgradeRunner) -> None:
     marks.update({f"catchup.{k}": float(n) for k, n in delta.counts().items()})
     if not delta.empty:
         path = run._workdir / CATCHUP_FILE
-        await asyncio.to_thread(path.write_text, json.dumps(delta.to_dict()))
+        await asyncio.to_thread(lambda: path.write_text(json.dumps(delta.to_dict())))
     mark("catchup_written")
     await asyncio.to_thread(daemon.promote_standby_pidfile, spec, standby.pid)
     await asyncio.to_thread(daemon.enable_syslog, spec, standby.pid)

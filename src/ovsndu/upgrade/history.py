@@ -19,7 +19,7 @@ import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from ovsndu.errors import HistoryError
+from ovsndu.model import Snapshot
 
 RECORD_FORMAT = 1
 INFLIGHT = "inflight.json"
@@ -314,20 +315,27 @@ def ensure_private_dir(path: Path) -> None:
         os.chmod(path, 0o700)
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write *data* to a new file *path* created mode 0600 (no window where others read it)."""
+def write_private(path: Path, data: bytes | Iterable[bytes]) -> None:
+    """Write *data* (bytes, or pieces of it) to a new file *path* created mode 0600 (no
+    window where others read it)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
                  0o600)
     try:
         if os.fstat(fd).st_mode & 0o777 != 0o600:  # an existing file keeps its mode: fix it
             os.fchmod(fd, 0o600)
-        _write_all(fd, data)
+        for piece in (data,) if isinstance(data, bytes) else data:
+            _write_all(fd, piece)
     except OSError:
         os.close(fd)
         with contextlib.suppress(OSError):
             path.unlink()
         raise
     os.close(fd)
+
+
+def write_snapshot(path: Path, snap: Snapshot) -> None:
+    """*snap*'s JSON (format 1) to a new private file, written as it is encoded."""
+    write_private(path, (chunk.encode() for chunk in snap.json_chunks()))
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -46,6 +46,7 @@ from ovsndu.upgrade.history import (
     UpgradeRecord,
     utc_now_iso,
     write_private,
+    write_snapshot,
 )
 from ovsndu.upgrade.lastread import LastRead
 from ovsndu.upgrade.machine import Phase
@@ -80,6 +81,7 @@ class UpgradeRunner:
         schema: str = "",
         progress: Progress | None = None,
         on_serving: Callable[[Serving], None] | None = None,
+        on_snapshot: Callable[[int, Snapshot, float], None] | None = None,
     ):
         self.cfg = cfg
         self.spec = spec_of(cfg)
@@ -90,6 +92,8 @@ class UpgradeRunner:
         self.timeout = timeout
         self.progress = progress or (lambda _e: None)
         self.on_serving = on_serving or (lambda _s: None)
+        # (pid, snapshot, monotonic read time): the keeper adopts it (one copy, not two)
+        self.on_snapshot = on_snapshot or (lambda _p, _s, _t: None)
         self.upgrade_id = time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
         self.record = UpgradeRecord(
             id=self.upgrade_id,
@@ -383,10 +387,13 @@ class UpgradeRunner:
             await asyncio.to_thread(self.schema.revert, self.serving.pid)
             raise
         self.snapshot = snap
+        self.on_snapshot(self.serving.pid, snap, started)
         self.record.counts, self.record.digests = snap.counts(), snap.digests()
         await asyncio.to_thread(self._note_uncarried, snap)
         path = snapshot_path(self.state_dir, self.upgrade_id)
-        await asyncio.to_thread(write_private, path, json.dumps(snap.to_dict()).encode())
+        # Encoded as it is written, in a worker: one json.dumps of 300k entries held
+        # ~0.5 GiB and the event loop (the sync channel's heartbeats) for seconds.
+        await asyncio.to_thread(write_snapshot, path, snap)
 
     def _note_uncarried(self, snap: Snapshot, *, refuse: bool = True) -> None:
         """Name and count what cannot be carried (each entry once); refuse (before anything
