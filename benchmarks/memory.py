@@ -193,13 +193,18 @@ async def server_main(n_flows: int, n_ct: int, n_fdb: int) -> dict[str, Any]:
                                            "peak_above_mib": round((peak - base) / MIB, 1),
                                            "held_after_mib": round(current / MIB, 1),
                                            "seconds": round(time.perf_counter() - began, 2)}
-        final_cats = st.run("final read (entry lists)", lambda: read(n_flows, n_ct, n_fdb, 1))
-        final = st.run("final read's build (settle)", lambda c=final_cats: apply_window(
-            Snapshot.build(info, c), [], {})[0])
+        # The session is open: as in the runner, nothing heavy on the event loop (these
+        # steps on the loop stalled it 36 s at 200k and the client gave up, rightly).
+        final_cats = await asyncio.to_thread(st.run, "final read (entry lists)",
+                                             lambda: read(n_flows, n_ct, n_fdb, 1))
+        final = await asyncio.to_thread(st.run, "final read's build (settle)",
+                                        lambda c=final_cats: apply_window(
+                                            Snapshot.build(info, c), [], {})[0])
         del final_cats
-        delta = st.run("delta_between", lambda: delta_between(snap, final))
-        st.run("catch-up file (delta JSON)", lambda: (Path(tmp) / "c.json").write_text(
-            json.dumps(delta.to_dict())))
+        delta = await asyncio.to_thread(st.run, "delta_between",
+                                        lambda: delta_between(snap, final))
+        await asyncio.to_thread(st.run, "catch-up file (delta JSON)", lambda: (
+            Path(tmp) / "c.json").write_text(json.dumps(delta.to_dict())))
         await result.session.handover()
         await result.session.wait_ready(timeout=600)
         await result.session.commit()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 
 import pytest
@@ -86,6 +87,30 @@ class TestDigest:
         changed = snap.replace(name, entries)
         for other in CATEGORIES:
             assert (changed.digest(other) == snap.digest(other)) is (other != name)
+
+    @given(st.lists(ENTRIES["flows"], max_size=12), st.lists(st.integers(0, 11), max_size=6),
+           st.randoms())
+    @settings(max_examples=300)
+    def test_order_and_digest_as_sorting_by_identity_then_encoding(
+        self, flows: list[Flow], copies: list[int], rnd: object
+    ) -> None:
+        """The canonical order is (identity, canonical encoding, all fields), and the digest
+        hashes the encodings in that order, also with repeated identities and entries
+        equal but for volatile fields."""
+        for k in copies:  # repeated identities, some with equal encodings
+            if flows:
+                f = flows[k % len(flows)]
+                flows.append(dataclasses.replace(f, n_packets=k, actions=f.actions * (k % 2)))
+        rnd.shuffle(flows)  # type: ignore[attr-defined]
+        expected = sorted(flows, key=lambda e: (e.identity(), e.canonical(),
+                                                json.dumps(e.to_dict(), sort_keys=True,
+                                                           default=str)))
+        h = hashlib.sha256()
+        for e in expected:
+            h.update(e.canonical() + b"\n")
+        got = Snapshot.build(INFO, {**dict.fromkeys(CATEGORIES, ()), "flows": flows})
+        assert list(got.categories["flows"]) == expected
+        assert got.digest("flows") == h.hexdigest()
 
     def test_volatile_fields_stay_out(self) -> None:
         """Counters, durations, ages and timeouts do not change a digest."""

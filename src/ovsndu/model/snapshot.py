@@ -26,17 +26,34 @@ def sort_entries(entries: Iterable[Entry]) -> tuple[Entry, ...]:
 
 
 def _sorted_with_digest(entries: Iterable[Entry]) -> tuple[tuple[Entry, ...], str]:
-    keyed = sorted(((e.identity(), e.canonical(), e) for e in entries), key=lambda t: (t[0], t[1]))
-    # Entries equal but for volatile fields: order them by all fields (rare, so cheap).
-    for i in range(1, len(keyed)):
-        if keyed[i][:2] == keyed[i - 1][:2]:
-            keyed.sort(key=lambda t: (t[0], t[1], _full(t[2])))
-            break
+    # By identity first: identities are unique but for rare ties, so the canonical
+    # encodings are not all held at once for the sort (~60 MiB at 300k entries), only
+    # made one at a time for the digest.  The order is the same as sorting by
+    # (identity, canonical encoding, all fields).
+    keyed = sorted(((e.identity(), e) for e in entries), key=_first)
+    ordered: list[Entry] = []
     h = hashlib.sha256()
-    for _, encoded, _ in keyed:
-        h.update(encoded)
-        h.update(b"\n")
-    return tuple(t[2] for t in keyed), h.hexdigest()
+    i, n = 0, len(keyed)
+    while i < n:
+        j = i + 1
+        while j < n and keyed[j][0] == keyed[i][0]:
+            j += 1
+        if j == i + 1:
+            run = [(keyed[i][1].canonical(), keyed[i][1])]
+        else:  # one identity several times: by encoding, then by all fields (rare)
+            run = sorted(((e.canonical(), e) for _, e in keyed[i:j]), key=_first)
+            if any(run[k][0] == run[k - 1][0] for k in range(1, len(run))):
+                run.sort(key=lambda t: (t[0], _full(t[1])))
+        for encoded, entry in run:
+            h.update(encoded)
+            h.update(b"\n")
+            ordered.append(entry)
+        i = j
+    return tuple(ordered), h.hexdigest()
+
+
+def _first(pair: tuple[Any, Entry]) -> Any:
+    return pair[0]
 
 
 def _full(entry: Entry) -> str:
