@@ -139,25 +139,33 @@ def _paired(bridge: str, entries: list[bytes], prefix: bytes) -> list[Flow | Non
 def read_flows(mgmt: Path, bridge: str) -> list[Flow]:
     """Every rule of *bridge*, each with its text and (where some protocol can carry it)
     its flow-mod bytes; ParseError naming a rule OVS's own printer cannot decode."""
+    # At 50k rules a bridge's dump, printed text, flow-mods and rules are tens of MiB
+    # each, and four bridges are read at once: each is let go as soon as it is used.
     replies = _dump(mgmt, ofwire.OF15, ofwire.flow_desc_request(1))
+    prefix = replies[0][:16]
     entries = [e for r in replies for e in ofwire.desc_entries(r)]
-    printed = _paired(bridge, entries, replies[0][:16])
+    del replies
+    printed = _paired(bridge, entries, prefix)
     flows: list[Flow] = []
     for entry, flow in zip(entries, printed, strict=True):
         if flow is None:
             raise ParseError("flow", entry.hex(), "ovs-ofctl cannot decode this rule")
         flows.append(flow)
+    del printed
     mods = [ofwire.flow_mod15(e, xid) for xid, e in enumerate(entries)]
+    del entries
     refused = _refused(mods)
-    wires = [_b64(m) for m in mods]
-    if refused:
-        by_key = _nx_mods(mgmt, bridge)
-        for xid in refused:
-            f = flows[xid]
+    by_key = _nx_mods(mgmt, bridge) if refused else {}
+    for xid, f in enumerate(flows):
+        if xid in refused:
             nx = by_key.get(ofwire.rule_key(f.table, f.priority, f.match))
-            wires[xid] = _b64(ofwire.nx_flow_mod(
+            wire = _b64(ofwire.nx_flow_mod(
                 nx, send_flow_rem="send_flow_rem" in f.flags)) if nx else ""
-    return [dataclasses.replace(f, wire=w) for f, w in zip(flows, wires, strict=True)]
+        else:
+            wire = _b64(mods[xid])
+        mods[xid] = b""
+        flows[xid] = dataclasses.replace(f, wire=wire)  # the rule without bytes goes now
+    return flows
 
 
 def flows_of_entries(bridge: str, entries: list[bytes], prefix: bytes) -> list[Flow]:
