@@ -18,10 +18,12 @@ import struct
 import subprocess
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ovsndu.errors import VswitchdError
+from ovsndu.model import Flow, Group
 
 HEADER = struct.Struct("!BBHI")
 HELLO, ERROR, ECHO_REQUEST, ECHO_REPLY = 0, 1, 2, 3
@@ -42,7 +44,9 @@ class CapturedBundle:
     adds: bytes
     barrier: bytes
     commit: bytes
-    add_lines: dict[int, str] = field(default_factory=dict)  # xid -> source line
+    # xid -> source line, or the rule (group) carried as bytes whose ``spec()`` names it:
+    # read only to name a refused add, so 200k rules do not each keep a text (27.5 MiB).
+    add_lines: dict[int, str | Flow | Group] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -233,11 +237,20 @@ def _describe(error: bytes, bundle: CapturedBundle) -> str:
         text = ""
     first = text.splitlines()[0] if text else f"OpenFlow error {error[8:12].hex()}"
     kind = first.split("):", 1)[-1].strip() if "):" in first else first
-    line = bundle.add_lines.get(xid)
+    line = line_of(bundle, xid)
     return f"Error {kind} for: {line}" if line else f"Error {kind}"
 
 
-def splice(bundle: CapturedBundle, at: int, adds: list[bytes], lines: list[str]) -> None:
+def line_of(bundle: CapturedBundle, xid: int) -> str | None:
+    """The bundle line (``flow add ...``) of the add with *xid*, if it has one."""
+    line = bundle.add_lines.get(xid)
+    if line is None or isinstance(line, str):
+        return line
+    return f"{'flow' if isinstance(line, Flow) else 'group'} add {line.spec()}"
+
+
+def splice(bundle: CapturedBundle, at: int, adds: list[bytes],
+           lines: Sequence[str | Flow | Group]) -> None:
     """Insert ready ``BUNDLE_ADD`` messages (*adds*, described by *lines*) after the bundle's
     first *at* adds: rules carried as bytes join rules encoded from text, in order."""
     offset = 0

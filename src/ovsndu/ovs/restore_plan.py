@@ -147,12 +147,12 @@ def build_plan(snap: Snapshot, database: str, uncarried_mode: str = "report", *,
             ofbundle.splice(encoded[bridge.name], wire_at[bridge.name],
                             ofdump.bundle_adds(carried, encoded[bridge.name].open_msg,
                                                WIRE_XIDS),
-                            [f"flow add {f.spec()}" for f in carried])
+                            carried)
             byte_groups = wire_groups.get(bridge.name, [])
             ofbundle.splice(encoded[bridge.name], groups_at[bridge.name],
                             ofdump.bundle_adds(byte_groups, encoded[bridge.name].open_msg,
                                                WIRE_GROUP_XIDS),
-                            [f"group add {g.spec()}" for g in byte_groups])
+                            byte_groups)
     plan = RestorePlan(snap, bridges, bundles, extra, ct_bridge, fdb, port_names, has_tcp,
                        encoded, uncarried, ct_later, later, nx_flows=nx_flows)
     for bridge in bridges if encode else ():
