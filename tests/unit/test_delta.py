@@ -65,3 +65,62 @@ def test_applied_gives_what_the_new_process_should_hold() -> None:
     for category in ("flows", "conntrack"):
         assert result.digest(category) == after.digest(category), category
     assert applied(before, delta_between(before, before)) == before
+
+
+def ct_text(sport: int, zone: int = 0) -> str:
+    return (f"udp,orig=(src=10.0.0.1,dst=10.0.0.2,sport={sport},dport=53),reply=(src=10.0.0.2,"
+            f"dst=10.0.0.1,sport=53,dport={sport}),id={sport},zone={zone},status=0,"
+            f"timeout={sport % 60}")
+
+
+def test_catchup_delta_from_the_raw_read_equals_the_built_one() -> None:
+    """The handover's delta (catchup_delta: unsorted traffic entries against the
+    snapshot's identities, no build) is exactly delta_between's of the built final read,
+    down to the order of the entries that appeared (catchup.json's content)."""
+    from ovsndu.model.delta import catchup_delta, traffic_identities
+    from ovsndu.model.window import replay_window
+    from ovsndu.ovs.appctl_parsers import parse_conntrack
+
+    old = parse_conntrack("\n".join(ct_text(p, p % 3) for p in range(1, 200)))
+    before = snap(flow(10), flow(20), *old)
+    # The final read: conntrack in dump order (not canonical), some gone, some new (one
+    # of them with an old connection's identity in another zone), timeouts moved on.
+    raw = parse_conntrack("\n".join(ct_text(p, p % 3) for p in (
+        *range(250, 199, -1), *range(150, 3, -2), 7, 1)) + "\n" + ct_text(6, 2))
+    read = snap(flow(10), flow(20))
+    for replaced, changes in (({"conntrack": raw, "fdb": [], "tlv_mappings": []}, []),
+                              ({"conntrack": raw}, [])):
+        settled, _counts, _unknown = replay_window(read, changes, replaced)
+        final = settled.build()
+        want = delta_between(before, final)
+        got = catchup_delta(before, settled.categories(), digests=settled.known_digests(),
+                            known=traffic_identities(before))
+        assert got.to_dict() == want.to_dict()
+        assert got.counts() == {"conntrack.added": 52}
+        added = got.added["conntrack"]
+        assert [e.orig for e in added] == [e.orig for e in want.added["conntrack"]]
+        assert list(added) == sorted(added, key=lambda e: (e.identity(), e.canonical()))
+        # without the precomputed identities or known digests: the same
+        assert catchup_delta(before, settled.categories()).to_dict() == want.to_dict()
+    # OpenFlow categories changed in the window: diffed as before
+    settled, _counts, _unknown = replay_window(read, [], {"flows": [flow(20, "output:1"),
+                                                                    flow(30)],
+                                                          "conntrack": raw})
+    got = catchup_delta(before, settled.categories(), digests=settled.known_digests(),
+                        known=traffic_identities(before))
+    assert got.to_dict() == delta_between(before, settled.build()).to_dict()
+    assert got.counts() == {"flows.removed": 1, "flows.added": 1, "flows.changed": 1,
+                            "conntrack.added": 52}
+    # nothing new: empty, and the snapshot's own categories are not rebuilt
+    same = replay_window(before, [], {"conntrack": list(reversed(old))})[0]
+    assert catchup_delta(before, same.categories(), digests=same.known_digests(),
+                         known=traffic_identities(before)).empty
+
+
+def test_replace_sorts_only_the_replaced_category() -> None:
+    s = snap(flow(10), ct(1), ct(2))
+    r = s.replace("conntrack", [ct(3), ct(1)])
+    assert r == snap(flow(10), ct(1), ct(3))
+    assert r.digests() == snap(flow(10), ct(1), ct(3)).digests()
+    assert applied(s, delta_between(s, snap(flow(11), ct(1), ct(2), ct(4))),
+                   ("flows",)).categories["conntrack"] == s.categories["conntrack"]

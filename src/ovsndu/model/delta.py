@@ -13,12 +13,15 @@ the prepared install, still under flow-restore-wait (docs/upgrade.md).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+import operator
+from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
 from ovsndu.model.diff import diff_category
-from ovsndu.model.snapshot import Snapshot
+from ovsndu.model.snapshot import Snapshot, sort_entries, sorted_with_digest
 from ovsndu.model.state import Entry, entry_from_dict
 
 OPENFLOW = ("tlv_mappings", "meters", "groups", "flows")
@@ -69,10 +72,12 @@ class Delta:
         return cls(parts["removed"], parts["added"], parts["changed"])
 
 
-def applied(snap: Snapshot, delta: Delta) -> Snapshot:
-    """*snap* with *delta* applied: what the new process should hold after the catch-up."""
+def applied(snap: Snapshot, delta: Delta,
+            categories: Sequence[str] = (*OPENFLOW, *TRAFFIC)) -> Snapshot:
+    """*snap* with *delta* applied: what the new process should hold after the catch-up
+    (in *categories*; the others as in *snap*)."""
     out = snap
-    for category in (*OPENFLOW, *TRAFFIC):
+    for category in categories:
         gone = {e.identity() for e in (*delta.removed.get(category, ()),
                                        *delta.changed.get(category, ()))}
         kept = [e for e in snap.categories[category] if e.identity() not in gone]
@@ -82,25 +87,62 @@ def applied(snap: Snapshot, delta: Delta) -> Snapshot:
     return out
 
 
-def delta_between(before: Snapshot, after: Snapshot) -> Delta:
-    """What *after* (the final read) holds that *before* (the snapshot) did not."""
+def identities(entries: Sequence[Entry]) -> Iterator[tuple[Any, ...]]:
+    """``e.identity()`` of each of *entries*, in order; one C getter when all are of one
+    type (100k conntrack entries: ~15 ms instead of ~100 ms)."""
+    kinds: set[type[Entry]] = set(map(type, entries))
+    if len(kinds) == 1:
+        (kind,) = kinds
+        if len(kind.IDENTITY) > 1:  # attrgetter of several names gives the tuple itself
+            return map(operator.attrgetter(*kind.IDENTITY), entries)
+    return (e.identity() for e in entries)
+
+
+def traffic_identities(snap: Snapshot) -> dict[str, frozenset[tuple[Any, ...]]]:
+    """The identities of *snap*'s traffic entries, per category (the snapshot's, computed
+    before the old process stops, for :func:`catchup_delta`)."""
+    return {c: frozenset(identities(snap.categories[c])) for c in TRAFFIC}
+
+
+def catchup_delta(before: Snapshot, after: Mapping[str, Sequence[Entry]], *,
+                  digests: Mapping[str, str] | None = None,
+                  known: Mapping[str, AbstractSet[tuple[Any, ...]]] | None = None) -> Delta:
+    """What *after* (the final read: every category's entries, in any order) holds that
+    *before* (the snapshot) did not; the same as :func:`delta_between` of *before* and
+    *after* built, without the build.  *digests*: those of *after*'s categories already
+    known (the rest are computed: cheap for OpenFlow); *known*: *before*'s traffic
+    identities (:func:`traffic_identities`), else computed here.  The traffic categories
+    are not sorted whole: only the entries that appeared are."""
+    digests = digests or {}
     removed: dict[str, tuple[Entry, ...]] = {}
     added: dict[str, tuple[Entry, ...]] = {}
     changed: dict[str, tuple[Entry, ...]] = {}
     for category in OPENFLOW:
-        if before.digest(category) == after.digest(category):
+        digest, entries = digests.get(category), after[category]
+        if digest is None:  # the order delta_between's diff had (a built category's)
+            entries, digest = sorted_with_digest(entries)
+        if before.digest(category) == digest:
             # Same digest, same stable content: nothing to diff (50k flows take ~2 s of
             # Python to diff, and the handover waits for the delta).
             removed[category] = added[category] = changed[category] = ()
             continue
-        d = diff_category(category, before.categories[category], after.categories[category])
+        d = diff_category(category, before.categories[category], tuple(entries))
         removed[category], added[category] = d.removed, d.added
         changed[category] = tuple(new for _old, new in d.changed)
     for category in TRAFFIC:
-        if before.digest(category) == after.digest(category):
+        entries = after[category]
+        if digests.get(category) == before.digest(category):
             added[category] = ()
             continue
-        known = {e.identity() for e in before.categories[category]}
-        added[category] = tuple(e for e in after.categories[category]
-                                if e.identity() not in known)
+        ids = (known[category] if known is not None
+               else frozenset(identities(before.categories[category])))
+        # Those whose identity the snapshot did not have, all in C (100k: ~25 ms).
+        new = itertools.compress(entries, map(operator.not_,
+                                              map(ids.__contains__, identities(entries))))
+        added[category] = sort_entries(new)
     return Delta(removed, added, changed)
+
+
+def delta_between(before: Snapshot, after: Snapshot) -> Delta:
+    """What *after* (the final read) holds that *before* (the snapshot) did not."""
+    return catchup_delta(before, after.categories, digests=after.digests())

@@ -60,6 +60,11 @@ def _full(entry: Entry) -> str:
     return json.dumps(entry.to_dict(), sort_keys=True, default=str)
 
 
+def sorted_with_digest(entries: Iterable[Entry]) -> tuple[tuple[Entry, ...], str]:
+    """:func:`sort_entries` and :func:`category_digest` in one sort."""
+    return _sorted_with_digest(entries)
+
+
 def category_digest(entries: Iterable[Entry]) -> str:
     """SHA-256 over the canonical encodings of *entries* in canonical order."""
     return _sorted_with_digest(entries)[1]
@@ -111,10 +116,19 @@ class Snapshot:
         return {name: len(self.categories[name]) for name in CATEGORIES}
 
     def replace(self, category: str, entries: Iterable[Entry]) -> Snapshot:
-        """A copy with one category's entries replaced."""
-        cats = dict(self.categories)
-        cats[category] = tuple(entries)
-        return Snapshot.build(self.vswitchd, cats)
+        """A copy with one category's entries replaced (only that one sorted again)."""
+        if category not in CATEGORIES:
+            raise ModelError(f"unknown category {category!r}")
+        sorted_, digest = _sorted_with_digest(entries)
+        wrong = [e for e in sorted_ if category != e.CATEGORY]
+        if wrong:
+            raise ModelError(f"{category}: holds a {type(wrong[0]).__name__}")
+        frozen = {name: sorted_ if name == category else self.categories[name]
+                  for name in CATEGORIES}
+        digests = {name: digest if name == category else self._digests[name]
+                   for name in CATEGORIES}
+        return Snapshot(self.vswitchd, types.MappingProxyType(frozen),
+                        types.MappingProxyType(digests))
 
     def to_dict(self) -> dict[str, Any]:
         """The documented JSON shape (format 1)."""

@@ -111,7 +111,9 @@ def check_controlled_bridges(expected: Snapshot, rundir: Path, db: str,
     if not controlled:
         return
     got = StateReader(rundir, db, of_dir=of_dir).openflow()
-    want = carried_only(expected)
+    # Only OpenFlow is compared: the traffic categories are left out of the uncarried
+    # check (100k conntrack entries would cost ~1 s here, before the lift).
+    want = carried_only(expected.replace("conntrack", ()).replace("fdb", ()))
     for category in OPENFLOW:
         mine = [e for e in want.categories[category] if getattr(e, "bridge", "") in controlled]
         have = [e for e in got[category] if getattr(e, "bridge", "") in controlled]
@@ -137,7 +139,9 @@ def install_live(plan: RestorePlan, rundir: Path, db: str, *, tcp_seq_check: boo
         # beside the token, after the old process stopped): applied before the lift.
         delta = Delta.from_dict(json.loads(catchup.read_text()))
         report.durations.update(apply_catchup(restorer, delta, plan.snapshot))
-        expected = applied(plan.snapshot, delta)
+        # OpenFlow only (what check_controlled_bridges compares): applying the traffic
+        # categories sorts all of them again (~1 s at 100k conntrack entries).
+        expected = applied(plan.snapshot, delta, OPENFLOW)
     check_controlled_bridges(expected, rundir, db, of_dir)
     restorer.lift_flow_restore_wait()
     lifted = time.monotonic() - started

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from ovsndu.errors import OvsnduError, VswitchdError
 from ovsndu.model import Entry, Snapshot
-from ovsndu.model.window import apply_window
+from ovsndu.model.window import Settled, replay_window
 from ovsndu.ovs import ct_freeze, ofdir, parsers
 from ovsndu.ovs.ct_read import zones_named
 from ovsndu.ovs.daemon import VswitchdSpec
@@ -53,8 +53,8 @@ class LastRead:
     pid: int
     snapshot: Snapshot | None = None  # the full read (step 2)
     # Categories read after it (TLV maps, conntrack, FDB, a fallback's OpenFlow state):
-    # :func:`settle` builds the last read once (a build of 50k rules is ~0.4 s of Python,
-    # which must not sit between the read and the stop).
+    # the last read is built once, after the lift (a build of 50k rules is ~0.4 s of
+    # Python, of 100k conntrack entries ~1 s: neither may sit before the lift).
     replaced: dict[str, list[Entry]] = field(default_factory=dict)
     monitors: dict[str, BridgeMonitor] = field(default_factory=dict)
     stopped: bool = False
@@ -239,12 +239,13 @@ def _read_openflow_again(spec: VswitchdSpec, last: LastRead, hidden: HiddenSocke
     marks["catchup_openflow_read_ms"] = round((time.monotonic() - began) * 1000, 2)
 
 
-def settle(last: LastRead, marks: dict[str, float]) -> tuple[Snapshot, list[str]]:
-    """The read with every change the monitors saw replayed on it (after the kill);
+def settle(last: LastRead, marks: dict[str, float]) -> tuple[Settled, list[str]]:
+    """The read with every change the monitors saw replayed on it (after the kill), not
+    built (:class:`~ovsndu.model.window.Settled`: the handover builds it after the lift);
     what could not be applied, one text each (for the record's anomalies)."""
     assert last.snapshot is not None
     changes = [c for m in last.monitors.values() for c in m.changes()]
-    final, counts, unknown = apply_window(last.snapshot, changes, last.replaced)
+    final, counts, unknown = replay_window(last.snapshot, changes, last.replaced)
     marks.update({f"catchup.window.{k}": float(n) for k, n in counts.items()})
     notes = [f"not followed, OpenFlow state read again before the stop: {why}"
              for why in last.fallback]
