@@ -185,11 +185,13 @@ async def handover_gap(run: UpgradeRunner, final_and_delta: Callable[[], Delta],
     flow-restore-wait)."""
     assert run.standby is not None and run.session is not None
     spec, standby, marks = run.spec, run.standby, run.record.marks
-    # The delta is computed while the standby builds its bridges, not after.
-    delta, _ = await asyncio.gather(
-        asyncio.to_thread(final_and_delta),
-        asyncio.to_thread(daemon.wait_bridges, spec, standby, names, 30,
-                          of_dir=run.of_dir.private))
+    # The delta is computed while the standby builds its bridges, not after; both end
+    # before either's failure is raised (a rollback then has the settled final read).
+    computing = asyncio.ensure_future(asyncio.to_thread(final_and_delta))
+    building = asyncio.ensure_future(asyncio.to_thread(
+        daemon.wait_bridges, spec, standby, names, 30, of_dir=run.of_dir.private))
+    await asyncio.wait({computing, building})
+    delta, _ = computing.result(), building.result()
     mark("bridges_ready")
     marks.update({f"catchup.{k}": float(n) for k, n in delta.counts().items()})
     if not delta.empty:
