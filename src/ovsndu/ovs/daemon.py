@@ -61,13 +61,15 @@ class VswitchdSpec:
         """Environment with ``OVS_RUNDIR`` pointing at the rundir."""
         return {**os.environ, "OVS_RUNDIR": str(self.rundir)}
 
-    def argv(self, binary: str, *, standby: bool = False) -> list[str]:
-        """The command line: ovs-ctl's options, the configured extras, our pidfile."""
+    def argv(self, binary: str, *, standby: bool = False, db: str | None = None) -> list[str]:
+        """The command line: ovs-ctl's options, the configured extras, our pidfile;
+        *db*: the database remote if not the spec's (a standby that initialises DPDK
+        first, :mod:`ovsndu.ovs.dpdk_preinit`)."""
         pidfile = self.standby_pidfile if standby else self.pidfile
         # A standby waits on the OVSDB lock and says so at ERR ("another ovs-vswitchd
         # process is running"): its own log file only, syslog (the journal) once it serves.
         syslog = "-vsyslog:off" if standby else "-vsyslog:err"
-        argv = [binary, self.db, "-vconsole:emer", syslog, "-vfile:info", "--no-chdir",
+        argv = [binary, db or self.db, "-vconsole:emer", syslog, "-vfile:info", "--no-chdir",
                 f"--log-file={self.log_file}", f"--pidfile={pidfile}", *self.args]
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
@@ -94,13 +96,14 @@ def as_ovs_vswitchd(rundir: Path, binary: str) -> str:
 
 
 def spawn(spec: VswitchdSpec, binary: str, *, standby: bool = False,
-          stderr: int | IO[bytes] = subprocess.DEVNULL, ovs_rundir: Path | None = None
-          ) -> subprocess.Popen[bytes]:
+          stderr: int | IO[bytes] = subprocess.DEVNULL, ovs_rundir: Path | None = None,
+          db: str | None = None) -> subprocess.Popen[bytes]:
     """Start vswitchd in the foreground, in its own session, stdout discarded.
 
     *ovs_rundir*: its ``OVS_RUNDIR`` if not the spec's (a private one, see
-    :mod:`ovsndu.ovs.ofdir`); the pidfile and log file stay where the spec says."""
-    argv = spec.argv(as_ovs_vswitchd(spec.rundir, binary), standby=standby)
+    :mod:`ovsndu.ovs.ofdir`); the pidfile and log file stay where the spec says.
+    *db*: its database remote if not the spec's."""
+    argv = spec.argv(as_ovs_vswitchd(spec.rundir, binary), standby=standby, db=db)
     env = spec.env if ovs_rundir is None else {**spec.env, "OVS_RUNDIR": str(ovs_rundir)}
     try:
         proc = subprocess.Popen(argv, env=env,

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PREFIX = ".of-"
+DB_LINK_SUFFIX = ".db.sock"
 OPENFLOW_SUFFIXES = (".mgmt", ".snoop")
 
 
@@ -55,6 +56,12 @@ class PrivateRundir:
     def link(self) -> Path:
         """What the vswitchd gets as ``OVS_RUNDIR``."""
         return self.rundir / self.name
+
+    @property
+    def db_link(self) -> Path:
+        """The database remote of a standby that initialises DPDK first (a symlink,
+        :mod:`ovsndu.ovs.dpdk_preinit`); it lives as long as the private rundir's link."""
+        return self.rundir / (self.name + DB_LINK_SUFFIX)
 
     @property
     def private(self) -> Path:
@@ -90,8 +97,9 @@ class PrivateRundir:
 
     def discard(self) -> None:
         """Remove the link and the private directory (the vswitchd is gone)."""
-        with contextlib.suppress(FileNotFoundError):
-            self.link.unlink()
+        for link in (self.link, self.db_link):
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
         shutil.rmtree(self.private, ignore_errors=True)
 
 
@@ -116,7 +124,8 @@ def remove_unused(rundir: Path) -> None:
     """Remove private rundirs (links and directories) no live process uses any more."""
     used = in_use(rundir)
     for entry in Path(rundir).glob(PREFIX + "*"):
-        if entry.name in used or entry.name.removesuffix(".d") in used:
+        base = entry.name.removesuffix(".d").removesuffix(DB_LINK_SUFFIX)
+        if entry.name in used or base in used:
             continue
         if entry.is_symlink() or entry.is_file():
             with contextlib.suppress(FileNotFoundError):

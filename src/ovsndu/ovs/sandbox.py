@@ -311,7 +311,11 @@ class Sandbox:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
             return
-        if self.db.encode() in cmdline and pid_alive(pid):
+        # A standby that initialised DPDK first reaches the database through a symlink
+        # beside its private rundir (ovs/dpdk_preinit.py).
+        ours = self.db.encode() in cmdline or any(
+            a.startswith(f"unix:{self.rundir}/.of-".encode()) for a in cmdline)
+        if ours and pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 

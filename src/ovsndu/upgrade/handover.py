@@ -27,7 +27,7 @@ import structlog
 from ovsndu.errors import OvsnduError, VswitchdError
 from ovsndu.model.delta import Delta, catchup_delta, traffic_identities
 from ovsndu.model.window import Settled
-from ovsndu.ovs import ct_freeze, daemon, ofdir
+from ovsndu.ovs import ct_freeze, daemon, dpdk_preinit, ofdir
 from ovsndu.ovs.catchup import CATCHUP_FILE
 from ovsndu.ovs.ofdir import PREFIX, PrivateRundir
 from ovsndu.ovs.ovsdb import Ovsdb
@@ -43,32 +43,88 @@ log = structlog.get_logger("ovsndu.upgrade")
 
 
 async def start_standby(run: UpgradeRunner) -> None:
-    """Start the new vswitchd on the live database; it must wait on the OVSDB lock."""
+    """Start the new vswitchd on the live database; it must wait on the OVSDB lock.
+
+    A DPDK build first initialises DPDK on a private database (:mod:`ovsndu.ovs.
+    dpdk_preinit`) when that is safe, so that EAL initialisation is not in the gap."""
     with contextlib.suppress(FileNotFoundError):
         run.spec.standby_pidfile.unlink()
     run.schema.mark_log(run.spec.log_file)
     run._workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     of_dir = await asyncio.to_thread(PrivateRundir.create, run.spec.rundir,
                                      run.of_dir.name.removeprefix(PREFIX))
-    stderr_path = run._workdir / "standby.stderr"
-    with open(stderr_path, "wb") as stderr:
-        run.standby = proc = daemon.spawn(run.spec, run.new_binary, standby=True,
-                                           stderr=stderr, ovs_rundir=of_dir.link)
-    run.record.standby_pid = proc.pid
-    run._write_inflight()
+    why = await asyncio.to_thread(dpdk_preinit.why_not, run.spec.db, run.new_binary)
+    preinit = None
+    if why is None:
+        preinit = await asyncio.to_thread(dpdk_preinit.Preinit.start, run.spec.db,
+                                          of_dir.db_link, run._workdir,
+                                          of_dir.private / "preinit-db.sock")
+    elif "not a DPDK build" not in why:
+        log.info("upgrade.dpdk_preinit_skipped", upgrade_id=run.upgrade_id, phase="standby",
+                 event_kind="dpdk_preinit_skipped", reason=why)
+    try:
+        started = time.monotonic()
+        stderr_path = run._workdir / "standby.stderr"
+        with open(stderr_path, "wb") as stderr:
+            run.standby = proc = daemon.spawn(run.spec, run.new_binary, standby=True,
+                                               stderr=stderr, ovs_rundir=of_dir.link,
+                                               db=preinit.remote if preinit else None)
+        run.record.standby_pid = proc.pid
+        run._write_inflight()
 
-    def ready() -> bool:
-        if proc.poll() is not None:
-            said = last_lines(stderr_path)
-            raise VswitchdError(
-                f"the new vswitchd exited at start with "
-                f"{daemon.exit_description(proc.returncode)}"
-                + (f"; its last words: {said}" if said else ""))
-        return of_dir.share_ctl(proc.pid) and daemon.answers(run.spec, proc.pid)
+        def alive() -> None:
+            if proc.poll() is not None:
+                said = last_lines(stderr_path)
+                raise VswitchdError(
+                    f"the new vswitchd exited at start with "
+                    f"{daemon.exit_description(proc.returncode)}"
+                    + (f"; its last words: {said}" if said else ""))
 
-    await asyncio.to_thread(daemon.wait_until, ready, 20, "the standby vswitchd to answer")
+        def ready() -> bool:
+            alive()
+            return of_dir.share_ctl(proc.pid) and daemon.answers(run.spec, proc.pid)
+
+        await asyncio.to_thread(daemon.wait_until, ready, 20,
+                                "the standby vswitchd to answer")
+        if preinit is not None:
+            await asyncio.to_thread(_preinit_dpdk, run, preinit, alive, started)
+    finally:
+        if preinit is not None:
+            await asyncio.to_thread(preinit.close)
     if not daemon.answers(run.spec, run.serving.pid):
         raise VswitchdError("the serving vswitchd stopped answering while the standby started")
+
+
+def _preinit_dpdk(run: UpgradeRunner, preinit: dpdk_preinit.Preinit,
+                  alive: Callable[[], None], started: float) -> None:
+    """The standby initialises DPDK on the private database, then is moved to the live
+    one and waits on its lock (marks ``dpdk_preinit.*``, ms)."""
+    assert run.standby is not None
+    marks, pid = run.record.marks, run.standby.pid
+
+    def reported() -> bool:
+        alive()
+        return preinit.dpdk_status() is not None
+
+    daemon.wait_until(reported, 60, "the standby vswitchd to initialise DPDK")
+    if not preinit.dpdk_status():
+        raise VswitchdError("the new vswitchd did not initialise DPDK "
+                            "(dpdk_initialized false in its private database)")
+    marks["dpdk_preinit.initialised"] = round((time.monotonic() - started) * 1000, 2)
+    offset = dpdk_preinit.log_size(run.spec.log_file)
+    switched = time.monotonic()
+    preinit.switch()
+
+    def reconnected() -> bool:
+        alive()
+        return dpdk_preinit.contended(run.spec.log_file, offset, pid)
+
+    daemon.wait_until(reconnected, 20, "the standby vswitchd to reconnect to the database")
+    marks["dpdk_preinit.reconnected"] = round((time.monotonic() - switched) * 1000, 2)
+    log.info("upgrade.dpdk_preinit", upgrade_id=run.upgrade_id, phase="standby",
+             event_kind="dpdk_preinit", standby_pid=pid,
+             initialised_ms=marks["dpdk_preinit.initialised"],
+             reconnected_ms=marks["dpdk_preinit.reconnected"])
 
 
 async def take_over(run: UpgradeRunner) -> None:
@@ -81,7 +137,14 @@ async def take_over(run: UpgradeRunner) -> None:
     # (~60 ms at 100k entries): computed now, while the next two wait on the database.
     identities = asyncio.ensure_future(asyncio.to_thread(traffic_identities, snapshot))
     try:
-        names = await asyncio.to_thread(lambda: sorted(daemon.dp_types(spec.db)))
+        types = await asyncio.to_thread(daemon.dp_types, spec.db)
+        names = sorted(types)
+        if "dpdk_preinit.initialised" in run.record.marks:
+            kernel = [n for n, t in sorted(types.items()) if t != "netdev"]
+            if kernel:  # its ofproto layer was initialised without them (ovs/dpdk_preinit.py)
+                raise VswitchdError(f"bridges on a kernel datapath were added during the "
+                                    f"upgrade ({', '.join(kernel)}); the standby "
+                                    f"initialised DPDK without them")
         await asyncio.to_thread(set_frw, run, True)
     finally:
         known = await identities

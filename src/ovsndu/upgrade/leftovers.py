@@ -2,7 +2,8 @@
 
 An upgrade owns, for its lifetime: the client process, its work directory (token, log,
 the path of its rehearsal sandbox), the rehearsal sandbox under ``/tmp``, the snapshot
-file, the rollback copy of the running binary and the sync socket.  The runner
+file, the rollback copy of the running binary, the sync socket and (a DPDK build's
+standby, for about a second) a private ovsdb-server (ovs/dpdk_preinit.py).  The runner
 removes them when the upgrade ends; a supervisor that was killed cannot, so the next
 one calls :func:`sweep` after recovery (no upgrade runs then).  A process is killed
 only when its command line proves it is ours (PIDs are reused).
@@ -15,6 +16,8 @@ import os
 import shutil
 import signal
 from pathlib import Path
+
+from ovsndu.ovs import dpdk_preinit
 
 CLIENT_MODULE = b"ovsndu.upgrade.client"
 REHEARSAL_FILE = "rehearsal"
@@ -77,6 +80,10 @@ def sweep(state_dir: Path) -> list[str]:
     for pid in clients_of(state_dir):
         if kill_client(pid):
             removed.append(f"client pid {pid}")
+    for pid in dpdk_preinit.orphans(state_dir):  # found by its command line: ours
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            removed.append(f"private ovsdb-server pid {pid}")
     work = state_dir / "work"
     for upgrade in sorted(work.iterdir()) if work.is_dir() else []:
         removed += remove_workdir(upgrade)
