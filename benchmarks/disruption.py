@@ -1,7 +1,8 @@
 """Traffic disruption of ovsndu's live upgrade against upstream's restart, on real traffic.
 
     .venv/bin/python -m benchmarks.disruption [--flows N[,N...]] [--conntrack M] [--runs K]
-                                              [--datapath netdev] [--churn RATE] [--ovn]
+                                              [--datapath netdev|dpdk] [--churn RATE] [--ovn]
+                                              [--dpdk-preinit-baseline]
                                               [--json OUT] [--plot OUT.png]
 
 Per run, in namespaces it creates and removes: a private OVS (netdev datapath) in its
@@ -218,9 +219,15 @@ class Run:
         }
 
     # --- the two methods -------------------------------------------------------------------
-    def ovsndu(self) -> dict[str, Any]:
+    def ovsndu_late(self) -> dict[str, Any]:
+        """ovsndu with the DPDK build's standby initialising DPDK only once it holds the
+        lock, as before ovs/dpdk_preinit.py (``--dpdk-preinit-baseline``)."""
+        return self.ovsndu(dpdk_preinit=False)
+
+    def ovsndu(self, dpdk_preinit: bool = True) -> dict[str, Any]:
         sup, cfg_path = start_supervisor(self.sb, self.work, self.binary, list(NETDEV_ARGS),
-                                         upgrade={"timeout": self.UPGRADE_TIMEOUT}, wait=30)
+                                         upgrade={"timeout": self.UPGRADE_TIMEOUT,
+                                                  "dpdk_preinit": dpdk_preinit}, wait=30)
         self.procs.append(sup)
         self.start_traffic()
         t0 = self.t0 = time.monotonic()
@@ -337,6 +344,9 @@ def main() -> None:
                         help="new connections a second all through each run (benchmarks.churn)")
     parser.add_argument("--ovn", action="store_true",
                         help="the pipeline comes from a private OVN stack (--flows ignored)")
+    parser.add_argument("--dpdk-preinit-baseline", action="store_true",
+                        help="also run ovsndu with [upgrade] dpdk_preinit = false "
+                        "(method ovsndu_late)")
     parser.add_argument("--json")
     parser.add_argument("--plot")
     args = parser.parse_args()
@@ -351,6 +361,7 @@ def _measure(args: argparse.Namespace, huge: Path | None) -> None:
                               "datapath": args.datapath, "churn": args.churn,
                               "pipeline": "ovn" if args.ovn else "filler", "by_flows": {}}
     examples: dict[str, dict[str, Any]] = {}
+    methods = ("ovsndu", "upstream", *(("ovsndu_late",) if args.dpdk_preinit_baseline else ()))
     for asked in [0] if args.ovn else map(int, args.flows.split(",")):
         n = asked  # with --ovn: what ovn-controller installed, known after the first run
         per: dict[str, dict[str, list[Any]]] = {
@@ -359,9 +370,9 @@ def _measure(args: argparse.Namespace, huge: Path | None) -> None:
                 "ct_entries": [], "established_survived": [], "peak_rss_mib": [],
                 "stalled_ms": [], "stalls": [], "standby_parts_ms": [],
                 **({k: [] for k in CHURN_KEYS} if args.churn else {})}
-            for m in ("ovsndu", "upstream")}
+            for m in methods}
         for k in range(args.runs):
-            order = ("ovsndu", "upstream") if k % 2 == 0 else ("upstream", "ovsndu")
+            order = methods if k % 2 == 0 else methods[::-1]
             for method in order:
                 with tempfile.TemporaryDirectory(prefix="ovsndu-disr-") as tmp, \
                         Run(Path(tmp), asked, args.conntrack, args.churn, args.ovn,
@@ -390,6 +401,12 @@ def _measure(args: argparse.Namespace, huge: Path | None) -> None:
         report["by_flows"][str(n)] = {**per, "gap_ratio_median": ratio}
         print(f"N={n}: median gap ovsndu {ours:.0f} ms, upstream {theirs:.0f} ms, "
               f"ratio {ratio:.2f}", flush=True)
+        if "ovsndu_late" in per:
+            late = _median(per["ovsndu_late"]["gap_ms"])
+            report["by_flows"][str(n)]["late_ratio_median"] = (
+                late / theirs if late is not None and theirs else None)
+            print(f"N={n}: median gap ovsndu_late {late:.0f} ms, ratio "
+                  f"{late / theirs:.2f}" if late is not None and theirs else "", flush=True)
     report["loadavg_at_end"] = os.getloadavg()  # the machine's load (other work) at the end
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")

@@ -53,7 +53,8 @@ async def start_standby(run: UpgradeRunner) -> None:
     run._workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     of_dir = await asyncio.to_thread(PrivateRundir.create, run.spec.rundir,
                                      run.of_dir.name.removeprefix(PREFIX))
-    why = await asyncio.to_thread(dpdk_preinit.why_not, run.spec.db, run.new_binary)
+    why = (await asyncio.to_thread(dpdk_preinit.why_not, run.spec.db, run.new_binary)
+           if run.cfg.upgrade.dpdk_preinit else "off ([upgrade] dpdk_preinit = false)")
     preinit = None
     if why is None:
         preinit = await asyncio.to_thread(dpdk_preinit.Preinit.start, run.spec.db,
