@@ -255,8 +255,10 @@ class Run:
                    gap_offset_s=(out["gap_at"] - t0) if out["gap_at"] else None,
                    peak_rss_mib=rss.result(), **_stalls(out["arrivals"], t0))
         log = self.sb.rundir / "ovs-vswitchd.log"
-        if self.dpdk_huge and log.exists():
-            out["standby_parts_ms"] = dpdk_run.standby_parts(log.read_text(errors="replace"))
+        gone = dpdk_run.old_gone_wall(record)
+        if self.dpdk_huge and log.exists() and gone is not None:
+            out["standby_parts_ms"] = dpdk_run.standby_parts(log.read_text(errors="replace"),
+                                                             gone)
         return out
 
     def upstream(self) -> dict[str, Any]:

@@ -6,7 +6,7 @@ endpoints' veths attached as DPDK virtual devices (``net_af_packet``, polled by 
 thread).  Upstream's method is the same ``ovs-ctl restart`` with ``OVS_SBINDIR`` pointing
 at a directory whose ``ovs-vswitchd`` is the DPDK build — what the ``ovs-vswitchd``
 alternative pointing at it gives.  :func:`standby_parts` reads where the standby's time
-went from its log (EAL initialisation, TSC, bridges), relative to the old process's kill.
+went from its log (EAL initialisation, TSC, bridges), relative to the old process's death.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from ovsndu.ovs.sandbox import Sandbox
 from ovsndu.testing import dpdk
@@ -52,31 +53,45 @@ def sbindir(work: Path) -> Path:
 
 
 _LINE = re.compile(r"^(\S+Z)\|\d+\|([^|]+)\|[A-Z]+\|(.*)$")
-MILESTONES = (("eal_done", "DPDK Enabled - initialized"),
+MILESTONES = (("eal_start", "DPDK Enabled - initializing"),
+              ("eal_done", "DPDK Enabled - initialized"),
               ("tsc", "TSC frequency"),
               ("ports_attached", "attached to DPDK"),
               ("first_bridge", "using datapath ID"))
 
 
-def standby_parts(log: str) -> dict[str, float]:
-    """Where the process that took over last spent its time, in ms after it started DPDK's
-    initialisation (its first act once it holds the OVSDB lock, in 3.1): EAL done, TSC
-    known, last DPDK device attached, first bridge built.  The supervisor's
-    ``bridges_ready`` mark minus ``first_bridge`` is what came before (the old process's
-    death, the lock, reading the database)."""
+def old_gone_wall(record: dict[str, Any]) -> float | None:
+    """When the old process was seen gone (epoch seconds), from the upgrade record: the
+    handover phase's start plus its ``old_stopped`` and ``old_gone`` marks."""
+    marks = record.get("marks", {})
+    start = next((p["started"] for p in record.get("phases", [])
+                  if p["phase"] == "handover"), None)
+    if start is None or "old_stopped" not in marks or "old_gone" not in marks:
+        return None
+    return (datetime.fromisoformat(start).timestamp()
+            + (marks["old_stopped"] + marks["old_gone"]) / 1000)
+
+
+def standby_parts(log: str, gone: float) -> dict[str, float]:
+    """Where the process that took over last spent its time, in ms relative to the old
+    process's death (*gone*, epoch seconds; :func:`old_gone_wall`): its DPDK (EAL)
+    initialisation's start and end (negative when it initialised DPDK before the
+    handover, ovs/dpdk_preinit.py), TSC known to its datapath, last DPDK device attached,
+    first bridge built.  EAL lines are the last ones logged; the others the first (last
+    for devices) after the death.  Lines of the old process before its death do not
+    count."""
     lines = [m for m in map(_LINE.match, log.splitlines()) if m]
-    starts = [i for i, m in enumerate(lines) if "DPDK Enabled - initializing" in m.group(3)]
-    if not starts:
-        return {}
-    first = lines[starts[-1]]
 
     def when(m: re.Match[str]) -> float:
         return datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
 
-    t0 = when(first)
     out: dict[str, float] = {}
-    for m in lines[starts[-1]:]:
+    for m in lines:
+        t = when(m)
         for name, text in MILESTONES:
-            if text in m.group(3) and (name == "ports_attached" or name not in out):
-                out[name] = round((when(m) - t0) * 1000, 1)
+            if text not in m.group(3):
+                continue
+            after = t >= gone - 0.002 and (name == "ports_attached" or name not in out)
+            if name.startswith("eal_") or after:
+                out[name] = round((t - gone) * 1000, 1)
     return out
