@@ -64,7 +64,11 @@ class Rig:
             except OSError:
                 continue
             # Whatever its file name (a copy, a symlink), a vswitchd names the DB as an argument.
-            ours = self.sb.db.encode() in cmd and b"python" not in cmd[0] and any(
+            # A DPDK build's standby reaches it through a symlink beside its private
+            # rundir (ovs/dpdk_preinit.py).
+            link = f"unix:{self.sb.rundir}/.of-".encode()
+            names_db = self.sb.db.encode() in cmd or any(a.startswith(link) for a in cmd)
+            ours = names_db and b"python" not in cmd[0] and any(
                 a.startswith(b"--pidfile=") for a in cmd)
             if ours and pid_alive(int(entry.name)):
                 out.append(int(entry.name))

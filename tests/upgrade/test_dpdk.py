@@ -4,6 +4,8 @@ Hugepages are set up by each test (``vm.nr_hugepages`` raised, a private hugetlb
 and given back afterwards (ovsndu.testing.dpdk: relative and locked, so concurrent runs
 compose).  Judged by OVS's own tools: the raw output of ovs-vsctl/ovs-ofctl/ovs-appctl
 before and after, ``/proc/PID/exe`` of the serving process, and ``Open_vSwitch:dpdk_initialized``.
+A DPDK build's standby initialises DPDK before the handover on a private database
+(ovs/dpdk_preinit.py): what that leaves (a symlink remote, no server, no file) is checked.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from pathlib import Path
 import pytest
 
 from ovsndu.config import Config
+from ovsndu.ovs import dpdk_preinit
 from ovsndu.ovs.sandbox import NETDEV_ARGS, Sandbox
 from ovsndu.testing import dpdk
 from tests.conftest import require_ovs
-from tests.upgrade.conftest import VSWITCHD, Rig, make_rig
+from tests.upgrade.conftest import VSWITCHD, Rig, fake_binary, make_rig
 from tests.upgrade.test_reload import _tools_output
 
 PAGES = 4 * dpdk.SOCKET_MEM_MB // 2  # old, rehearsal and standby at once, and a spare
@@ -55,6 +58,37 @@ def _dpdk_initialized(rig: Rig) -> str:
     return rig.sb.vsctl("get", "Open_vSwitch", ".", "dpdk_initialized").strip()
 
 
+def _remote(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1].decode()
+
+
+def _nothing_left(rig: Rig, huge: Path) -> None:
+    """No private ovsdb-server, no work files, no DPDK files; the only database link is
+    the serving process's own (if it has one) and it leads to the live database."""
+    state = Path(rig.cfg.ovsndu.state_dir)
+    assert dpdk_preinit.orphans(state) == []
+    assert not list(state.glob(f"work/*/{dpdk_preinit.SUBDIR}")), "private database files"
+    assert list(huge.iterdir()) == [], "hugepage files (OVS runs DPDK --in-memory)"
+    pid = rig.status()["vswitchd"]["pid"]
+    links = sorted(p.name for p in rig.sb.rundir.glob(".of-*.db.sock*"))
+    remote = _remote(pid)
+    if remote == rig.sb.db:
+        assert links == []
+    else:
+        assert links == [Path(remote).name], (links, remote)
+        assert Path(remote.removeprefix("unix:")).resolve() == rig.sb.db_sock.resolve()
+
+
+def _preinitialised(result: dict[str, object], log: Path, pid: int) -> None:
+    """The new process *pid* had DPDK initialised before it waited on the live lock."""
+    marks = result["record"]["marks"]  # type: ignore[index]
+    assert marks["dpdk_preinit.initialised"] > 0, marks
+    assert marks["dpdk_preinit.reconnected"] > 0, marks
+    text = log.read_text(errors="replace")
+    waited = text.rindex(dpdk_preinit.CONTENDED.format(pid=pid))
+    assert text.rindex("DPDK Enabled - initialized") < waited
+
+
 def test_plain_to_dpdk_and_back(huge: Path, tmp_path: Path) -> None:
     """Switching the binary between the plain and the DPDK build is a live upgrade both
     ways: state equal in the tools' raw output, the new build serving, DPDK initialised
@@ -64,18 +98,73 @@ def test_plain_to_dpdk_and_back(huge: Path, tmp_path: Path) -> None:
         before = _tools_output(rig)
         code, result = rig.reload("--vswitchd", str(dpdk.DPDK_VSWITCHD))
         assert code == 0, result
-        assert _serving(rig)[1] == dpdk.DPDK_VSWITCHD.resolve()
+        pid, exe = _serving(rig)
+        assert exe == dpdk.DPDK_VSWITCHD.resolve()
         assert _dpdk_initialized(rig) == "true"
         assert _tools_output(rig) == before
+        _preinitialised(result, rig.sb.rundir / "ovs-vswitchd.log", pid)
+        assert _remote(pid) != rig.sb.db  # the symlink, now leading to the live database
+        _nothing_left(rig, huge)
         marks = result["record"]["marks"]
         print(f"\nplain -> DPDK: gap {result['record']['handover_gap_ms']} ms, marks {marks}")
 
         code, result = rig.reload("--vswitchd", VSWITCHD)
         assert code == 0, result
-        assert _serving(rig)[1] == Path(VSWITCHD).resolve()
+        pid, exe = _serving(rig)
+        assert exe == Path(VSWITCHD).resolve()
         assert _dpdk_initialized(rig) == "false"
         assert _tools_output(rig) == before
+        assert "dpdk_preinit.initialised" not in result["record"]["marks"]
+        assert _remote(pid) == rig.sb.db
+        _nothing_left(rig, huge)  # the DPDK process's link went with it
         print(f"DPDK -> plain: gap {result['record']['handover_gap_ms']} ms")
+
+
+def test_dpdk_to_dpdk_and_rollback_of_the_preinitialised_standby(huge: Path, tmp_path: Path
+                                                                 ) -> None:
+    """DPDK build -> DPDK build twice with DPDK initialised before the handover: commits,
+    raw state equal, DPDK initialised, nothing left (the first new process's database link
+    goes with it).  Then a standby that dies right after it was moved from its private
+    database to the live one: rolled back, the DPDK process that served still serves
+    with the same state, and nothing is left behind."""
+    with make_rig(tmp_path) as rig:
+        rig.sb.vsctl("set", "Open_vSwitch", ".", *dpdk.dpdk_settings(huge))
+        code, result = rig.reload("--vswitchd", str(dpdk.DPDK_VSWITCHD))
+        assert code == 0, result
+        before = _tools_output(rig)
+        for _ in range(2):
+            old = _serving(rig)[0]
+            code, result = rig.reload("--vswitchd", str(dpdk.DPDK_VSWITCHD))
+            assert code == 0, result
+            pid, exe = _serving(rig)
+            assert pid != old and exe == dpdk.DPDK_VSWITCHD.resolve()
+            assert _dpdk_initialized(rig) == "true"
+            assert _tools_output(rig) == before
+            _preinitialised(result, rig.sb.rundir / "ovs-vswitchd.log", pid)
+            _nothing_left(rig, huge)
+            print(f"\nDPDK -> DPDK: gap {result['record']['handover_gap_ms']} ms, marks "
+                  f"{result['record']['marks']}")
+
+        # Dies 0.2 s after its database link leads to the live database.
+        bad = fake_binary(tmp_path, "dies-after-switch", (
+            f'REAL={dpdk.DPDK_VSWITCHD}\n'
+            'if [[ "$*" == *standby.pid* ]]; then\n'
+            '  L=${1#unix:}\n'
+            f'  ( until [ "$(readlink "$L")" = "{rig.sb.db_sock}" ]; do sleep 0.005; done\n'
+            '    sleep 0.2; kill -KILL $$ ) &\n'
+            'fi\nexec -a "$0" "$REAL" "$@"'))
+        serving = _serving(rig)[0]
+        code, result = rig.reload("--vswitchd", str(bad))
+        assert code == 1, result
+        assert result["outcome"] == "rolled_back", result
+        assert "exited" in result["reason"], result
+        assert result["record"]["marks"]["dpdk_preinit.initialised"] > 0
+        assert rig.vswitchd_pids() == [serving]
+        assert _serving(rig) == (serving, dpdk.DPDK_VSWITCHD.resolve())
+        assert _dpdk_initialized(rig) == "true"
+        assert _tools_output(rig) == before
+        _nothing_left(rig, huge)
+        assert not list(rig.sb.rundir.glob(".of-*.d")), "the standby's private rundir"
 
 
 def test_dpdk_ports_are_carried(huge: Path, tmp_path: Path) -> None:
@@ -125,6 +214,8 @@ def test_dpdk_ports_are_carried(huge: Path, tmp_path: Path) -> None:
                 assert sb.vsctl("get", "Interface", port, "ofport").strip() == number
                 assert sb.vsctl("get", "Interface", port, "error").strip() == "[]"
             assert sb.ofctl("br0", "dump-flows", options=("--no-stats",)) == flows
+            _preinitialised(result, sb.rundir / "ovs-vswitchd.log", new)
+            _nothing_left(rig, huge)
             print(f"\nDPDK -> DPDK with a DPDK port: gap {result['record']['handover_gap_ms']} "
                   f"ms, marks {result['record']['marks']}")
         finally:

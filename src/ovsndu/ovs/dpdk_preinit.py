@@ -8,7 +8,8 @@ handover gap.  Instead the standby's database remote is ``unix:<rundir>/.of-<id>
 to a *private* ovsdb-server in the upgrade's work directory serving a database whose only
 row is ``Open_vSwitch`` with the live row's ``other_config`` (``flow-restore-wait`` forced
 on: vswitchd stops reading it once it has seen it false) and no bridge.  The standby takes
-that lock at once and initialises DPDK; then (:meth:`Preinit.switch`) the symlink is
+that lock at once and initialises DPDK (seen when it answers the unixctl commands DPDK
+registers); then (:meth:`Preinit.switch`) the symlink is
 atomically pointed at the live database's socket and the private server killed: the
 standby reconnects (after OVS's 1 s reconnect backoff), finds the lock contended and waits
 like any standby, with DPDK initialised.  The symlink stays for the life of the process
@@ -41,6 +42,9 @@ from ovsndu.ovs.readers import read_bridges
 
 #: The work-directory subdirectory of the private database and its server.
 SUBDIR = "dpdk-preinit"
+#: The last unixctl command OVS 3.1 registers once DPDK is initialised (lib/dpdk.c): the
+#: main loop answers unixctl after the bridge_run() that initialised it.
+INITIALISED_COMMAND = "dpdk/get-malloc-stats"
 #: What a standby logs once it finds the live database's lock held (bridge.c, at ERR).
 CONTENDED = "another ovs-vswitchd process is running, disabling this process (pid {pid})"
 
@@ -63,8 +67,9 @@ def why_not(db: str, binary: str) -> str | None:
     except (OvsnduError, ValueError) as exc:
         return f"cannot read the database: {exc}"
     other = row["other_config"]
-    if other.get("dpdk-init") not in ("true", "try"):
-        return "DPDK is not enabled (other_config:dpdk-init)"
+    if other.get("dpdk-init") != "true":
+        # "try": a failed initialisation would not be told from a slow one.
+        return "other_config:dpdk-init is not true"
     if "--no-pci" not in other.get("dpdk-extra", "").split():
         return "DPDK may probe PCI devices that the serving process holds (no --no-pci)"
     kernel = sorted(b.name for b in bridges if b.datapath_type != "netdev")
@@ -139,15 +144,6 @@ class Preinit:
             tmp.unlink()
         tmp.symlink_to(target)
         os.replace(tmp, self.link)
-
-    def dpdk_status(self) -> bool | None:
-        """Whether the standby initialised DPDK, as it reported in the private database;
-        None until it has reported (``dpdk_version`` and ``dpdk_initialized`` together)."""
-        with Ovsdb(f"unix:{self.socket}", timeout=5) as conn:
-            (row,) = conn.select("Open_vSwitch", ["dpdk_version", "dpdk_initialized"])
-        if not row["dpdk_version"]:
-            return None
-        return row["dpdk_initialized"] is True
 
     def switch(self) -> None:
         """Point the link at the live database and end the private server (the standby's

@@ -103,14 +103,13 @@ def _preinit_dpdk(run: UpgradeRunner, preinit: dpdk_preinit.Preinit,
     assert run.standby is not None
     marks, pid = run.record.marks, run.standby.pid
 
-    def reported() -> bool:
+    def initialised() -> bool:
         alive()
-        return preinit.dpdk_status() is not None
+        with daemon.unixctl_for(run.spec, pid, timeout=5) as appctl:
+            return dpdk_preinit.INITIALISED_COMMAND in appctl("list-commands")
 
-    daemon.wait_until(reported, 60, "the standby vswitchd to initialise DPDK")
-    if not preinit.dpdk_status():
-        raise VswitchdError("the new vswitchd did not initialise DPDK "
-                            "(dpdk_initialized false in its private database)")
+    # dpdk-init=true: a failed initialisation ends the process (alive() says so).
+    daemon.wait_until(initialised, 60, "the standby vswitchd to initialise DPDK")
     marks["dpdk_preinit.initialised"] = round((time.monotonic() - started) * 1000, 2)
     offset = dpdk_preinit.log_size(run.spec.log_file)
     switched = time.monotonic()
