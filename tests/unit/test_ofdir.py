@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 from ovsndu.ovs import ofdir
@@ -60,3 +61,32 @@ def test_unused_private_rundirs_are_removed(tmp_path: Path) -> None:
     p = PrivateRundir.create(tmp_path, "t3")
     ofdir.remove_unused(tmp_path)  # no live process has it as OVS_RUNDIR
     assert not p.link.is_symlink() and not p.private.exists()
+
+
+def test_the_database_link_lives_and_goes_with_its_private_rundir(tmp_path: Path) -> None:
+    """A DPDK build's standby reaches the database through ``.of-<id>.db.sock``
+    (ovs/dpdk_preinit.py): kept while a live process has ``.of-<id>`` as OVS_RUNDIR,
+    followed to whatever it points at now, removed with the rest when unused."""
+    live, used = PrivateRundir.create(tmp_path, "t4"), PrivateRundir.create(tmp_path, "t5")
+    first, second = tmp_path / "private.sock", tmp_path / "db.sock"
+    with listen(first), listen(second) as real:
+        for p in (live, used):
+            p.db_link.symlink_to(first)
+        assert reaches(live.db_link)
+        tmp = live.db_link.with_name("swap")
+        tmp.symlink_to(second)
+        os.replace(tmp, live.db_link)  # as Preinit.switch does
+        real.settimeout(2)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.connect(str(live.db_link))
+            real.accept()[0].close()  # the connection reached the second socket
+    proc = subprocess.Popen(["sleep", "30"], env={**os.environ, "OVS_RUNDIR": str(live.link)})
+    try:
+        ofdir.remove_unused(tmp_path)
+        assert live.db_link.is_symlink() and live.link.is_symlink()
+        assert not used.db_link.is_symlink() and not used.link.is_symlink()
+    finally:
+        proc.kill()
+        proc.wait()
+    live.discard()
+    assert not live.db_link.is_symlink()

@@ -199,7 +199,7 @@ def orphans(state_dir: Path) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if (argv and argv[0].endswith(b"ovsdb-server") and len(argv) > 1
-                and argv[1].startswith(mark) and f"/{SUBDIR}/".encode() in argv[1]):
+        if argv[0].endswith(b"ovsdb-server") and any(
+                a.startswith(mark) and f"/{SUBDIR}/".encode() in a for a in argv[1:]):
             found.append(int(entry.name))
     return found
