@@ -124,7 +124,8 @@ def test_dpdk_to_dpdk_and_rollback_of_the_preinitialised_standby(huge: Path, tmp
                                                                  ) -> None:
     """DPDK build -> DPDK build twice with DPDK initialised before the handover: commits,
     raw state equal, DPDK initialised, nothing left (the first new process's database link
-    goes with it).  Then a standby that dies right after it was moved from its private
+    goes with it; the last one follows ovsdb-server's restart through it).  Then a
+    standby that dies right after it was moved from its private
     database to the live one: rolled back, the DPDK process that served still serves
     with the same state, and nothing is left behind."""
     with make_rig(tmp_path) as rig:
@@ -144,6 +145,16 @@ def test_dpdk_to_dpdk_and_rollback_of_the_preinitialised_standby(huge: Path, tmp
             _nothing_left(rig, huge)
             print(f"\nDPDK -> DPDK: gap {result['record']['handover_gap_ms']} ms, marks "
                   f"{result['record']['marks']}")
+
+        # The serving process reaches the database through its link: after ovsdb-server
+        # restarts, it reconnects and applies a change (ovs-vsctl waits for it to).
+        assert rig.sb.ovsdb_proc is not None
+        rig.sb.ovsdb_proc.terminate()
+        rig.sb.ovsdb_proc.wait(timeout=10)
+        rig.sb.start_ovsdb()
+        rig.sb.vsctl("set", "Open_vSwitch", ".", "external_ids:ovsndu-test=1")
+        rig.sb.vsctl("remove", "Open_vSwitch", ".", "external_ids", "ovsndu-test")
+        assert _tools_output(rig) == before
 
         # Dies 0.2 s after its database link leads to the live database.
         bad = fake_binary(tmp_path, "dies-after-switch", (

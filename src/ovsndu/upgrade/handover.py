@@ -105,8 +105,11 @@ def _preinit_dpdk(run: UpgradeRunner, preinit: dpdk_preinit.Preinit,
 
     def initialised() -> bool:
         alive()
-        with daemon.unixctl_for(run.spec, pid, timeout=5) as appctl:
-            return dpdk_preinit.INITIALISED_COMMAND in appctl("list-commands")
+        try:  # its main thread answers no unixctl while EAL initialises (seconds under load)
+            with daemon.unixctl_for(run.spec, pid, timeout=2) as appctl:
+                return dpdk_preinit.INITIALISED_COMMAND in appctl("list-commands")
+        except VswitchdError:
+            return False
 
     # dpdk-init=true: a failed initialisation ends the process (alive() says so).
     daemon.wait_until(initialised, 60, "the standby vswitchd to initialise DPDK")
