@@ -8,6 +8,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
+from ovsndu.errors import OvsnduError
 from ovsndu.ovs import dpdk_preinit
 from ovsndu.upgrade import leftovers
 
@@ -53,3 +56,14 @@ def test_an_orphaned_private_server_is_swept(tmp_path: Path) -> None:
         for p in (ours, other):
             p.kill()
             p.wait()
+
+
+def test_a_failed_start_leaves_nothing(tmp_path: Path) -> None:
+    """The live database unreachable: an error (the standby then starts the ordinary
+    way, upgrade/handover.py), no private files, no link."""
+    link, work = tmp_path / ".of-x.db.sock", tmp_path / "work"
+    with pytest.raises(OvsnduError):
+        dpdk_preinit.Preinit.start(f"unix:{tmp_path / 'missing.sock'}", link, work,
+                                   tmp_path / "p.sock")
+    assert not (work / dpdk_preinit.SUBDIR).exists()
+    assert not link.is_symlink()

@@ -102,6 +102,15 @@ class Preinit:
         """Copy the live ``Open_vSwitch`` row's ``other_config`` into a new private
         database (files in *workdir*), serve it on *socket* and point *link* at it."""
         self = cls(db, link, workdir / SUBDIR, socket)
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start(self) -> None:
+        db = self.db
         self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         db_file, schema = self.workdir / "conf.db", self.workdir / "schema"
         with Ovsdb(db, timeout=10) as conn:
@@ -126,12 +135,10 @@ class Preinit:
         deadline = time.monotonic() + 10
         while not self.socket.exists():
             if self.server.poll() is not None or time.monotonic() > deadline:
-                self.close()
                 raise VswitchdError("DPDK pre-initialisation: the private ovsdb-server "
                                     "did not start")
             time.sleep(0.005)
         self._point(self.socket)
-        return self
 
     @property
     def remote(self) -> str:
