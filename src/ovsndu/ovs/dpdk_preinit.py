@@ -1,20 +1,20 @@
 """The standby of a DPDK build initialises DPDK before the handover, on a private database.
 
 In OVS 3.1 ``dpdk_init()`` runs in ``bridge_run()`` only once the process holds the OVSDB
-lock, so a standby waiting on the live database's lock initialises DPDK's EAL (~170 ms
+lock, so a standby waiting on the live database's lock initialises DPDK's EAL (~150 ms
 here, ~100 ms of it DPDK's TSC measurement) after the old process is gone: inside the
 handover gap.  Instead the standby's database remote is ``unix:<rundir>/.of-<id>.db.sock``
 (beside its private ``OVS_RUNDIR``, :mod:`ovsndu.ovs.ofdir`), a symlink that first points
-to a *private* ovsdb-server in the upgrade's work directory serving a database whose only
-row is ``Open_vSwitch`` with the live row's ``other_config`` (``flow-restore-wait`` forced
-on: vswitchd stops reading it once it has seen it false) and no bridge.  The standby takes
-that lock at once and initialises DPDK (seen when it answers the unixctl commands DPDK
-registers); then (:meth:`Preinit.switch`) the symlink is
-atomically pointed at the live database's socket and the private server killed: the
-standby reconnects (after OVS's 1 s reconnect backoff), finds the lock contended and waits
-like any standby, with DPDK initialised.  The symlink stays for the life of the process
-(it reconnects through it when ovsdb-server restarts); :mod:`ovsndu.ovs.ofdir` removes it
-with the private rundir.
+to a *private* ovsdb-server (files in the upgrade's work directory) serving a database
+whose only row is ``Open_vSwitch`` with the live row's ``other_config``
+(``flow-restore-wait`` forced on: vswitchd stops reading it once it has seen it false)
+and no bridge.  The standby takes that lock at once and initialises DPDK (seen when it
+answers the unixctl commands DPDK registers); then (:meth:`Preinit.switch`) the symlink
+is atomically pointed at the live database's socket and the private server killed: the
+standby reconnects at once (the link is named twice, :attr:`Preinit.remote`), finds the
+lock held and waits like any standby, with DPDK initialised.  The symlink stays for the
+life of the process (it reconnects through it when ovsdb-server restarts);
+:mod:`ovsndu.ovs.ofdir` removes it with the private rundir.
 
 What the standby wrote into the private database (``cur_cfg``, ``dpdk_initialized``, the
 types, statistics) dies with it; the live database sees only what it writes after the
@@ -142,8 +142,12 @@ class Preinit:
 
     @property
     def remote(self) -> str:
-        """The database remote the standby is given."""
-        return f"unix:{self.link}"
+        """The database remote the standby is given: the link, named twice.  OVS gives a
+        session as many reconnections without backoff as it has remotes (lib/jsonrpc.c,
+        lib/reconnect.c): with one, the reconnection after the private server goes away
+        waits OVS's 1 s minimum backoff; with two, the first is immediate (later ones, as
+        after an ovsdb-server restart, back off as usual)."""
+        return f"unix:{self.link},unix:{self.link}"
 
     def _point(self, target: Path | str) -> None:
         tmp = self.link.with_name(self.link.name + ".new")
