@@ -228,6 +228,11 @@ def test_dpdk_ports_are_carried(huge: Path, tmp_path: Path) -> None:
             assert sb.ofctl("br0", "dump-flows", options=("--no-stats",)) == flows
             _preinitialised(result, sb.rundir / "ovs-vswitchd.log", new)
             _nothing_left(rig, huge)
+            # Kept off the old PMD core while DPDK initialised, then given every CPU back
+            # (its own PMD thread aside, which OVS pins).
+            for task in Path(f"/proc/{new}/task").iterdir():
+                if not (task / "comm").read_text().startswith("pmd"):
+                    assert os.sched_getaffinity(int(task.name)) == os.sched_getaffinity(0)
             print(f"\nDPDK -> DPDK with a DPDK port: gap {result['record']['handover_gap_ms']} "
                   f"ms, marks {result['record']['marks']}")
         finally:

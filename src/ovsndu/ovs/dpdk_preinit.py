@@ -191,6 +191,48 @@ def contended(log_file: Path, offset: int, pid: int) -> bool:
     return CONTENDED.format(pid=pid) in text
 
 
+def pmd_cpus(pid: int) -> set[int]:
+    """The CPUs the PMD threads of vswitchd *pid* may run on (they busy-poll)."""
+    cpus: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            if (task / "comm").read_text().startswith("pmd"):
+                cpus |= os.sched_getaffinity(int(task.name))
+        except (OSError, ValueError):
+            continue
+    return cpus
+
+
+def keep_off_pmds(pid: int, serving_pid: int) -> set[int] | None:
+    """Keep the new vswitchd *pid* off the serving process's PMD cores while it initialises
+    DPDK; the CPU set to give back afterwards (:func:`give_back`), None if unchanged.
+
+    EAL pins its control threads to the CPUs its process may use minus its lcore (OVS
+    gives ``-l`` the lowest allowed CPU): on a 2-core host the other core, where the
+    serving process's PMD thread spins; EAL's main thread waits for each control thread
+    to start there, and under load that took 1–50 s (docs/performance.md).  With the PMD
+    cores taken out, the control threads share the lcore's CPU.  Not done when the lowest
+    CPU is a PMD core (``-l`` would change) or nothing would be left."""
+    allowed = os.sched_getaffinity(0)
+    pmd = pmd_cpus(serving_pid)
+    narrow = allowed - pmd
+    if not pmd or not narrow or min(allowed) in pmd:
+        return None
+    try:
+        os.sched_setaffinity(pid, narrow)
+    except OSError:
+        return None
+    return allowed
+
+
+def give_back(pid: int, cpus: set[int]) -> None:
+    """Every thread of *pid* may run on *cpus* again (EAL's control threads included:
+    they stay where a normally started process would let them run, not pinned)."""
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, ValueError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 def log_size(log_file: Path) -> int:
     """The current size of *log_file* (0 if missing)."""
     try:

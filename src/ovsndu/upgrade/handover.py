@@ -66,6 +66,7 @@ async def start_standby(run: UpgradeRunner) -> None:
     if why is not None and "not a DPDK build" not in why:
         log.info("upgrade.dpdk_preinit_skipped", upgrade_id=run.upgrade_id, phase="standby",
                  event_kind="dpdk_preinit_skipped", reason=why)
+    cpus = None
     try:
         started = time.monotonic()
         stderr_path = run._workdir / "standby.stderr"
@@ -73,6 +74,8 @@ async def start_standby(run: UpgradeRunner) -> None:
             run.standby = proc = daemon.spawn(run.spec, run.new_binary, standby=True,
                                                stderr=stderr, ovs_rundir=of_dir.link,
                                                db=preinit.remote if preinit else None)
+        cpus = (dpdk_preinit.keep_off_pmds(proc.pid, run.serving.pid)
+                if preinit is not None else None)
         run.record.standby_pid = proc.pid
         run._write_inflight()
 
@@ -95,6 +98,8 @@ async def start_standby(run: UpgradeRunner) -> None:
     finally:
         if preinit is not None:
             await asyncio.to_thread(preinit.close)
+        if cpus is not None and run.standby is not None and run.standby.poll() is None:
+            dpdk_preinit.give_back(run.standby.pid, cpus)
     if not daemon.answers(run.spec, run.serving.pid):
         raise VswitchdError("the serving vswitchd stopped answering while the standby started")
 
