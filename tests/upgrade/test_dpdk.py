@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,10 +181,19 @@ def test_dpdk_to_dpdk_and_rollback_of_the_preinitialised_standby(huge: Path, tmp
         assert not list(rig.sb.rundir.glob(".of-*.d")), "the standby's private rundir"
 
 
+def _vhost_listens(path: Path) -> None:
+    """A process listens on the vhost-user socket *path* (a VM's QEMU could connect)."""
+    assert stat.S_ISSOCK(path.stat().st_mode), path
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+
+
 def test_dpdk_ports_are_carried(huge: Path, tmp_path: Path) -> None:
     """A bridge whose ports are DPDK devices (net_tap, net_af_packet virtual devices)
-    passes preflight and is carried DPDK build -> DPDK build: same ports, same flows,
-    still DPDK ports; the rehearsal opened none of them."""
+    and a vhost-user port passes preflight and is carried DPDK build -> DPDK build: same
+    ports, same flows, still DPDK ports, the new process listening on the vhost-user
+    socket where a VM looks for it; the rehearsal opened none of them."""
     with Sandbox(tmp_path / "run", datapath="netdev", vswitchd=str(dpdk.DPDK_VSWITCHD),
                  vswitchd_args=NETDEV_ARGS) as sb:
         sb.vsctl("set", "Open_vSwitch", ".", *dpdk.dpdk_settings(huge))
@@ -201,9 +212,13 @@ def test_dpdk_ports_are_carried(huge: Path, tmp_path: Path) -> None:
         sb.vsctl("add-port", "br0", "dp1", "--", "set", "interface", "dp1", "type=dpdk",
                  "options:dpdk-devargs=net_af_packet1,iface=ovsndu-v1,qpairs=2",
                  "options:n_rxq=2", "ofport_request=2")
+        # A vhost-user port: OVS listens on <rundir>/vhu0 for a VM's QEMU to connect.
+        sb.vsctl("add-port", "br0", "vhu0", "--", "set", "interface", "vhu0",
+                 "type=dpdkvhostuser", "ofport_request=3")
         sb.ofctl("br0", "add-flow", "in_port=1,ip,actions=ct(commit,zone=2),output:2")
-        for port, number in (("dp0", "1"), ("dp1", "2")):
+        for port, number in (("dp0", "1"), ("dp1", "2"), ("vhu0", "3")):
             assert sb.vsctl("get", "Interface", port, "ofport").strip() == number
+        _vhost_listens(sb.rundir / "vhu0")
         cfg = Config.from_dict({
             "ovs": {"rundir": str(sb.rundir), "db": sb.db, "vswitchd": str(dpdk.DPDK_VSWITCHD),
                     "vswitchd_args": list(NETDEV_ARGS), "netns": sb.netns or ""},
@@ -225,13 +240,26 @@ def test_dpdk_ports_are_carried(huge: Path, tmp_path: Path) -> None:
                 assert sb.vsctl("get", "Interface", port, "type").strip() == "dpdk"
                 assert sb.vsctl("get", "Interface", port, "ofport").strip() == number
                 assert sb.vsctl("get", "Interface", port, "error").strip() == "[]"
+            # The new process listens where the VM looks for it, not in a private dir.
+            assert sb.vsctl("get", "Interface", "vhu0", "error").strip() == "[]"
+            _vhost_listens(sb.rundir / "vhu0")
             assert sb.ofctl("br0", "dump-flows", options=("--no-stats",)) == flows
             _preinitialised(result, sb.rundir / "ovs-vswitchd.log", new)
             _nothing_left(rig, huge)
+            # OVS names the socket through the link, which now points at the rundir: a
+            # deleted port unlinks it there, and the port comes back where it was.
+            sb.vsctl("del-port", "br0", "vhu0")
+            assert not (sb.rundir / "vhu0").exists()
+            sb.vsctl("add-port", "br0", "vhu0", "--", "set", "interface", "vhu0",
+                     "type=dpdkvhostuser", "ofport_request=3")
+            _vhost_listens(sb.rundir / "vhu0")
             # Kept off the old PMD core while DPDK initialised, then given every CPU back
             # (its own PMD thread aside, which OVS pins).
+            # DPDK control threads made later (vhost-events, for the vhost-user port)
+            # take EAL's control-thread CPU set computed at its initialisation: the
+            # restricted one (upstream's is the non-lcore CPUs, here the PMD core).
             for task in Path(f"/proc/{new}/task").iterdir():
-                if not (task / "comm").read_text().startswith("pmd"):
+                if not (task / "comm").read_text().startswith(("pmd", "vhost-events")):
                     assert os.sched_getaffinity(int(task.name)) == os.sched_getaffinity(0)
             print(f"\nDPDK -> DPDK with a DPDK port: gap {result['record']['handover_gap_ms']} "
                   f"ms, marks {result['record']['marks']}")

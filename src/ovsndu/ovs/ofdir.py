@@ -15,9 +15,12 @@ are created there, where no controller looks:
   through the pidfile; unixctl cannot write flows);
 - ovsndu installs and verifies through the private OpenFlow sockets;
 - :meth:`PrivateRundir.publish` then renames each listening socket into the rundir
-  (a listening Unix socket keeps listening under its new name) and points the
-  symlink at the rundir itself, so that sockets of bridges added later are created
-  where the tools look.
+  (a listening Unix socket keeps listening under its new name) — the OpenFlow ones,
+  and those of vhost-user ports, which a VM's QEMU looks for in the rundir (OVS's
+  default ``vhost-sock-dir``) — and points the symlink at the rundir itself, so that
+  sockets of bridges and ports added later are created where the tools look, and a
+  vhost-user port deleted later unlinks its socket there (OVS names it through the
+  link).
 
 Nothing ovsndu does after ``publish`` writes OpenFlow state.
 """
@@ -28,6 +31,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +53,11 @@ class PrivateRundir:
         self = cls(Path(rundir), PREFIX + (tag or secrets.token_hex(3)))
         self.discard()
         self.private.mkdir(mode=0o700)
+        # The rundir's subdirectories (e.g. other_config:vhost-sock-dir), empty: sockets
+        # created there are published into the real ones.
+        for sub in Path(rundir).iterdir():
+            if sub.is_dir() and not sub.is_symlink() and not sub.name.startswith("."):
+                (self.private / sub.name).mkdir()
         self.link.symlink_to(self.private.name)
         return self
 
@@ -80,13 +89,19 @@ class PrivateRundir:
         return True
 
     def publish(self) -> list[str]:
-        """Move the OpenFlow sockets into the rundir and point the link at the rundir;
-        the names moved.  Controllers can connect from now on."""
+        """Move the OpenFlow sockets, then every other listening socket (vhost-user
+        ports': a VM's QEMU looks for them in the rundir, where the old process's stale
+        ones are replaced), into the rundir and point the link at the rundir; the names
+        moved.  Controllers can connect from now on."""
         moved = []
-        for sock in sorted(self.private.iterdir()):
-            if sock.suffix in OPENFLOW_SUFFIXES:
-                os.replace(sock, self.rundir / sock.name)
-                moved.append(sock.name)
+        socks = sorted((p for p in self.private.rglob("*") if _is_socket(p)),
+                       key=lambda p: (p.suffix not in OPENFLOW_SUFFIXES, str(p)))
+        for sock in socks:
+            if sock.suffix == ".ctl":  # the unixctl socket's second name (share_ctl)
+                continue
+            where = sock.relative_to(self.private)
+            os.replace(sock, self.rundir / where)
+            moved.append(str(where))
         tmp = self.rundir / (self.name + ".new")
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -101,6 +116,13 @@ class PrivateRundir:
             with contextlib.suppress(FileNotFoundError):
                 link.unlink()
         shutil.rmtree(self.private, ignore_errors=True)
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(path.lstat().st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def in_use(rundir: Path) -> set[str]:
