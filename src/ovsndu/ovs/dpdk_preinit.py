@@ -38,6 +38,7 @@ from pathlib import Path
 
 from ovsndu.errors import OvsnduError, VswitchdError
 from ovsndu.ovs.ovsdb import DB, Ovsdb, socket_path
+from ovsndu.ovs.procs import pids_where
 from ovsndu.ovs.readers import read_bridges
 
 #: The work-directory subdirectory of the private database and its server.
@@ -244,15 +245,5 @@ def log_size(log_file: Path) -> int:
 def orphans(state_dir: Path) -> list[int]:
     """Private ovsdb-servers of upgrades under *state_dir* whose supervisor died."""
     mark = str(state_dir / "work").encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv[0].endswith(b"ovsdb-server") and any(
-                a.startswith(mark) and f"/{SUBDIR}/".encode() in a for a in argv[1:]):
-            found.append(int(entry.name))
-    return found
+    return pids_where(lambda argv: argv[0].endswith(b"ovsdb-server") and any(
+        a.startswith(mark) and f"/{SUBDIR}/".encode() in a for a in argv[1:]))

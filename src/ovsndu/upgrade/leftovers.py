@@ -18,18 +18,11 @@ import signal
 from pathlib import Path
 
 from ovsndu.ovs import dpdk_preinit
+from ovsndu.ovs.procs import cmdline, pids_where
 
 CLIENT_MODULE = b"ovsndu.upgrade.client"
 REHEARSAL_FILE = "rehearsal"
 REHEARSAL_PREFIX = "ovsndu-rehearsal-"
-
-
-def cmdline(pid: int) -> list[bytes]:
-    """The argv of *pid* (empty when it is gone)."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return []
 
 
 def kill_client(pid: int | None) -> bool:
@@ -44,14 +37,8 @@ def kill_client(pid: int | None) -> bool:
 def clients_of(state_dir: Path) -> list[int]:
     """Live client processes whose work directory is under *state_dir*."""
     work = str(state_dir / "work").encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        argv = cmdline(int(entry.name))
-        if CLIENT_MODULE in argv and any(a.startswith(work) for a in argv):
-            found.append(int(entry.name))
-    return found
+    return pids_where(lambda argv: CLIENT_MODULE in argv
+                      and any(a.startswith(work) for a in argv))
 
 
 def remove_workdir(upgrade: Path) -> list[str]:
