@@ -131,3 +131,14 @@ def start_supervisor(sb: Sandbox, work: Path, binary: str, vswitchd_args: list[s
         sup.kill()
         raise RuntimeError("the supervisor did not come up") from None
     return sup, cfg_path
+
+
+async def finish_sync(result: Any, proc: Any, timeout: float) -> dict[str, Any]:
+    """The server's side of a synced session to its end: hand over, wait for the client
+    *proc* to be ready, commit, close; the client's report (its last line, JSON)."""
+    await result.session.handover()
+    await result.session.wait_ready(timeout=timeout)
+    await result.session.commit()
+    out, _ = await proc.communicate()
+    await result.session.close()
+    return dict(json.loads(out.decode().strip().splitlines()[-1]))

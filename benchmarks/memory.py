@@ -36,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import finish_sync
 from ovsndu.model import CATEGORIES, Conntrack, Entry, FdbEntry, Flow, Snapshot, VswitchdInfo
 from ovsndu.model.delta import delta_between
 from ovsndu.model.window import apply_window
@@ -205,12 +206,7 @@ async def server_main(n_flows: int, n_ct: int, n_fdb: int) -> dict[str, Any]:
                                         lambda: delta_between(snap, final))
         await asyncio.to_thread(st.run, "catch-up file (delta JSON)", lambda: (
             Path(tmp) / "c.json").write_text(json.dumps(delta.to_dict())))
-        await result.session.handover()
-        await result.session.wait_ready(timeout=600)
-        await result.session.commit()
-        out, _ = await proc.communicate()
-        await result.session.close()
-    client = json.loads(out.decode().strip().splitlines()[-1])
+        client = await finish_sync(result, proc, 600)
     assert keeper is snap
     return {"flows": n_flows, "conntrack": n_ct, "fdb": n_fdb,
             "load_average_1min": os.getloadavg()[0], "snapshot_files_equal": same,

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import finish_sync
 from ovsndu.model import Conntrack, Entry, Flow, Snapshot, VswitchdInfo, category_digest
 from ovsndu.protocol import Config
 from ovsndu.protocol.transport import receive_state, serve_state
@@ -131,18 +132,14 @@ async def server_main(n: int, verify: bool) -> dict[str, Any]:
         server = asyncio.create_task(serve_state(path, snap, token, os.getuid(), digests=digests))
         while not path.exists():
             await asyncio.sleep(0.01)
-        args = [sys.executable, __file__, "--client", str(path), "--token", token.hex(),
-                "--digests", str(digests_file)] + (["--verify"] if verify else [])
+        args = [sys.executable, "-m", "benchmarks.sync_throughput", "--client", str(path),
+                "--token", token.hex(), "--digests", str(digests_file),
+                *(["--verify"] if verify else [])]
         proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE)
         cpu = time.process_time()
         result = await server
         server_cpu = time.process_time() - cpu
-        await result.session.handover()
-        await result.session.wait_ready(timeout=30)
-        await result.session.commit()
-        out, _ = await proc.communicate()
-        await result.session.close()
-    client = json.loads(out.decode().strip().splitlines()[-1])
+        client = await finish_sync(result, proc, 30)
     cfg = Config()
     return {
         "entries": result.entries,
