@@ -206,17 +206,13 @@ async def take_over(run: UpgradeRunner) -> None:
     run.serving = Serving(standby.pid, standby, run.new_binary, run.record.to_version)
     run.on_serving(run.serving)
     run.record.ct_frozen = {}  # the frozen process is gone
-    for note in last.traffic_notes():
-        run.record.anomalies.append(note)
-        log.warning("upgrade.catchup_incomplete", upgrade_id=run.upgrade_id,
-                    phase="handover", event_kind="anomaly", reason=note)
 
     settled: Settled | None = None
 
     def final_and_delta() -> Delta:
         nonlocal settled
         settled, notes = settle(last, marks)
-        for note in notes:
+        for note in [*last.traffic_notes(), *notes]:
             run.record.anomalies.append(note)
             log.warning("upgrade.catchup_incomplete", upgrade_id=run.upgrade_id,
                         phase="handover", event_kind="anomaly", reason=note)
