@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.disruption [--flows N[,N...]] [--conntrack M] [--runs K]
                                               [--datapath netdev|dpdk] [--churn RATE] [--ovn]
-                                              [--dpdk-preinit-baseline]
+                                              [--preinit-baseline]
                                               [--json OUT] [--plot OUT.png]
 
 Per run, in namespaces it creates and removes: a private OVS (netdev datapath) in its
@@ -221,13 +221,13 @@ class Run:
     # --- the two methods -------------------------------------------------------------------
     def ovsndu_late(self) -> dict[str, Any]:
         """ovsndu with the DPDK build's standby initialising DPDK only once it holds the
-        lock, as before ovs/dpdk_preinit.py (``--dpdk-preinit-baseline``)."""
-        return self.ovsndu(dpdk_preinit=False)
+        lock, as before ovs/preinit.py (``--preinit-baseline``)."""
+        return self.ovsndu(preinit=False)
 
-    def ovsndu(self, dpdk_preinit: bool = True) -> dict[str, Any]:
+    def ovsndu(self, preinit: bool = True) -> dict[str, Any]:
         sup, cfg_path = start_supervisor(self.sb, self.work, self.binary, list(NETDEV_ARGS),
                                          upgrade={"timeout": self.UPGRADE_TIMEOUT,
-                                                  "dpdk_preinit": dpdk_preinit}, wait=30)
+                                                  "standby_preinit": preinit}, wait=30)
         self.procs.append(sup)
         self.start_traffic()
         t0 = self.t0 = time.monotonic()
@@ -346,8 +346,8 @@ def main() -> None:
                         help="new connections a second all through each run (benchmarks.churn)")
     parser.add_argument("--ovn", action="store_true",
                         help="the pipeline comes from a private OVN stack (--flows ignored)")
-    parser.add_argument("--dpdk-preinit-baseline", action="store_true",
-                        help="also run ovsndu with [upgrade] dpdk_preinit = false "
+    parser.add_argument("--preinit-baseline", action="store_true",
+                        help="also run ovsndu with [upgrade] standby_preinit = false "
                         "(method ovsndu_late)")
     parser.add_argument("--json")
     parser.add_argument("--plot")
@@ -363,7 +363,7 @@ def _measure(args: argparse.Namespace, huge: Path | None) -> None:
                               "datapath": args.datapath, "churn": args.churn,
                               "pipeline": "ovn" if args.ovn else "filler", "by_flows": {}}
     examples: dict[str, dict[str, Any]] = {}
-    methods = ("ovsndu", "upstream", *(("ovsndu_late",) if args.dpdk_preinit_baseline else ()))
+    methods = ("ovsndu", "upstream", *(("ovsndu_late",) if args.preinit_baseline else ()))
     for asked in [0] if args.ovn else map(int, args.flows.split(",")):
         n = asked  # with --ovn: what ovn-controller installed, known after the first run
         per: dict[str, dict[str, list[Any]]] = {

@@ -76,7 +76,7 @@ def standby_parts(log: str, gone: float) -> dict[str, float]:
     """Where the process that took over last spent its time, in ms relative to the old
     process's death (*gone*, epoch seconds; :func:`old_gone_wall`): its DPDK (EAL)
     initialisation's start and end (negative when it initialised DPDK before the
-    handover, ovs/dpdk_preinit.py), TSC known to its datapath, last DPDK device attached,
+    handover, ovs/preinit.py), TSC known to its datapath, last DPDK device attached,
     first bridge built.  EAL lines are the last ones logged; the others the first (last
     for devices) after the death.  Lines of the old process before its death do not
     count."""

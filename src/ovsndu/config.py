@@ -71,8 +71,8 @@ class UpgradeConfig:
     #: longest time the final read may keep conntrack entry creation frozen in the old
     #: vswitchd (new connections wait for the new one meanwhile); 0: never freeze
     ct_freeze_max_ms: float = 250.0
-    #: a DPDK build's standby initialises DPDK before the handover (ovs/dpdk_preinit.py)
-    dpdk_preinit: bool = True
+    #: the standby initialises DPDK or measures the TSC before the handover (ovs/preinit.py)
+    standby_preinit: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

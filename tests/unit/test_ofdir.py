@@ -65,7 +65,7 @@ def test_unused_private_rundirs_are_removed(tmp_path: Path) -> None:
 
 def test_the_database_link_lives_and_goes_with_its_private_rundir(tmp_path: Path) -> None:
     """A DPDK build's standby reaches the database through ``.of-<id>.db.sock``
-    (ovs/dpdk_preinit.py): kept while a live process has ``.of-<id>`` as OVS_RUNDIR,
+    (ovs/preinit.py): kept while a live process has ``.of-<id>`` as OVS_RUNDIR,
     followed to whatever it points at now, removed with the rest when unused."""
     live, used = PrivateRundir.create(tmp_path, "t4"), PrivateRundir.create(tmp_path, "t5")
     first, second = tmp_path / "private.sock", tmp_path / "db.sock"

@@ -65,7 +65,7 @@ class Rig:
                 continue
             # Whatever its file name (a copy, a symlink), a vswitchd names the DB as an argument.
             # A DPDK build's standby reaches it through a symlink beside its private
-            # rundir (ovs/dpdk_preinit.py).
+            # rundir (ovs/preinit.py).
             link = f"unix:{self.sb.rundir}/.of-".encode()
             names_db = self.sb.db.encode() in cmd or any(a.startswith(link) for a in cmd)
             ours = names_db and b"python" not in cmd[0] and any(
@@ -99,13 +99,21 @@ class Rig:
                 self.supervisor.wait()
 
 
+def live_db_prefix(sb: Sandbox) -> str:
+    """What every remote of the live database a vswitchd is given begins with: the
+    database's own socket, or the link to it beside a standby's private rundir
+    (ovs/preinit.py); a rehearsal's database is elsewhere."""
+    return f"unix:{sb.rundir}/"
+
+
 @contextlib.contextmanager
 def make_rig(tmp_path: Path, *, validate: bool = True, timeout: float = 120,
              db_env: str | None = None) -> Iterator[Rig]:
     """A sandbox with the sample state, adopted by a real supervisor.
 
     *db_env*: the name of an environment variable that tells fake binaries (started by
-    the supervisor) the live database's remote, so they can act only there.
+    the supervisor) the live database's remote, so they can act only there: its prefix,
+    :func:`live_db_prefix` (match ``[[ "$1" == "$VAR"* ]]``).
     """
     require_ovs()
     with Sandbox(tmp_path / "run") as sb:
@@ -119,7 +127,7 @@ def make_rig(tmp_path: Path, *, validate: bool = True, timeout: float = 120,
         cfg_path = tmp_path / "ovsndu.toml"
         cfg_path.write_text(cfg.to_toml())
         rig = Rig(sb, cfg, cfg_path, None, tmp_path / "supervisor.log",  # type: ignore[arg-type]
-                  {db_env: sb.db} if db_env else {})
+                  {db_env: live_db_prefix(sb)} if db_env else {})
         rig.start_supervisor()
         try:
             yield rig

@@ -27,7 +27,7 @@ from ovsndu.ovs import daemon
 from ovsndu.ovs.sandbox import NETDEV_ARGS, Sandbox
 from ovsndu.testing.endpoints import Endpoint, add_endpoint
 from tests.conftest import require_ovs
-from tests.upgrade.conftest import VSWITCHD, Rig, fake_binary
+from tests.upgrade.conftest import VSWITCHD, Rig, fake_binary, live_db_prefix
 
 UDP_RATE = 250.0
 MAC_RATE = 50.0
@@ -107,7 +107,7 @@ def _churn(tmp_path: Path) -> Iterator[Churn]:
         cfg_path = tmp_path / "ovsndu.toml"
         cfg_path.write_text(cfg.to_toml())
         rig = Rig(sb, cfg, cfg_path, None, tmp_path / "supervisor.log",  # type: ignore[arg-type]
-                  {"CRASH_DB": sb.db})
+                  {"CRASH_DB": live_db_prefix(sb)})
         churn = Churn(rig, a, b, tmp_path)
         rig.start_supervisor()
         try:

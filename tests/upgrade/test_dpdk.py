@@ -5,7 +5,7 @@ and given back afterwards (ovsndu.testing.dpdk: relative and locked, so concurre
 compose).  Judged by OVS's own tools: the raw output of ovs-vsctl/ovs-ofctl/ovs-appctl
 before and after, ``/proc/PID/exe`` of the serving process, and ``Open_vSwitch:dpdk_initialized``.
 A DPDK build's standby initialises DPDK before the handover on a private database
-(ovs/dpdk_preinit.py): what that leaves (a symlink remote, no server, no file) is checked.
+(ovs/preinit.py): what that leaves (a symlink remote, no server, no file) is checked.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from ovsndu.config import Config
-from ovsndu.ovs import dpdk_preinit
+from ovsndu.ovs import preinit
 from ovsndu.ovs.sandbox import NETDEV_ARGS, Sandbox
 from ovsndu.testing import dpdk
 from tests.conftest import require_ovs
@@ -69,8 +69,8 @@ def _nothing_left(rig: Rig, huge: Path) -> None:
     """No private ovsdb-server, no work files, no DPDK files; the only database link is
     the serving process's own (if it has one) and it leads to the live database."""
     state = Path(rig.cfg.ovsndu.state_dir)
-    assert dpdk_preinit.orphans(state) == []
-    assert not list(state.glob(f"work/*/{dpdk_preinit.SUBDIR}")), "private database files"
+    assert preinit.orphans(state) == []
+    assert not list(state.glob(f"work/*/{preinit.SUBDIR}")), "private database files"
     assert list(huge.iterdir()) == [], "hugepage files (OVS runs DPDK --in-memory)"
     pid = rig.status()["vswitchd"]["pid"]
     links = sorted(p.name for p in rig.sb.rundir.glob(".of-*.db.sock*"))
@@ -85,10 +85,10 @@ def _nothing_left(rig: Rig, huge: Path) -> None:
 def _preinitialised(result: dict[str, object], log: Path, pid: int) -> None:
     """The new process *pid* had DPDK initialised before it waited on the live lock."""
     marks = result["record"]["marks"]  # type: ignore[index]
-    assert marks["dpdk_preinit.initialised"] > 0, marks
-    assert marks["dpdk_preinit.reconnected"] > 0, marks
+    assert marks["preinit.initialised"] > 0, marks
+    assert marks["preinit.reconnected"] > 0, marks
     text = log.read_text(errors="replace")
-    waited = text.rindex(dpdk_preinit.CONTENDED.format(pid=pid))
+    waited = text.rindex(preinit.CONTENDED.format(pid=pid))
     assert text.rindex("DPDK Enabled - initialized") < waited
 
 
@@ -117,8 +117,8 @@ def test_plain_to_dpdk_and_back(huge: Path, tmp_path: Path) -> None:
         assert exe == Path(VSWITCHD).resolve()
         assert _dpdk_initialized(rig) == "false"
         assert _tools_output(rig) == before
-        assert "dpdk_preinit.initialised" not in result["record"]["marks"]
-        assert _remote(pid) == rig.sb.db
+        assert "preinit.tsc" in result["record"]["marks"]  # the plain build's TSC, early
+        assert _remote(pid) != rig.sb.db
         _nothing_left(rig, huge)  # the DPDK process's link went with it
         print(f"DPDK -> plain: gap {result['record']['handover_gap_ms']} ms")
 
@@ -172,7 +172,7 @@ def test_dpdk_to_dpdk_and_rollback_of_the_preinitialised_standby(huge: Path, tmp
         assert code == 1, result
         assert result["outcome"] == "rolled_back", result
         assert "reconnect to the database" in result["reason"], result
-        assert result["record"]["marks"]["dpdk_preinit.initialised"] > 0
+        assert result["record"]["marks"]["preinit.initialised"] > 0
         assert rig.vswitchd_pids() == [serving]
         assert _serving(rig) == (serving, dpdk.DPDK_VSWITCHD.resolve())
         assert _dpdk_initialized(rig) == "true"

@@ -22,7 +22,7 @@ from ovsndu.upgrade.leftovers import clients_of
 from tests.upgrade.conftest import Rig, fake_binary, make_rig
 
 # Sleep before starting, but only outside the live database (i.e. in the rehearsal).
-SLOW_REHEARSAL = 'if [ "$1" != "--version" ] && [ "$1" != "$LIVE_DB" ]; then sleep 3; fi\n' \
+SLOW_REHEARSAL = 'if [ "$1" != "--version" ] && [[ "$1" != "$LIVE_DB"* ]]; then sleep 3; fi\n' \
                  'exec "$REAL" "$@"'
 
 
@@ -132,7 +132,7 @@ def test_new_vswitchd_crashes_right_after_takeover(tmp_path: Path) -> None:
         bad = fake_binary(tmp_path, "crash-after", (
             # The standby's OVS_RUNDIR is private: find the rundir by its pidfile.
             'for a in "$@"; do case $a in --pidfile=*) D=$(dirname "${a#*=}");; esac; done\n'
-            'if [ "$1" = "$CRASH_DB" ] && [[ "$*" == *standby.pid* ]]; then\n'
+            'if [[ "$1" == "$CRASH_DB"* ]] && [[ "$*" == *standby.pid* ]]; then\n'
             '  ( until [ "$(cat "$D/ovs-vswitchd.pid" 2>/dev/null)" = "$$" ]; do\n'
             '      sleep 0.002; done; sleep 0.02; kill -KILL $$ ) &\n'
             'fi\nexec "$REAL" "$@"'))

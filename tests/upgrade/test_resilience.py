@@ -16,6 +16,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from ovsndu.upgrade.leftovers import clients_of
 from tests.upgrade.conftest import Rig, fake_binary, make_rig
 
 # Sleep before starting, but only outside the live database (i.e. in the rehearsal).
-SLOW_REHEARSAL = ('if [ "$1" != "--version" ] && [ "$1" != "$LIVE_DB" ]; then sleep 3; fi\n'
+SLOW_REHEARSAL = ('if [ "$1" != "--version" ] && [[ "$1" != "$LIVE_DB"* ]]; then sleep 3; fi\n'
                   'exec "$REAL" "$@"')
 # The standby (the new vswitchd on the live database) takes 3 s to start.
 SLOW_STANDBY = ('if [[ "$*" == *standby.pid* ]]; then sleep 3; fi\n'
@@ -278,14 +279,40 @@ def fill(directory: Path) -> Path:
     return filler
 
 
+@contextlib.contextmanager
+def kept_full(directory: Path) -> Iterator[Path]:
+    """:func:`fill`, and whatever is freed meanwhile (e.g. the standby's private database
+    removed, ovs/preinit.py) is taken again at once, until the block ends."""
+    filler = fill(directory)
+    stop = threading.Event()
+
+    def top_up() -> None:
+        with open(filler, "ab", buffering=0) as f:
+            while not stop.is_set():
+                try:
+                    f.write(b"\0" * 4096)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        f.write(b"\0")
+                    stop.wait(0.001)
+
+    thread = threading.Thread(target=top_up, daemon=True)
+    thread.start()
+    try:
+        yield filler
+    finally:
+        stop.set()
+        thread.join()
+
+
 def test_disk_full_from_standby_on_still_tells_the_outcome(tmp_path: Path) -> None:
     with small_state_dir(tmp_path) as state, make_rig(tmp_path, db_env="LIVE_DB") as rig:
         slow = fake_binary(tmp_path, "slow-standby", SLOW_STANDBY)
         before = raw_state(rig)
         proc = reload_in_background(rig, "--vswitchd", str(slow))
         wait("the standby phase", lambda: inflight_phase(rig) == "standby")
-        filler = fill(state)
-        code, result = finish(proc)
+        with kept_full(state) as filler:
+            code, result = finish(proc)
         assert code == 0, result  # the new vswitchd serves: committed, and said so
         assert result["outcome"] == "committed"
         assert any("history record not written" in a for a in result["record"]["anomalies"])
@@ -388,7 +415,7 @@ FAILURES = {
     "hang": ('echo "waiting for nothing" >&2\nexec sleep 600', "still running",
              "waiting for nothing"),
 }
-IN_ROLE = {"rehearsal": '[ "$1" != "$LIVE_DB" ]', "standby": '[ "$1" = "$LIVE_DB" ]'}
+IN_ROLE = {"rehearsal": '[[ "$1" != "$LIVE_DB"* ]]', "standby": '[[ "$1" == "$LIVE_DB"* ]]'}
 
 
 @pytest.mark.parametrize("kind", sorted(FAILURES))

@@ -230,7 +230,7 @@ def test_crash_after_takeover_restores_31_on_the_converted_back_database(
         bad.write_text(
             f"#!/bin/bash\nREAL={V35}\n"
             'for a in "$@"; do case $a in --pidfile=*) D=$(dirname "${a#*=}");; esac; done\n'
-            'if [ "$1" = "$CRASH_DB" ] && [[ "$*" == *standby.pid* ]]; then\n'
+            'if [[ "$1" == "$CRASH_DB"* ]] && [[ "$*" == *standby.pid* ]]; then\n'
             '  ( until [ "$(cat "$D/ovs-vswitchd.pid" 2>/dev/null)" = "$$" ]; do\n'
             '      sleep 0.002; done; sleep 0.02; kill -KILL $$ ) &\n'
             'fi\nexec "$REAL" "$@"\n')

@@ -64,7 +64,7 @@ class VswitchdSpec:
     def argv(self, binary: str, *, standby: bool = False, db: str | None = None) -> list[str]:
         """The command line: ovs-ctl's options, the configured extras, our pidfile;
         *db*: the database remote if not the spec's (a standby that initialises DPDK
-        first, :mod:`ovsndu.ovs.dpdk_preinit`)."""
+        first, :mod:`ovsndu.ovs.preinit`)."""
         pidfile = self.standby_pidfile if standby else self.pidfile
         # A standby waits on the OVSDB lock and says so at ERR ("another ovs-vswitchd
         # process is running"): its own log file only, syslog (the journal) once it serves.

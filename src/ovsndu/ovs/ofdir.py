@@ -69,7 +69,7 @@ class PrivateRundir:
     @property
     def db_link(self) -> Path:
         """The database remote of a standby that initialises DPDK first (a symlink,
-        :mod:`ovsndu.ovs.dpdk_preinit`); it lives as long as the private rundir's link."""
+        :mod:`ovsndu.ovs.preinit`); it lives as long as the private rundir's link."""
         return self.rundir / (self.name + DB_LINK_SUFFIX)
 
     @property

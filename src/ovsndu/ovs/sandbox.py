@@ -312,7 +312,7 @@ class Sandbox:
         except (OSError, ValueError):
             return
         # A standby that initialised DPDK first reaches the database through a symlink
-        # beside its private rundir (ovs/dpdk_preinit.py).
+        # beside its private rundir (ovs/preinit.py).
         ours = self.db.encode() in cmdline or any(
             a.startswith(f"unix:{self.rundir}/.of-".encode()) for a in cmdline)
         if ours and pid_alive(pid):

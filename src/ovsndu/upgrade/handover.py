@@ -27,7 +27,7 @@ import structlog
 from ovsndu.errors import OvsnduError, VswitchdError
 from ovsndu.model.delta import Delta, catchup_delta, traffic_identities
 from ovsndu.model.window import Settled
-from ovsndu.ovs import ct_freeze, daemon, dpdk_preinit, ofdir
+from ovsndu.ovs import ct_freeze, daemon, ofdir, preinit
 from ovsndu.ovs.catchup import CATCHUP_FILE
 from ovsndu.ovs.ofdir import PREFIX, PrivateRundir
 from ovsndu.ovs.ovsdb import Ovsdb
@@ -45,27 +45,28 @@ log = structlog.get_logger("ovsndu.upgrade")
 async def start_standby(run: UpgradeRunner) -> None:
     """Start the new vswitchd on the live database; it must wait on the OVSDB lock.
 
-    A DPDK build first initialises DPDK on a private database (:mod:`ovsndu.ovs.
-    dpdk_preinit`) when that is safe, so that EAL initialisation is not in the gap."""
+    When that is safe it first initialises on a private database what it would otherwise
+    initialise in the gap (:mod:`ovsndu.ovs.preinit`: DPDK, or the TSC estimate)."""
     with contextlib.suppress(FileNotFoundError):
         run.spec.standby_pidfile.unlink()
     run.schema.mark_log(run.spec.log_file)
     run._workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     of_dir = await asyncio.to_thread(PrivateRundir.create, run.spec.rundir,
                                      run.of_dir.name.removeprefix(PREFIX))
-    why = (await asyncio.to_thread(dpdk_preinit.why_not, run.spec.db, run.new_binary)
-           if run.cfg.upgrade.dpdk_preinit else "off ([upgrade] dpdk_preinit = false)")
-    preinit = None
-    if why is None:
+    kind, why = ((await asyncio.to_thread(preinit.decide, run.spec.db, run.new_binary))
+                 if run.cfg.upgrade.standby_preinit
+                 else (None, "off ([upgrade] standby_preinit = false)"))
+    private = None
+    if kind is not None:
         try:
-            preinit = await asyncio.to_thread(dpdk_preinit.Preinit.start, run.spec.db,
+            private = await asyncio.to_thread(preinit.Preinit.start, run.spec.db,
                                               of_dir.db_link, run._workdir,
                                               of_dir.private / "preinit-db.sock")
         except OvsnduError as exc:  # an optimisation only: the ordinary standby then
-            why = str(exc)
-    if why is not None and "not a DPDK build" not in why:
-        log.info("upgrade.dpdk_preinit_skipped", upgrade_id=run.upgrade_id, phase="standby",
-                 event_kind="dpdk_preinit_skipped", reason=why)
+            kind, why = None, str(exc)
+    if kind is None:
+        log.info("upgrade.preinit_skipped", upgrade_id=run.upgrade_id, phase="standby",
+                 event_kind="preinit_skipped", reason=why)
     cpus = None
     try:
         started = time.monotonic()
@@ -73,9 +74,9 @@ async def start_standby(run: UpgradeRunner) -> None:
         with open(stderr_path, "wb") as stderr:
             run.standby = proc = daemon.spawn(run.spec, run.new_binary, standby=True,
                                                stderr=stderr, ovs_rundir=of_dir.link,
-                                               db=preinit.remote if preinit else None)
-        cpus = (dpdk_preinit.keep_off_pmds(proc.pid, run.serving.pid)
-                if preinit is not None else None)
+                                               db=private.remote if private else None)
+        cpus = (preinit.keep_off_pmds(proc.pid, run.serving.pid)
+                if kind == "dpdk" else None)
         run.record.standby_pid = proc.pid
         run._write_inflight()
 
@@ -93,49 +94,65 @@ async def start_standby(run: UpgradeRunner) -> None:
 
         await asyncio.to_thread(daemon.wait_until, ready, 20,
                                 "the standby vswitchd to answer")
-        if preinit is not None:
-            await asyncio.to_thread(_preinit_dpdk, run, preinit, alive, started)
+        if private is not None and kind is not None:
+            await asyncio.to_thread(_preinitialise, run, private, kind, alive, started)
     finally:
-        if preinit is not None:
-            await asyncio.to_thread(preinit.close)
+        if private is not None:
+            await asyncio.to_thread(private.close)
         if cpus is not None and run.standby is not None and run.standby.poll() is None:
-            dpdk_preinit.give_back(run.standby.pid, cpus)
+            preinit.give_back(run.standby.pid, cpus)
     if not daemon.answers(run.spec, run.serving.pid):
         raise VswitchdError("the serving vswitchd stopped answering while the standby started")
 
 
-def _preinit_dpdk(run: UpgradeRunner, preinit: dpdk_preinit.Preinit,
-                  alive: Callable[[], None], started: float) -> None:
-    """The standby initialises DPDK on the private database, then is moved to the live
-    one and waits on its lock (marks ``dpdk_preinit.*``, ms)."""
+def _preinitialise(run: UpgradeRunner, private: preinit.Preinit, kind: str,
+                   alive: Callable[[], None], started: float) -> None:
+    """The standby initialises DPDK or measures the TSC on the private database, then is
+    moved to the live one and waits on its lock (marks ``preinit.*``, ms)."""
     assert run.standby is not None
     marks, pid = run.record.marks, run.standby.pid
+    command = preinit.INITIALISED_COMMAND if kind == "dpdk" else preinit.LOCKED_COMMAND
 
     def initialised() -> bool:
         alive()
         try:  # its main thread answers no unixctl while EAL initialises (seconds under load)
             with daemon.unixctl_for(run.spec, pid, timeout=2) as appctl:
-                return dpdk_preinit.INITIALISED_COMMAND in appctl("list-commands")
+                return command in appctl("list-commands")
         except VswitchdError:
             return False
 
     # dpdk-init=true: a failed initialisation ends the process (alive() says so).
-    daemon.wait_until(initialised, 60, "the standby vswitchd to initialise DPDK")
-    marks["dpdk_preinit.initialised"] = round((time.monotonic() - started) * 1000, 2)
-    offset = dpdk_preinit.log_size(run.spec.log_file)
+    daemon.wait_until(initialised, 60, f"the standby vswitchd to initialise ({kind})")
+    if kind == "tsc":
+        measuring = time.monotonic()
+        try:
+            with daemon.unixctl_for(run.spec, pid, timeout=20) as appctl:
+                preinit.measure_tsc(appctl, pid, run.spec.netns)
+            marks["preinit.tsc"] = round((time.monotonic() - measuring) * 1000, 2)
+        except VswitchdError as exc:  # an optimisation: the estimate runs in the gap then
+            alive()
+            log.warning("upgrade.preinit_tsc_failed", upgrade_id=run.upgrade_id,
+                        phase="standby", event_kind="preinit_tsc_failed", reason=str(exc))
+    marks["preinit.initialised"] = round((time.monotonic() - started) * 1000, 2)
+    offset = preinit.log_size(run.spec.log_file)
     switched = time.monotonic()
-    preinit.switch()
+    private.switch()
 
     def reconnected() -> bool:
         alive()
-        return dpdk_preinit.contended(run.spec.log_file, offset, pid)
+        if preinit.contended(run.spec.log_file, offset, pid):
+            return True
+        if not daemon.answers(run.spec, run.serving.pid):  # then nobody holds the lock
+            raise VswitchdError("the serving vswitchd stopped answering while the standby "
+                                "started")
+        return False
 
     daemon.wait_until(reconnected, 20, "the standby vswitchd to reconnect to the database")
-    marks["dpdk_preinit.reconnected"] = round((time.monotonic() - switched) * 1000, 2)
-    log.info("upgrade.dpdk_preinit", upgrade_id=run.upgrade_id, phase="standby",
-             event_kind="dpdk_preinit", standby_pid=pid,
-             initialised_ms=marks["dpdk_preinit.initialised"],
-             reconnected_ms=marks["dpdk_preinit.reconnected"])
+    marks["preinit.reconnected"] = round((time.monotonic() - switched) * 1000, 2)
+    log.info("upgrade.preinit", upgrade_id=run.upgrade_id, phase="standby",
+             event_kind="preinit", kind=kind, standby_pid=pid,
+             initialised_ms=marks["preinit.initialised"],
+             reconnected_ms=marks["preinit.reconnected"])
 
 
 async def take_over(run: UpgradeRunner) -> None:
@@ -150,9 +167,9 @@ async def take_over(run: UpgradeRunner) -> None:
     try:
         types = await asyncio.to_thread(daemon.dp_types, spec.db)
         names = sorted(types)
-        if "dpdk_preinit.initialised" in run.record.marks:
+        if "preinit.initialised" in run.record.marks:
             kernel = [n for n, t in sorted(types.items()) if t != "netdev"]
-            if kernel:  # its ofproto layer was initialised without them (ovs/dpdk_preinit.py)
+            if kernel:  # its ofproto layer was initialised without them (ovs/preinit.py)
                 raise VswitchdError(f"bridges on a kernel datapath were added during the "
                                     f"upgrade ({', '.join(kernel)}); the standby "
                                     f"initialised DPDK without them")

@@ -2,8 +2,9 @@
 
 An upgrade owns, for its lifetime: the client process, its work directory (token, log,
 the path of its rehearsal sandbox), the rehearsal sandbox under ``/tmp``, the snapshot
-file, the rollback copy of the running binary, the sync socket and (a DPDK build's
-standby, for about a second) a private ovsdb-server (ovs/dpdk_preinit.py).  The runner
+file, the rollback copy of the running binary, the sync socket and (the standby, for
+about a second) a private ovsdb-server and, on a plain build, the tap of the datapath it
+creates to measure the TSC (ovs/preinit.py).  The runner
 removes them when the upgrade ends; a supervisor that was killed cannot, so the next
 one calls :func:`sweep` after recovery (no upgrade runs then).  A process is killed
 only when its command line proves it is ours (PIDs are reused).
@@ -17,7 +18,7 @@ import shutil
 import signal
 from pathlib import Path
 
-from ovsndu.ovs import dpdk_preinit
+from ovsndu.ovs import preinit
 from ovsndu.ovs.procs import cmdline, pids_where
 
 CLIENT_MODULE = b"ovsndu.upgrade.client"
@@ -32,6 +33,11 @@ def kill_client(pid: int | None) -> bool:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     return True
+
+
+def _is_vswitchd(pid: int) -> bool:
+    argv = cmdline(pid)
+    return bool(argv) and b"ovs-vswitchd" in argv[0]
 
 
 def clients_of(state_dir: Path) -> list[int]:
@@ -56,21 +62,26 @@ def remove_workdir(upgrade: Path) -> list[str]:
     return removed
 
 
-def sweep(state_dir: Path) -> list[str]:
+def sweep(state_dir: Path, netns: str = "") -> list[str]:
     """Remove every upgrade's leftovers under *state_dir* (no upgrade may be running).
 
     Kills orphaned clients, removes rehearsal sandboxes they named, work directories,
-    rollback copies, snapshot files, temporary in-flight files and stale sync sockets.
+    rollback copies, snapshot files, temporary in-flight files, stale sync sockets and
+    the taps of TSC datapaths in *netns* (vswitchd's network namespace) whose standby
+    is gone.
     Returns what it removed, one item per thing, for the log.
     """
     removed: list[str] = []
     for pid in clients_of(state_dir):
         if kill_client(pid):
             removed.append(f"client pid {pid}")
-    for pid in dpdk_preinit.orphans(state_dir):  # found by its command line: ours
+    for pid in preinit.orphans(state_dir):  # found by its command line: ours
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
             removed.append(f"private ovsdb-server pid {pid}")
+    for name in preinit.stale_taps(netns, _is_vswitchd):  # named after a standby that is gone
+        if preinit.remove_tap(name, netns):
+            removed.append(f"tap {name}")
     work = state_dir / "work"
     for upgrade in sorted(work.iterdir()) if work.is_dir() else []:
         removed += remove_workdir(upgrade)

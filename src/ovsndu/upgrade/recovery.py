@@ -47,7 +47,7 @@ class Recovery:
 
     def sweep(self) -> None:
         """Remove what interrupted upgrades left (no upgrade runs at start)."""
-        removed = leftovers.sweep(self.state_dir)
+        removed = leftovers.sweep(self.state_dir, self.spec.netns)
         if removed:
             log.warning("supervisor.swept_leftovers", event_kind="recovery", removed=removed)
 

@@ -1,5 +1,5 @@
 """The helpers around a DPDK build's standby that initialises DPDK first
-(ovs/dpdk_preinit.py): telling it reached the live lock, and sweeping an orphaned
+(ovs/preinit.py): telling it reached the live lock, and sweeping an orphaned
 private ovsdb-server."""
 
 from __future__ import annotations
@@ -11,31 +11,31 @@ from pathlib import Path
 import pytest
 
 from ovsndu.errors import OvsnduError
-from ovsndu.ovs import dpdk_preinit
+from ovsndu.ovs import preinit
 from ovsndu.upgrade import leftovers
 
 
 def test_contention_is_read_after_the_offset_and_for_that_pid(tmp_path: Path) -> None:
     log = tmp_path / "ovs-vswitchd.log"
-    line = "2026-12-01T00:00:00.000Z|00048|bridge|ERR|" + dpdk_preinit.CONTENDED
+    line = "2026-12-01T00:00:00.000Z|00048|bridge|ERR|" + preinit.CONTENDED
     log.write_text(line.format(pid=7) + " until it goes away\n")
-    offset = dpdk_preinit.log_size(log)
-    assert not dpdk_preinit.contended(log, offset, 7)  # logged before the switch
+    offset = preinit.log_size(log)
+    assert not preinit.contended(log, offset, 7)  # logged before the switch
     with open(log, "a") as f:
         f.write(line.format(pid=71) + " until it goes away\n")
-    assert not dpdk_preinit.contended(log, offset, 7)  # another process
+    assert not preinit.contended(log, offset, 7)  # another process
     with open(log, "a") as f:
         f.write(line.format(pid=7) + " until it goes away\n")
-    assert dpdk_preinit.contended(log, offset, 7)
-    assert dpdk_preinit.log_size(tmp_path / "missing") == 0
-    assert not dpdk_preinit.contended(tmp_path / "missing", 0, 7)
+    assert preinit.contended(log, offset, 7)
+    assert preinit.log_size(tmp_path / "missing") == 0
+    assert not preinit.contended(tmp_path / "missing", 0, 7)
 
 
 def test_an_orphaned_private_server_is_swept(tmp_path: Path) -> None:
     """Found by its command line (ovsdb-server on a database under the state directory's
-    work/*/dpdk-preinit/), killed by the sweep; another ovsdb-server is left alone."""
+    work/*/preinit/), killed by the sweep; another ovsdb-server is left alone."""
     state = tmp_path / "state"
-    private = state / "work" / "20261201T000000-abcdef" / dpdk_preinit.SUBDIR
+    private = state / "work" / "20261201T000000-abcdef" / preinit.SUBDIR
     private.mkdir(parents=True)
     for db in (private / "conf.db", tmp_path / "conf.db"):
         db.touch()
@@ -44,8 +44,8 @@ def test_an_orphaned_private_server_is_swept(tmp_path: Path) -> None:
                    for db in (private / "conf.db", tmp_path / "conf.db"))
     try:
         deadline = time.monotonic() + 5
-        while dpdk_preinit.orphans(state) != [ours.pid]:
-            assert time.monotonic() < deadline, dpdk_preinit.orphans(state)
+        while preinit.orphans(state) != [ours.pid]:
+            assert time.monotonic() < deadline, preinit.orphans(state)
             time.sleep(0.01)
         removed = leftovers.sweep(state)
         assert f"private ovsdb-server pid {ours.pid}" in removed
@@ -63,7 +63,7 @@ def test_a_failed_start_leaves_nothing(tmp_path: Path) -> None:
     way, upgrade/handover.py), no private files, no link."""
     link, work = tmp_path / ".of-x.db.sock", tmp_path / "work"
     with pytest.raises(OvsnduError):
-        dpdk_preinit.Preinit.start(f"unix:{tmp_path / 'missing.sock'}", link, work,
+        preinit.Preinit.start(f"unix:{tmp_path / 'missing.sock'}", link, work,
                                    tmp_path / "p.sock")
-    assert not (work / dpdk_preinit.SUBDIR).exists()
+    assert not (work / preinit.SUBDIR).exists()
     assert not link.is_symlink()

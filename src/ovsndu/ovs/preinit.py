@@ -1,24 +1,35 @@
-"""The standby of a DPDK build initialises DPDK before the handover, on a private database.
+"""The standby does its slow first-time initialisation before the handover, on a private
+database: DPDK's EAL on a DPDK build, the TSC estimate on a plain build.
 
-In OVS 3.1 ``dpdk_init()`` runs in ``bridge_run()`` only once the process holds the OVSDB
-lock, so a standby waiting on the live database's lock initialises DPDK's EAL (~150 ms
-here, ~100 ms of it DPDK's TSC measurement) after the old process is gone: inside the
-handover gap.  Instead the standby's database remote is ``unix:<rundir>/.of-<id>.db.sock``
-(beside its private ``OVS_RUNDIR``, :mod:`ovsndu.ovs.ofdir`), a symlink that first points
-to a *private* ovsdb-server (files in the upgrade's work directory) serving a database
-whose only row is ``Open_vSwitch`` with the live row's ``other_config``
-(``flow-restore-wait`` forced on: vswitchd stops reading it once it has seen it false)
-and no bridge.  The standby takes that lock at once and initialises DPDK (seen when it
-answers the unixctl commands DPDK registers); then (:meth:`Preinit.switch`) the symlink
-is atomically pointed at the live database's socket and the private server killed: the
-standby reconnects at once (the link is named twice, :attr:`Preinit.remote`), finds the
-lock held and waits like any standby, with DPDK initialised.  The symlink stays for the
-life of the process (it reconnects through it when ovsdb-server restarts);
-:mod:`ovsndu.ovs.ofdir` removes it with the private rundir.
+In OVS 3.1 a standby waiting on the live database's OVSDB lock does nothing until it
+holds it, so two one-off costs land in the handover gap, after the old process is gone:
+
+- a DPDK build's ``dpdk_init()`` (EAL, ~150 ms here, ~100 ms of it DPDK's TSC
+  measurement) runs in ``bridge_run()`` only with the lock (kind ``"dpdk"``);
+- a plain build measures the TSC frequency for 100 ms (``pmd_perf_estimate_tsc_frequency``,
+  a ``nanosleep`` on the main thread) when it creates its first userspace datapath,
+  once per process (lib/dpif-netdev.c ``create_dp_netdev``), i.e. at the takeover's
+  first bridge (kind ``"tsc"``).
+
+Instead the standby's database remote is ``unix:<rundir>/.of-<id>.db.sock`` (beside its
+private ``OVS_RUNDIR``, :mod:`ovsndu.ovs.ofdir`), a symlink that first points to a
+*private* ovsdb-server (files in the upgrade's work directory) serving a database whose
+only row is ``Open_vSwitch`` with the live row's ``other_config`` (``flow-restore-wait``
+forced on: vswitchd stops reading it once it has seen it false) and no bridge.  The
+standby takes that lock at once; then DPDK initialises (seen when it answers the unixctl
+commands DPDK registers), or, on a plain build, ovsndu has it create and delete a
+userspace datapath of its own (``dpctl/add-dp``/``del-dp netdev@ndutsc<pid>``: the
+estimate runs then; the datapath's local port is a tap of that name in the host's
+network namespace for that ~0.1 s, removed with it, and by ovsndu if not).  Then
+(:meth:`Preinit.switch`) the symlink is atomically pointed at the live database's socket
+and the private server killed: the standby reconnects at once (the link is named twice,
+:attr:`Preinit.remote`), finds the lock held and waits like any standby, initialised.
+The symlink stays for the life of the process (it reconnects through it when
+ovsdb-server restarts); :mod:`ovsndu.ovs.ofdir` removes it with the private rundir.
 
 What the standby wrote into the private database (``cur_cfg``, ``dpdk_initialized``, the
 types, statistics) dies with it; the live database sees only what it writes after the
-takeover, as any new process.  Done only when it is safe (:func:`why_not`): the standby's
+takeover, as any new process.  Done only when it is safe (:func:`decide`): the standby's
 ofproto layer is initialised from the private database too, with no bridge, so its "port
 hints" are empty — harmless for userspace (netdev) datapaths, which start empty in every
 process, but a kernel datapath's ports would be deleted when the standby opens it; and
@@ -33,6 +44,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,9 +52,10 @@ from ovsndu.errors import OvsnduError, VswitchdError
 from ovsndu.ovs.ovsdb import DB, Ovsdb, socket_path
 from ovsndu.ovs.procs import pids_where
 from ovsndu.ovs.readers import read_bridges
+from ovsndu.ovs.unixctl import Unixctl
 
 #: The work-directory subdirectory of the private database and its server.
-SUBDIR = "dpdk-preinit"
+SUBDIR = "preinit"
 #: The last unixctl command OVS 3.1 registers once DPDK is initialised (lib/dpdk.c): the
 #: main loop answers unixctl after the bridge_run() that initialised it.
 INITIALISED_COMMAND = "dpdk/get-malloc-stats"
@@ -50,39 +63,94 @@ INITIALISED_COMMAND = "dpdk/get-malloc-stats"
 CONTENDED = "another ovs-vswitchd process is running, disabling this process (pid {pid})"
 
 
-def why_not(db: str, binary: str) -> str | None:
-    """None when the standby of *binary* on *db* may initialise DPDK early, else why not."""
+#: A plain build's standby has these unixctl commands once it holds the (private) lock.
+LOCKED_COMMAND = "dpctl/add-dp"
+#: The prefix of the datapath (and its tap) a plain build's standby creates to measure the
+#: TSC: ``ndutsc<pid>`` fits IFNAMSIZ.
+TSC_DP_PREFIX = "ndutsc"
+
+
+def decide(db: str, binary: str) -> tuple[str | None, str]:
+    """What the standby of *binary* on *db* initialises early — ``"dpdk"`` or ``"tsc"``
+    and ``""`` — or None and why not."""
     if not db.startswith("unix:"):
-        return f"the database remote {db} is not a unix socket"
+        return None, f"the database remote {db} is not a unix socket"
     try:
         version = subprocess.run([binary, "--version"], capture_output=True, text=True,
                                  timeout=10, check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return "the new binary does not answer --version"
-    if "\nDPDK " not in version:
-        return "the new binary is not a DPDK build"
+        return None, "the new binary does not answer --version"
     try:
         with Ovsdb(db, timeout=10) as conn:
             (row,) = conn.select("Open_vSwitch", ["other_config"])
             bridges = read_bridges(conn)
     except (OvsnduError, ValueError) as exc:
-        return f"cannot read the database: {exc}"
-    other = row["other_config"]
-    if other.get("dpdk-init") != "true":
-        # "try": a failed initialisation would not be told from a slow one.
-        return "other_config:dpdk-init is not true"
-    if "--no-pci" not in other.get("dpdk-extra", "").split():
-        return "DPDK may probe PCI devices that the serving process holds (no --no-pci)"
+        return None, f"cannot read the database: {exc}"
     kernel = sorted(b.name for b in bridges if b.datapath_type != "netdev")
     if kernel:
-        return f"bridges on a kernel datapath ({', '.join(kernel)})"
-    return None
+        return None, f"bridges on another datapath than netdev ({', '.join(kernel)})"
+    other = row["other_config"]
+    dpdk_init = other.get("dpdk-init", "false")
+    if "\nDPDK " in version and dpdk_init != "false":
+        if dpdk_init != "true":
+            # "try": a failed initialisation would not be told from a slow one.
+            return None, f"other_config:dpdk-init is {dpdk_init!r}, not true"
+        if "--no-pci" not in other.get("dpdk-extra", "").split():
+            return None, ("DPDK may probe PCI devices that the serving process holds "
+                          "(no --no-pci)")
+        return "dpdk", ""
+    if not bridges:  # the estimate runs at the first userspace bridge, whenever it comes
+        return None, "no bridge: the new process creates no datapath at the takeover"
+    return "tsc", ""
+
+
+def tsc_datapath(pid: int) -> str:
+    """The name of the datapath (and tap) standby *pid* creates to measure the TSC."""
+    return f"{TSC_DP_PREFIX}{pid}"
+
+
+def measure_tsc(appctl: Unixctl, pid: int, netns: str = "") -> None:
+    """Have standby *pid* (holding the private lock; in network namespace *netns*, ""
+    for the host's) create and delete a userspace datapath, which runs its one TSC
+    estimate; its tap must be gone afterwards."""
+    name = tsc_datapath(pid)
+    appctl("dpctl/add-dp", f"netdev@{name}")
+    try:
+        appctl("dpctl/del-dp", f"netdev@{name}")
+    finally:
+        remove_tap(name, netns)
+
+
+def _ip(netns: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *(("-n", netns) if netns else ()), *argv],
+                          capture_output=True, text=True, timeout=10, check=False)
+
+
+def remove_tap(name: str, netns: str = "") -> bool:
+    """Delete the tap *name* in *netns* if it is still there (the datapath's deletion
+    removes it); whether it was there."""
+    if _ip(netns, "link", "show", "dev", name).returncode != 0:
+        return False
+    _ip(netns, "link", "del", "dev", name)
+    return True
+
+
+def stale_taps(netns: str, alive: Callable[[int], bool]) -> list[str]:
+    """Taps in *netns* of TSC datapaths whose standby is gone (*alive* tells a live PID)."""
+    names = []
+    for line in _ip(netns, "-o", "link", "show").stdout.splitlines():
+        fields = line.split(":")
+        name = fields[1].strip().split("@")[0] if len(fields) > 1 else ""
+        digits = name.removeprefix(TSC_DP_PREFIX)
+        if name.startswith(TSC_DP_PREFIX) and digits.isdigit() and not alive(int(digits)):
+            names.append(name)
+    return sorted(names)
 
 
 def _tool(argv: list[str], what: str) -> str:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     if proc.returncode != 0 or (argv[1] == "transact" and '"error"' in proc.stdout):
-        raise VswitchdError(f"DPDK pre-initialisation: cannot {what}: "
+        raise VswitchdError(f"standby pre-initialisation: cannot {what}: "
                             + (proc.stderr.strip() or proc.stdout.strip())[:300])
     return proc.stdout
 
@@ -105,6 +173,9 @@ class Preinit:
         self = cls(db, link, workdir / SUBDIR, socket)
         try:
             self._start()
+        except OSError as exc:  # e.g. a full disk: the ordinary standby then
+            self.close()
+            raise VswitchdError(f"standby pre-initialisation: {exc}") from None
         except BaseException:
             self.close()
             raise
@@ -131,12 +202,12 @@ class Preinit:
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, start_new_session=True)
         except OSError as exc:
-            raise VswitchdError(f"DPDK pre-initialisation: cannot start ovsdb-server: "
+            raise VswitchdError(f"standby pre-initialisation: cannot start ovsdb-server: "
                                 f"{exc.strerror}") from None
         deadline = time.monotonic() + 10
         while not self.socket.exists():
             if self.server.poll() is not None or time.monotonic() > deadline:
-                raise VswitchdError("DPDK pre-initialisation: the private ovsdb-server "
+                raise VswitchdError("standby pre-initialisation: the private ovsdb-server "
                                     "did not start")
             time.sleep(0.005)
         self._point(self.socket)
