@@ -132,6 +132,9 @@ class Run:
         self.idle_since = time.monotonic()
         return self
 
+    def before_reload(self, cfg_path: Path) -> None:
+        """Called once the supervisor is up, before the traffic and the reload start."""
+
     def after_upgrade(self, out: dict[str, Any]) -> None:
         """Called after each method's traffic stopped, while the supervisor still runs
         (stopping it stops vswitchd): subclasses read the switch here."""
@@ -229,6 +232,7 @@ class Run:
                                          upgrade={"timeout": self.UPGRADE_TIMEOUT,
                                                   "standby_preinit": preinit}, wait=30)
         self.procs.append(sup)
+        self.before_reload(cfg_path)
         self.start_traffic()
         t0 = self.t0 = time.monotonic()
         with RssSampler(sup.pid) as rss:

@@ -88,6 +88,13 @@ def _kib(text: str | None) -> int:
     return int(text.split()[0]) if text else 0
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 class RssSampler:
     """Peak memory of the ovsndu processes below *root* (and of *extra* PIDs) while running."""
 
@@ -110,6 +117,13 @@ class RssSampler:
         self._thread.join()
 
     def _tree(self) -> list[int]:
+        """The processes below the root and the extra PIDs, without the children caught
+        between fork and exec (a copy of their parent's command line: their memory is
+        the parent's, vfork shares it, and was counted twice)."""
+        return [pid for pid, parent in self._pairs()
+                if parent is None or _cmdline(pid) != _cmdline(parent) or not _cmdline(pid)]
+
+    def _pairs(self) -> list[tuple[int, int | None]]:
         children: dict[int, list[int]] = {}
         for name in os.listdir("/proc"):
             if name.isdigit():
@@ -119,11 +133,12 @@ class RssSampler:
                     continue
                 ppid = int(stat.rsplit(")", 1)[1].split()[1])
                 children.setdefault(ppid, []).append(int(name))
-        out, todo = [], [self.root, *self.extra]
+        out: list[tuple[int, int | None]] = []
+        todo: list[tuple[int, int | None]] = [(p, None) for p in (self.root, *self.extra)]
         while todo:
-            pid = todo.pop()
-            out.append(pid)
-            todo += children.get(pid, [])
+            pid, parent = todo.pop()
+            out.append((pid, parent))
+            todo += [(c, pid) for c in children.get(pid, [])]
         return out
 
     def _role(self, pid: int, name: str) -> str:

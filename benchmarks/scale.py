@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import supervisor_status, wait_for
 from benchmarks.disruption import Run, _median
 from benchmarks.measure import ct_total
 from ovsndu.ovs.packets import ethernet
@@ -96,6 +97,13 @@ class ScaleRun(Run):
                 self.sb.ofctl(bridge, "bundle", f.name, version="OpenFlow15")
             finally:
                 Path(f.name).unlink()
+
+    def before_reload(self, cfg_path: Path) -> None:
+        """Wait for the supervisor's first snapshot of the state (its keeper's, taken a
+        second after it starts): a supervisor that has run for a while holds one, and at
+        this size that read takes ~10 s of CPU, which would run beside the reload's."""
+        wait_for(lambda: supervisor_status(cfg_path).get("last_known_state") is not None,
+                 300)
 
     def raw(self) -> dict[str, Any]:
         """Raw tool output of every category (volatile columns removed)."""

@@ -77,10 +77,11 @@ def _traffic_may_change(before: Entry, after: Entry) -> bool:
 
 
 def check_category(category: str, want: tuple[Entry, ...], got: tuple[Entry, ...], *,
-                   elapsed: float = 0.0, mac_aging: Mapping[str, int] | None = None
-                   ) -> Shortfall | None:
-    """Apply the rule to one category; None when nothing was lost."""
-    d = diff_category(category, want, got)
+                   elapsed: float = 0.0, mac_aging: Mapping[str, int] | None = None,
+                   digests: tuple[str, str] | None = None) -> Shortfall | None:
+    """Apply the rule to one category; None when nothing was lost (*digests*: both
+    sides', when known: see :func:`ovsndu.model.diff.diff_category`)."""
+    d = diff_category(category, want, got, digests=digests)
     if category not in TRAFFIC_STATE:
         if d.equal:
             return None
@@ -101,7 +102,8 @@ def check_carried(want: Snapshot, got: Snapshot, *, elapsed: float = 0.0,
         if name not in categories:
             continue
         s = check_category(name, want.categories[name], got.categories[name],
-                           elapsed=elapsed, mac_aging=mac_aging)
+                           elapsed=elapsed, mac_aging=mac_aging,
+                           digests=(want.digest(name), got.digest(name)))
         if s is not None:
             out.append(s)
     return out

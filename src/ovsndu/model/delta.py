@@ -126,7 +126,8 @@ def catchup_delta(before: Snapshot, after: Mapping[str, Sequence[Entry]], *,
             # Python to diff, and the handover waits for the delta).
             removed[category] = added[category] = changed[category] = ()
             continue
-        d = diff_category(category, before.categories[category], tuple(entries))
+        d = diff_category(category, before.categories[category], tuple(entries),
+                          digests=(before.digest(category), digest))
         removed[category], added[category] = d.removed, d.added
         changed[category] = tuple(new for _old, new in d.changed)
     for category in TRAFFIC:

@@ -87,8 +87,11 @@ class Snapshot:
     _digests: Mapping[str, str] = field(compare=False, repr=False)
 
     @classmethod
-    def build(cls, vswitchd: VswitchdInfo, categories: Mapping[str, Iterable[Entry]]) -> Snapshot:
-        """Sort and freeze; every one of the nine categories must be present."""
+    def build(cls, vswitchd: VswitchdInfo, categories: Mapping[str, Iterable[Entry]],
+              *, known: Snapshot | None = None) -> Snapshot:
+        """Sort and freeze; every one of the nine categories must be present.  A category
+        given as *known*'s own tuple (a read that found exactly an earlier read's rules)
+        keeps its order and digest."""
         missing = set(CATEGORIES) - set(categories)
         extra = set(categories) - set(CATEGORIES)
         if missing or extra:
@@ -96,6 +99,9 @@ class Snapshot:
         frozen: dict[str, tuple[Entry, ...]] = {}
         digests: dict[str, str] = {}
         for name in CATEGORIES:
+            if known is not None and categories[name] is known.categories[name]:
+                frozen[name], digests[name] = known.categories[name], known.digest(name)
+                continue
             entries, digest = _sorted_with_digest(categories[name])
             wrong = [e for e in entries if name != e.CATEGORY]
             if wrong:

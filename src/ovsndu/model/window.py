@@ -69,10 +69,10 @@ class Settled:
         return {c: self.read.digest(c) for c in self.read.categories if c not in self.changed}
 
     def build(self) -> Snapshot:
-        """The final snapshot (one build)."""
+        """The final snapshot (one build: *read*'s own categories are not sorted again)."""
         if not self.changed:
             return self.read
-        return Snapshot.build(self.read.vswitchd, self.categories())
+        return Snapshot.build(self.read.vswitchd, self.categories(), known=self.read)
 
 
 def replay_window(snap: Snapshot, changes: Iterable[Change],

@@ -67,6 +67,9 @@ def parse_routes(text: str) -> list[Route]:
     return out
 
 
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
 def parse_fdb(bridge: str, text: str) -> list[FdbEntry]:
     """``fdb/show BR`` output → entries; ``static`` in the Age column marks static ones."""
     out = []
@@ -74,7 +77,7 @@ def parse_fdb(bridge: str, text: str) -> list[FdbEntry]:
         words = line.split()
         if not words or words == ["port", "VLAN", "MAC", "Age"]:
             continue
-        if len(words) != 4 or not re.match(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$", words[2]):
+        if len(words) != 4 or not _MAC.match(words[2]):
             raise ParseError("fdb", line, "expected PORT VLAN MAC AGE")
         port, vlan, mac, age = words
         static = age == "static"

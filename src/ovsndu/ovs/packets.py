@@ -8,13 +8,16 @@ first four bytes carry the ports, zero unless given).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import socket
 import struct
 
 ETH_IP = 0x0800
 ETH_IP6 = 0x86DD
 PROTO = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132}
 TCP_FLAGS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10}
+_NAMES = {n: name for name, n in PROTO.items()}
 
 
 def _csum(data: bytes) -> int:
@@ -47,8 +50,18 @@ def crc32c(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
+@functools.lru_cache(maxsize=1024)
 def _mac(text: str) -> bytes:
     return bytes(int(b, 16) for b in text.split(":"))
+
+
+def _packed(text: str) -> bytes:
+    """An IPv4 or IPv6 address's bytes (the C parser first: a replay plan makes hundreds
+    of thousands; ``ipaddress`` for what it refuses, which raises ValueError if invalid)."""
+    try:
+        return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+    except OSError:
+        return ipaddress.ip_address(text).packed
 
 
 def frame(*, src_ip: str, dst_ip: str, proto: str | int, sport: int = 0, dport: int = 0,
@@ -58,14 +71,14 @@ def frame(*, src_ip: str, dst_ip: str, proto: str | int, sport: int = 0, dport: 
           wscale: int | None = None) -> bytes:
     """One Ethernet frame; *flags* like ``"syn|ack"`` for TCP; *proto* a name or a number;
     *wscale*: a TCP window-scale option with this shift."""
-    src, dst = ipaddress.ip_address(src_ip), ipaddress.ip_address(dst_ip)
-    if src.version != dst.version:
+    src, dst = _packed(src_ip), _packed(dst_ip)
+    if len(src) != len(dst):
         raise ValueError(f"addresses of different families: {src_ip} {dst_ip}")
-    v6 = src.version == 6
+    v6 = len(src) == 16
     number = PROTO[proto] if isinstance(proto, str) else proto
     if not 0 <= number <= 255:
         raise ValueError(f"IP protocol {number} out of range")
-    proto = next((name for name, n in PROTO.items() if n == number), number)
+    proto = _NAMES.get(number, number)
     at: int | None
     if proto == "tcp":
         bits = 0
@@ -92,20 +105,20 @@ def frame(*, src_ip: str, dst_ip: str, proto: str | int, sport: int = 0, dport: 
         at = None
     if at is not None:
         if v6:
-            pseudo = src.packed + dst.packed + struct.pack("!IxxxB", len(l4), number)
+            pseudo = src + dst + struct.pack("!IxxxB", len(l4), number)
         else:
-            pseudo = src.packed + dst.packed + struct.pack("!xBH", number, len(l4))
+            pseudo = src + dst + struct.pack("!xBH", number, len(l4))
         use_pseudo = proto != "icmp"
         checksum = _csum((pseudo if use_pseudo else b"") + l4)
         if proto == "udp" and checksum == 0:
             checksum = 0xFFFF
         l4 = l4[:at] + struct.pack("!H", checksum) + l4[at + 2:]
     if v6:
-        l3 = struct.pack("!IHBB", 6 << 28, len(l4), number, 64) + src.packed + dst.packed
+        l3 = struct.pack("!IHBB", 6 << 28, len(l4), number, 64) + src + dst
         eth_type = ETH_IP6
     else:
         header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, 0x4000, 64, number, 0,
-                             src.packed, dst.packed)
+                             src, dst)
         l3 = header[:10] + struct.pack("!H", _csum(header)) + header[12:]
         eth_type = ETH_IP
     return _mac(dst_mac) + _mac(src_mac) + struct.pack("!H", eth_type) + l3 + l4

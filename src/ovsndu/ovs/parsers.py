@@ -54,29 +54,34 @@ def parse_flows(bridge: str, text: str) -> list[Flow]:
     """``dump-flows`` output (with or without stats) → flows."""
     out = []
     for line in text.splitlines():
-        m = _FLOW_RE.match(line)
-        if m is None:
-            if not line.strip() or " reply (" in line:
-                continue
-            out.append(_parse_flow(bridge, line))
+        if (not line.strip() or " reply (" in line) and _FLOW_RE.match(line) is None:
             continue
-        (cookie, duration, table, n_packets, n_bytes, idle, hard, flags, importance, idle_age,
-         hard_age, priority, match, actions) = m.groups()
-        out.append(Flow(
-            bridge=bridge, table=int(table or 0), cookie=cookie or "0x0",
-            priority=int(priority) if priority else 32768, match=match, actions=actions,
-            idle_timeout=int(idle or 0), hard_timeout=int(hard or 0),
-            flags=tuple(sorted(flags.split())), importance=int(importance or 0),
-            duration=float(duration) if duration else None,
-            n_packets=int(n_packets) if n_packets else None,
-            n_bytes=int(n_bytes) if n_bytes else None,
-            idle_age=int(idle_age) if idle_age else None,
-            hard_age=int(hard_age) if hard_age else None,
-        ))
+        out.append(flow_of_line(bridge, line))
     return out
 
 
-def _parse_flow(bridge: str, line: str) -> Flow:
+def flow_of_line(bridge: str, line: str, wire: str = "") -> Flow:
+    """One rule as ``dump-flows`` prints it → a flow (carrying *wire*, its flow-mod)."""
+    m = _FLOW_RE.match(line)
+    if m is None:
+        return _parse_flow(bridge, line, wire)
+    (cookie, duration, table, n_packets, n_bytes, idle, hard, flags, importance, idle_age,
+     hard_age, priority, match, actions) = m.groups()
+    return Flow(
+        bridge=bridge, table=int(table or 0), cookie=cookie or "0x0",
+        priority=int(priority) if priority else 32768, match=match, actions=actions,
+        idle_timeout=int(idle or 0), hard_timeout=int(hard or 0),
+        flags=tuple(sorted(flags.split())), importance=int(importance or 0),
+        duration=float(duration) if duration else None,
+        n_packets=int(n_packets) if n_packets else None,
+        n_bytes=int(n_bytes) if n_bytes else None,
+        idle_age=int(idle_age) if idle_age else None,
+        hard_age=int(hard_age) if hard_age else None,
+        wire=wire,
+    )
+
+
+def _parse_flow(bridge: str, line: str, wire: str = "") -> Flow:
     head, sep, actions = line.strip().partition(" actions=")
     if not sep:
         raise ParseError("flow", line, "no actions")
@@ -130,6 +135,7 @@ def _parse_flow(bridge: str, line: str) -> Flow:
         n_bytes=ints.get("n_bytes"),
         idle_age=ints.get("idle_age"),
         hard_age=ints.get("hard_age"),
+        wire=wire,
     )
 
 

@@ -101,8 +101,20 @@ class StateReader:
     """Reads one vswitchd (found through ``<rundir>/ovs-vswitchd.pid``) and its database."""
 
     def __init__(self, rundir: str | Path | None = None, db: str | None = None,
-                 *, pid: int | None = None, of_dir: str | Path | None = None):
+                 *, pid: int | None = None, of_dir: str | Path | None = None,
+                 known: Snapshot | None = None):
         self.rundir = Path(rundir or default_rundir())
+        # The rules an earlier read found, by bridge: a bridge whose rules the switch
+        # describes byte for byte as these gives these (ofdump.read_flows).
+        self.known: dict[str, list[Flow]] | None = None
+        self._known = known
+        self._known_hits: set[str] = set()  # bridges whose rules were the known ones
+        self._flow_bridges: set[str] = set()  # bridges whose rules were read
+        if known is not None:
+            self.known = {}
+            for f in known.categories["flows"]:
+                if isinstance(f, Flow):
+                    self.known.setdefault(f.bridge, []).append(f)
         self.db = db or f"unix:{self.rundir / 'db.sock'}"
         self.pid = pid
         self.of_dir = Path(of_dir) if of_dir is not None else self.rundir  # OpenFlow sockets
@@ -116,6 +128,8 @@ class StateReader:
             version = appctl("version").splitlines()[0].strip()
             bridges = read_bridges(db)
             cats: dict[str, list[Entry]] = {name: [] for name in CATEGORIES}
+            self._known_hits.clear()
+            self._flow_bridges.clear()
             # OpenFlow dumps fork ovs-ofctl; run them while unixctl reads go on here.
             with ThreadPoolExecutor(max_workers=4) as pool:
                 futures = [pool.submit(job) for job in self._openflow_jobs(bridges)]
@@ -127,13 +141,18 @@ class StateReader:
                 for future in futures:
                     category, entries = future.result()
                     cats[category].extend(entries)
+                if self.known is not None and self._known is not None and \
+                        self._known_hits == self._flow_bridges >= self.known.keys():
+                    # Every bridge's rules are the known ones: the very same entries.
+                    cats["flows"] = self._known.categories["flows"]  # type: ignore[assignment]
                 if isinstance(traffic, Mapping):
                     cats.update({k: list(v) for k, v in traffic.items()})
                 elif traffic:  # after the flows: the zones they name are read one by one
                     began = time.monotonic()
                     cats.update(_read_traffic(appctl, bridges, zones_named(cats["flows"])))
                     self.traffic_read_s = time.monotonic() - began
-            return Snapshot.build(VswitchdInfo(pid=appctl.pid, version=version), cats)
+            return Snapshot.build(VswitchdInfo(pid=appctl.pid, version=version), cats,
+                                  known=self._known)
 
     def traffic(self, zones: Collection[int] = ()) -> dict[str, list[Entry]]:
         """Only the traffic categories (conntrack, FDB); *zones*: conntrack zones to read
@@ -163,11 +182,17 @@ class StateReader:
         jobs: list[Callable[[], tuple[str, list[Entry]]]] = []
         for b in bridges:
             def flows(b: BridgeInfo = b) -> tuple[str, list[Entry]]:
-                return "flows", list(_counted(
-                    lambda: read_flows(rundir, b),
+                known = None if self.known is None else self.known.get(b.name, [])
+                found: list[Entry] = list(_counted(
+                    lambda: read_flows(rundir, b, known),
                     lambda: parsers.parse_aggregate_count(ofctl(
                         rundir, b.name, b.of_version, "dump-aggregate")),
                     f"flows of {b.name}", "dump-aggregate"))
+                self._flow_bridges.add(b.name)
+                if known is not None and len(found) == len(known) and all(
+                        x is y for x, y in zip(found, known, strict=True)):
+                    self._known_hits.add(b.name)
+                return "flows", found
 
             def groups(b: BridgeInfo = b) -> tuple[str, list[Entry]]:
                 if b.of_version == "OpenFlow10":
@@ -196,11 +221,12 @@ class StateReader:
         return jobs
 
 
-def read_flows(rundir: Path, bridge: BridgeInfo) -> list[Flow]:
-    """A bridge's rules: with their flow-mod bytes over OpenFlow 1.5 (:mod:`ovsndu.ovs.ofdump`),
-    as text alone over older versions."""
+def read_flows(rundir: Path, bridge: BridgeInfo, known: Sequence[Flow] | None = None
+               ) -> list[Flow]:
+    """A bridge's rules: with their flow-mod bytes over OpenFlow 1.5 (:mod:`ovsndu.ovs.ofdump`;
+    *known*: the rules expected, see there), as text alone over older versions."""
     if bridge.of_version == "OpenFlow15":
-        return ofdump.read_flows(rundir / f"{bridge.name}.mgmt", bridge.name)
+        return ofdump.read_flows(rundir / f"{bridge.name}.mgmt", bridge.name, known)
     return parsers.parse_flows(bridge.name, ofctl(rundir, bridge.name, bridge.of_version,
                                                   "dump-flows", extra=("--no-names",)))
 
@@ -222,6 +248,6 @@ _counted = counted
 
 
 def read_snapshot(rundir: str | Path | None = None, db: str | None = None,
-                  *, pid: int | None = None) -> Snapshot:
-    """Convenience: ``StateReader(rundir, db, pid=pid).snapshot()``."""
-    return StateReader(rundir, db, pid=pid).snapshot()
+                  *, pid: int | None = None, known: Snapshot | None = None) -> Snapshot:
+    """Convenience: ``StateReader(rundir, db, pid=pid, known=known).snapshot()``."""
+    return StateReader(rundir, db, pid=pid, known=known).snapshot()

@@ -20,7 +20,7 @@ frames sent as packet-outs whose actions never output anything.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ovsndu.errors import RestoreError
@@ -174,7 +174,25 @@ def conntrack_packets(entry: Conntrack, children: tuple[Conntrack, ...] = ()
     control connection, the commands that announced their data connections are sent
     on it (``PORT``/``EPRT`` from the client, ``227``/``229`` from the server).
     """
-    o, r = _tuple(entry.orig), _tuple(entry.reply)
+    frames, commit, follow = _planned(entry, children)
+    return [PacketOut("controller", f, commit if i == 0 else follow)
+            for i, f in enumerate(frames())]
+
+
+def replay_reason(entry: Conntrack, children: tuple[Conntrack, ...] = ()) -> str | None:
+    """Why *entry* cannot be replayed (what :func:`conntrack_packets` would raise as
+    CannotReplay), or None; decided as it decides, without synthesizing the frames."""
+    try:
+        _planned(entry, children)
+    except CannotReplay as exc:
+        return exc.reason
+    return None
+
+
+def _planned(entry: Conntrack, children: tuple[Conntrack, ...]
+             ) -> tuple[Callable[[], list[bytes]], str, str]:
+    """(what makes *entry*'s frames, the first packet's actions, the others'): every check
+    that may refuse the entry runs here, before any frame is made."""
     commit, follow = _commit_actions(entry), f"ct(zone={entry.zone})"
     if entry.helper:  # the ALG sees the later packets too
         follow = f"ct(commit,zone={entry.zone},alg={entry.helper})"
@@ -201,16 +219,16 @@ def conntrack_packets(entry: Conntrack, children: tuple[Conntrack, ...] = ()
         if data and steps[:3] != _HS:
             raise CannotReplay("conntrack", f"FTP control connection in state {key[0]}/"
                                f"{key[1]} cannot announce its data connections: {entry.orig}")
-        frames = _tcp_frames(o, r, steps, data, wscale)
-    else:
-        number = CT_PROTOCOLS.get(proto) if not proto.isdigit() else int(proto)
-        if number is None or number > 255:
-            raise RestoreError("conntrack", f"unknown protocol {proto!r}: {entry.orig}")
-        replied = entry.timeout is not None and entry.timeout <= REPLIED_TIMEOUT
-        frames = [_datagram(number, o)]
-        if replied:
-            frames.append(_datagram(number, r))
-    return [PacketOut("controller", f, commit if i == 0 else follow) for i, f in enumerate(frames)]
+        sequence = steps
+        return ((lambda: _tcp_frames(_tuple(entry.orig), _tuple(entry.reply), sequence, data,
+                                     wscale)), commit, follow)
+    number = CT_PROTOCOLS.get(proto) if not proto.isdigit() else int(proto)
+    if number is None or number > 255:
+        raise RestoreError("conntrack", f"unknown protocol {proto!r}: {entry.orig}")
+    replied = entry.timeout is not None and entry.timeout <= REPLIED_TIMEOUT
+    return ((lambda: [_datagram(number, _tuple(entry.orig)),
+                      *([_datagram(number, _tuple(entry.reply))] if replied else [])]),
+            commit, follow)
 
 
 def _ftp_command(parent: Conntrack, child: Conntrack) -> tuple[str, bytes]:
@@ -308,14 +326,28 @@ def with_parents_first(first: list[Conntrack], later: list[Conntrack]
     return [e for e in first if e not in moved], [*later, *moved]
 
 
-def conntrack_lines(entries: list[Conntrack], *, related_to: list[Conntrack] | None = None
-                    ) -> list[str]:
+Replayed = dict[tuple[Conntrack, tuple[Conntrack, ...]], list[str]]
+"""(entry, its children) → its lines: what one plan made, for the next plan of the same
+entries (the client plans its rehearsal and its live install of the same 100k)."""
+
+
+def conntrack_lines(entries: list[Conntrack], *, related_to: list[Conntrack] | None = None,
+                    made: Replayed | None = None) -> list[str]:
     """Bundle-file lines that recreate *entries*, parents (with the commands announcing
     their children, looked up in *related_to*, default *entries*) before children;
-    CannotReplay before anything for one that cannot."""
+    CannotReplay before anything for one that cannot.  *made*: lines made before, taken
+    from there and added to it."""
     kids = children_of(entries if related_to is None else related_to)
-    return [p.line() for e in replay_order(entries)
-            for p in conntrack_packets(e, kids.get((e.zone, e.orig), ()))]
+    out: list[str] = []
+    for e in replay_order(entries):
+        children = kids.get((e.zone, e.orig), ())
+        lines = made.get((e, children)) if made is not None else None
+        if lines is None:
+            lines = [p.line() for p in conntrack_packets(e, children)]
+            if made is not None:
+                made[(e, children)] = lines
+        out += lines
+    return out
 
 
 def conntrack_plan(entries: tuple[Conntrack, ...] | list[Conntrack]) -> Iterator[str]:

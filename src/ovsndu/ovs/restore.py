@@ -39,6 +39,7 @@ from ovsndu.ovs.ofbundle import CapturedBundle
 from ovsndu.ovs.ofctl import ofctl
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import BridgeInfo, StateReader, default_rundir
+from ovsndu.ovs.replay import Replayed
 from ovsndu.ovs.restore_plan import (
     USERSPACE_DATAPATHS,
     RestorePlan,
@@ -89,8 +90,10 @@ class Restorer:
 
     def __init__(self, rundir: str | Path | None = None, db: str | None = None, *,
                  pid: int | None = None, tcp_seq_check: bool = False,
-                 uncarried: str = "report", of_dir: str | Path | None = None):
+                 uncarried: str = "report", of_dir: str | Path | None = None,
+                 replayed: Replayed | None = None):
         self.rundir = Path(rundir or default_rundir())
+        self.replayed = replayed  # conntrack lines shared between plans (replay.py)
         self.db = db or f"unix:{self.rundir / 'db.sock'}"
         self.pid = pid
         self.tcp_seq_check = tcp_seq_check
@@ -173,7 +176,7 @@ class Restorer:
         ct_read.hint_zones({e.zone for e in snap.categories["conntrack"]
                             if isinstance(e, Conntrack)})
         return build_plan(snap, self.db, self.uncarried, encode=encode,
-                          defer_window=defer_window)
+                          defer_window=defer_window, replayed=self.replayed)
 
     # --- applying -------------------------------------------------------------------------
     def apply(self, plan: RestorePlan, *, fresh: bool = False) -> RestoreReport:

@@ -29,7 +29,7 @@ from ovsndu.ovs.ofbundle import CapturedBundle
 from ovsndu.ovs.ofwire import OF10, OF15
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import BridgeInfo, read_bridges, read_ports
-from ovsndu.ovs.replay import FdbPlan, conntrack_lines, fdb_plan, with_parents_first
+from ovsndu.ovs.replay import FdbPlan, Replayed, conntrack_lines, fdb_plan, with_parents_first
 from ovsndu.ovs.uncarried import Uncarried, find_uncarried, refuse_if_any
 
 CT_CHUNK = 10_000
@@ -72,13 +72,15 @@ class RestorePlan:
 
 
 def build_plan(snap: Snapshot, database: str, uncarried_mode: str = "report", *,
-               encode: bool = False, defer_window: float | None = None) -> RestorePlan:
+               encode: bool = False, defer_window: float | None = None,
+               replayed: Replayed | None = None) -> RestorePlan:
     """Check bridges and OpenFlow port numbers, and build every line to send.
 
     *encode*: also encode each OpenFlow 1.4+ bundle now (ovs-ofctl's parsing, ~20 µs a
     rule), so that applying the plan only sends bytes.  *defer_window*: conntrack
     entries idle at least this long go to ``ct_later`` (:mod:`ovsndu.ovs.ct_defer`),
-    replayed by :meth:`Restorer.replay_later` once forwarding resumed.
+    replayed by :meth:`Restorer.replay_later` once forwarding resumed.  *replayed*: the
+    conntrack lines an earlier plan made (:func:`ovsndu.ovs.replay.conntrack_lines`).
     """
     with Ovsdb(database) as db:
         bridges = _check_bridges(snap, read_bridges(db))
@@ -96,8 +98,8 @@ def build_plan(snap: Snapshot, database: str, uncarried_mode: str = "report", *,
     ct_first, ct_later = (split_for_gap(ct_all, defer_window) if defer_window is not None
                           and userspace else (ct_all, []))
     ct_first, ct_later = with_parents_first(ct_first, ct_later)
-    ct_lines = conntrack_lines(ct_first, related_to=ct_all)
-    later_lines = conntrack_lines(ct_later, related_to=ct_all)
+    ct_lines = conntrack_lines(ct_first, related_to=ct_all, made=replayed)
+    later_lines = conntrack_lines(ct_later, related_to=ct_all, made=replayed)
     ct_bridge = userspace[0].name if userspace and (ct_lines or later_lines) else None
     bundles: dict[str, list[str]] = {}
     # Rules carried as bytes (ovsndu.ovs.ofwire): OpenFlow 1.5 ones join the bundle

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ovsndu.errors import RestoreError
 from ovsndu.model import Conntrack, Entry, FdbEntry, Port, Snapshot
-from ovsndu.ovs.replay import CannotReplay, children_of, conntrack_packets, orphan_reason
+from ovsndu.ovs.replay import children_of, orphan_reason, replay_reason
 
 MODES = ("report", "refuse")
 
@@ -45,11 +45,7 @@ def _conntrack(snap: Snapshot) -> Callable[[Entry], str | None]:
         orphan = orphan_reason(entry, entries)
         if orphan is not None:
             return orphan
-        try:
-            conntrack_packets(entry, kids.get((entry.zone, entry.orig), ()))
-        except CannotReplay as exc:
-            return exc.reason
-        return None
+        return replay_reason(entry, kids.get((entry.zone, entry.orig), ()))
 
     return check
 

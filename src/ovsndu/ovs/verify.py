@@ -42,7 +42,7 @@ def verify_readback(snap: Snapshot, rundir: Path, db: str, *, pid: int | None = 
         aging = mac_aging_times(conn)
         controlled = [] if conn.flow_restore_wait()[0] else controlled_bridges(conn)
     snap = carried_only(snap, find_uncarried(snap, replay_conntrack=userspace))
-    after = StateReader(rundir, db, pid=pid, of_dir=of_dir).snapshot()
+    after = StateReader(rundir, db, pid=pid, of_dir=of_dir, known=snap).snapshot()
     if after.digest("routes") != snap.digest("routes") and anomalies is not None:
         anomalies.append("routes cached from the kernel changed: "
                          + describe_difference("routes", snap, after))
@@ -99,7 +99,8 @@ def user_routes_only(snap: Snapshot) -> Snapshot:
 
 def describe_difference(category: str, want: Snapshot, got: Snapshot, limit: int = 3) -> str:
     """A one-line account of the first differing entries of one category."""
-    d = diff_category(category, want.categories[category], got.categories[category])
+    d = diff_category(category, want.categories[category], got.categories[category],
+                      digests=(want.digest(category), got.digest(category)))
     parts = [f"{len(d.removed)} missing, {len(d.added)} extra, {len(d.changed)} changed"]
     parts += [f"missing {entry_text(e)}" for e in d.removed[:limit]]
     parts += [f"extra {entry_text(e)}" for e in d.added[:limit]]

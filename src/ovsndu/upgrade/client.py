@@ -33,6 +33,7 @@ from ovsndu.ovs.ct_defer import HOT_WINDOW_S
 from ovsndu.ovs.dpdk import defuse_copy
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import StateReader, read_snapshot
+from ovsndu.ovs.replay import Replayed
 from ovsndu.ovs.restore import RestorePlan, Restorer, controlled_bridges, user_routes_only
 from ovsndu.ovs.sandbox import Sandbox, backup_db
 from ovsndu.ovs.uncarried import carried_only
@@ -50,7 +51,8 @@ def _ofports(snap: Snapshot) -> set[tuple[str, str, str, int]]:
             if isinstance(p, Port)}
 
 
-def rehearse(snap: Snapshot, binary: str, live_db: str, workdir: Path) -> dict[str, str]:
+def rehearse(snap: Snapshot, binary: str, live_db: str, workdir: Path,
+             replayed: Replayed | None = None) -> dict[str, str]:
     """Install *snap* into *binary* in a dummy sandbox on a DB copy and read it back.
 
     Judged by the same rule as the live install (:mod:`ovsndu.model.carried`); when
@@ -58,6 +60,7 @@ def rehearse(snap: Snapshot, binary: str, live_db: str, workdir: Path) -> dict[s
     datapath gives ports other MACs and datapath numbers and reads no kernel routes,
     so for ``ports`` the OpenFlow numbers are compared and for ``routes`` the user routes.
     Entries that cannot be carried are left out of the comparison (the supervisor names them).
+    *replayed*: the conntrack lines its plan makes are kept there, for the live plan.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     db_copy = backup_db(live_db, workdir / "conf.db")
@@ -65,8 +68,9 @@ def rehearse(snap: Snapshot, binary: str, live_db: str, workdir: Path) -> dict[s
     started = time.monotonic()
     with Sandbox(workdir / "run", vswitchd=binary, db_file=db_copy) as sb:
         wanted = user_routes_only(snap)
-        Restorer(sb.rundir, sb.db, pid=sb.vswitchd_pid).restore(wanted, verify=False)
-        after = read_snapshot(sb.rundir, sb.db, pid=sb.vswitchd_pid)
+        Restorer(sb.rundir, sb.db, pid=sb.vswitchd_pid, replayed=replayed).restore(
+            wanted, verify=False)
+        after = read_snapshot(sb.rundir, sb.db, pid=sb.vswitchd_pid, known=wanted)
     # Ports: OpenFlow numbers only; routes: user routes only (see above).
     got = user_routes_only(after)
     if _ofports(after) == _ofports(snap):
@@ -164,6 +168,7 @@ async def run(args: argparse.Namespace) -> int:
         """Rehearse, then prepare the live install: acknowledged only once both are done,
         so the supervisor never starts the takeover before the client is ready for it."""
         digests = snap.digests()
+        replayed: Replayed = {}  # the rehearsal's conntrack lines, for the live plan
         if args.validate:
             # A short path: unixctl socket paths must fit in sun_path (108 bytes).
             rehearsal = Path(tempfile.gettempdir()) / f"{REHEARSAL_PREFIX}{secrets.token_hex(6)}"
@@ -173,15 +178,16 @@ async def run(args: argparse.Namespace) -> int:
             rehearsal.mkdir(mode=0o700)
             error = ""
             try:
-                digests = rehearse(snap, args.vswitchd, args.db, rehearsal)
+                digests = rehearse(snap, args.vswitchd, args.db, rehearsal, replayed)
             except OvsnduError as exc:
                 error = str(exc)
                 raise
             finally:
                 keep_rehearsal_log(rehearsal / "run", Path(args.workdir), error)
                 shutil.rmtree(rehearsal, ignore_errors=True)
-        plans.append(Restorer(args.rundir, args.db).plan(
+        plans.append(Restorer(args.rundir, args.db, replayed=replayed).plan(
             snap, encode=True, defer_window=args.ct_defer_window))
+        replayed.clear()
         return digests
 
     try:

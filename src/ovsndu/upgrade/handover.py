@@ -192,7 +192,8 @@ async def take_over(run: UpgradeRunner) -> None:
 
     await asyncio.to_thread(read_until_stop, spec, last, run.of_dir.name.removeprefix(PREFIX),
                             marks, on_hidden=hidden_now, on_frozen=frozen_now,
-                            freeze_max_s=run.cfg.upgrade.ct_freeze_max_ms / 1000)
+                            freeze_max_s=run.cfg.upgrade.ct_freeze_max_ms / 1000,
+                            known=snapshot)
     t0 = time.monotonic()
     # Both since the phase began (wall clock, as the record's phase start): when the
     # full read ended and when the old process was stopped; writes between the two

@@ -124,11 +124,12 @@ class LastRead:
 def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[str, float],
                     *, on_hidden: Callable[[HiddenSockets], None],
                     on_frozen: Callable[[dict[str, int]], None],
-                    freeze_max_s: float = 0.25) -> None:
+                    freeze_max_s: float = 0.25, known: Snapshot | None = None) -> None:
     """Steps 1–5 on the old process ``last.pid``; *last* is filled as it goes (so that a
     failure leaves what :meth:`LastRead.release` needs); *marks* get durations (ms).
     *on_frozen* gets the conntrack limits to put back before they are set to 0; the
-    freeze lasts *freeze_max_s* at most."""
+    freeze lasts *freeze_max_s* at most.  *known*: the upgrade's snapshot (a bridge whose
+    rules are still byte for byte its rules is not printed and parsed again)."""
     pid, last.rundir = last.pid, spec.rundir
     with Ovsdb(spec.db) as db:
         bridges = read_bridges(db)
@@ -142,7 +143,8 @@ def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[st
         except VswitchdError as exc:
             unfollowed[b.name] = str(exc)
     started = time.monotonic()
-    last.snapshot = StateReader(spec.rundir, spec.db, pid=pid).snapshot(traffic=False)
+    last.snapshot = StateReader(spec.rundir, spec.db, pid=pid, known=known
+                                ).snapshot(traffic=False)
     hid = time.monotonic()
     last.read_done_wall = time.time()
     hidden = ofdir.hide(spec.rundir, tag)

@@ -108,6 +108,9 @@ class UpgradeRunner:
         self.standby: subprocess.Popen[bytes] | None = None
         self.frw_set = False
         self._snapshot_read_at: float | None = None
+        # The crash-recovery snapshot file, written while the client rehearses: needed
+        # only once the old process is touched (awaited before the standby starts).
+        self._snapshot_file: asyncio.Future[None] | None = None
         # The old process's last read (the final catch-up) and when it began.
         self.final: Snapshot | None = None
         self.hidden: ofdir.HiddenSockets | None = None  # the old one's, during its final read
@@ -180,6 +183,8 @@ class UpgradeRunner:
             state, actions = machine.step(state, event, loop.time())
             self._left(previous, state)
             self._enter(state)
+        if self._snapshot_file is not None:  # ended before it was needed: let it end
+            await asyncio.gather(self._snapshot_file, return_exceptions=True)
         await asyncio.to_thread(self._settle_serving)
         return self._finish(state)
 
@@ -392,8 +397,16 @@ class UpgradeRunner:
         await asyncio.to_thread(self._note_uncarried, snap)
         path = snapshot_path(self.state_dir, self.upgrade_id)
         # Encoded as it is written, in a worker: one json.dumps of 300k entries held
-        # ~0.5 GiB and the event loop (the sync channel's heartbeats) for seconds.
-        await asyncio.to_thread(write_snapshot, path, snap)
+        # ~0.5 GiB and the event loop (the sync channel's heartbeats) for seconds.  Not
+        # awaited here: it takes seconds at 300k entries, and until the handover a
+        # supervisor that dies needs no snapshot (recovery then leaves the old process).
+        self._snapshot_file = asyncio.ensure_future(asyncio.to_thread(write_snapshot, path,
+                                                                      snap))
+
+    async def _snapshot_file_written(self) -> None:
+        """Wait for the snapshot file (its write's error, if any, fails the phase)."""
+        if self._snapshot_file is not None:
+            await self._snapshot_file
 
     def _note_uncarried(self, snap: Snapshot, *, refuse: bool = True) -> None:
         """Name and count what cannot be carried (each entry once); refuse (before anything
@@ -481,6 +494,7 @@ class UpgradeRunner:
     async def check_validation(self) -> None:
         """The rehearsal's read-back digests (the client's acknowledgements) equal ours."""
         assert self.snapshot is not None and self.session is not None
+        await self._snapshot_file_written()
         applied = self.session.conn.applied
         for name in CATEGORIES:
             _sent, read_back = applied.get(name, ("", ""))
@@ -492,6 +506,7 @@ class UpgradeRunner:
 
     async def start_standby(self) -> None:
         """Start the new vswitchd on the live database (:mod:`ovsndu.upgrade.handover`)."""
+        await self._snapshot_file_written()
         await start_standby(self)
 
     async def handover(self) -> None:
