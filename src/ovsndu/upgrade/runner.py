@@ -5,9 +5,9 @@ state) → validation (the client's rehearsal digests) → standby (new vswitchd
 OVSDB lock) → handover (flow-restore-wait, ordered takeover, the client installs
 and verifies, the standard tools reach the new process) → commit.  Every failure or
 deadline is fed to :mod:`ovsndu.upgrade.machine`, which decides the rollback.
-This module owns the phase loop, the record's bookkeeping and the early phases; the
-standby and handover are :mod:`ovsndu.upgrade.handover`'s, the rollback
-:mod:`ovsndu.upgrade.rollback`'s.
+This module owns the phase loop and the record's bookkeeping; the early phases are
+:mod:`ovsndu.upgrade.early`'s, the standby and handover
+:mod:`ovsndu.upgrade.handover`'s, the rollback :mod:`ovsndu.upgrade.rollback`'s.
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -31,22 +29,17 @@ import structlog
 from ovsndu.config import Config
 from ovsndu.errors import OvsnduError, VswitchdError
 from ovsndu.model import CATEGORIES, Snapshot
-from ovsndu.ovs import daemon, ofdir, uncarried
+from ovsndu.ovs import ofdir
 from ovsndu.ovs.ofdir import PREFIX, PrivateRundir
-from ovsndu.ovs.ovsdb import Ovsdb
-from ovsndu.ovs.readers import read_snapshot
-from ovsndu.ovs.restore import USERSPACE_DATAPATHS
-from ovsndu.protocol.transport import ServerSession, serve_state
-from ovsndu.upgrade import leftovers, machine
+from ovsndu.protocol.transport import ServerSession
+from ovsndu.upgrade import early, leftovers, machine
 from ovsndu.upgrade.conversion import SchemaStep, target_schema_file
-from ovsndu.upgrade.handover import last_lines, start_standby, take_over
+from ovsndu.upgrade.handover import start_standby, take_over
 from ovsndu.upgrade.history import (
     HistoryStore,
     PhaseEntry,
     UpgradeRecord,
     utc_now_iso,
-    write_private,
-    write_snapshot,
 )
 from ovsndu.upgrade.lastread import LastRead
 from ovsndu.upgrade.machine import Phase
@@ -55,13 +48,11 @@ from ovsndu.upgrade.serving import (
     Serving,
     snapshot_path,
     spec_of,
-    vswitchd_version,
     who_serves,
 )
 
 log = structlog.get_logger("ovsndu.upgrade")
 
-SUPPORTED_DATAPATHS = ("netdev", "system", "dummy")
 
 
 Progress = Callable[[dict[str, Any]], None]
@@ -333,75 +324,14 @@ class UpgradeRunner:
 
     # --- phases ---------------------------------------------------------------------------
     async def preflight(self) -> None:
-        """New binary runs; datapaths supported; schema readable; rollback copy taken."""
-        if self.inflight_error is not None:
-            raise VswitchdError(f"cannot start an upgrade: {self.inflight_error}")
-        if self.serving.proc is not None and self.serving.proc.poll() is not None:
-            raise VswitchdError("the serving vswitchd is not running")
-        self.record.to_version = await asyncio.to_thread(daemon.binary_version, self.new_binary)
-        self.record.from_version = await asyncio.to_thread(
-            vswitchd_version, self.spec, self.serving.pid
-        )
-        types = await asyncio.to_thread(daemon.dp_types, self.spec.db)
-        for bridge, dp_type in sorted(types.items()):
-            if dp_type not in SUPPORTED_DATAPATHS:
-                raise VswitchdError(
-                    f"bridge {bridge} has datapath type {dp_type!r}; "
-                    f"supported: {', '.join(SUPPORTED_DATAPATHS)}"
-                )
-        await asyncio.to_thread(self._check_schema)
-        await asyncio.to_thread(self._check_flow_restore_wait)
-        copy = self.state_dir / "rollback" / self.upgrade_id / "ovs-vswitchd"
-        copy.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            await asyncio.to_thread(shutil.copyfile, daemon.running_binary(self.serving.pid), copy)
-        except OSError as exc:
-            raise VswitchdError(f"cannot copy the running binary for rollback: {exc}") from None
-        copy.chmod(0o755)
-        self.record.rollback_binary = str(copy)
-
-    def _check_flow_restore_wait(self) -> None:
-        """ovsndu lifts flow-restore-wait only when it set it: refuse while someone else's
-        is set (a restart script restoring flows), the handover would lift it early."""
-        with Ovsdb(self.spec.db) as db:
-            on, ours = db.flow_restore_wait()
-        if on and not ours:
-            raise VswitchdError("flow-restore-wait is set, not by ovsndu (a restart restoring "
-                                "flows?); try again once it is cleared")
-
-    def _check_schema(self) -> None:
-        """One Open_vSwitch row; the schema the target needs against the database's and
-        ``_Server``'s (see :mod:`ovsndu.upgrade.conversion`)."""
-        with Ovsdb(self.spec.db) as db:
-            rows = db.select("Open_vSwitch", ["ovs_version"])
-        if len(rows) != 1:
-            raise VswitchdError(f"the database has {len(rows)} Open_vSwitch rows, expected 1")
-        self.schema.plan(self.schema_file)
+        """New binary runs; datapaths supported; schema readable; rollback copy taken
+        (:mod:`ovsndu.upgrade.early`)."""
+        await early.preflight(self)
 
     async def take_snapshot(self) -> None:
-        """Convert the database if the target needs it (the serving vswitchd reconnected),
-        then read every category of the serving vswitchd; keep it on disk for crash recovery."""
-        try:
-            await asyncio.to_thread(self.schema.apply, self.serving.pid)
-            started = time.monotonic()
-            snap = await asyncio.to_thread(
-                read_snapshot, self.spec.rundir, self.spec.db, pid=self.serving.pid
-            )
-            self._snapshot_read_at = started
-        except OvsnduError:  # refused: leave the database as it was
-            await asyncio.to_thread(self.schema.revert, self.serving.pid)
-            raise
-        self.snapshot = snap
-        self.on_snapshot(self.serving.pid, snap, started)
-        self.record.counts, self.record.digests = snap.counts(), snap.digests()
-        await asyncio.to_thread(self._note_uncarried, snap)
-        path = snapshot_path(self.state_dir, self.upgrade_id)
-        # Encoded as it is written, in a worker: one json.dumps of 300k entries held
-        # ~0.5 GiB and the event loop (the sync channel's heartbeats) for seconds.  Not
-        # awaited here: it takes seconds at 300k entries, and until the handover a
-        # supervisor that dies needs no snapshot (recovery then leaves the old process).
-        self._snapshot_file = asyncio.ensure_future(asyncio.to_thread(write_snapshot, path,
-                                                                      snap))
+        """Convert the database if needed, read the serving vswitchd, keep it on disk
+        (:mod:`ovsndu.upgrade.early`)."""
+        await early.take_snapshot(self)
 
     async def _snapshot_file_written(self) -> None:
         """Wait for the snapshot file (its write's error, if any, fails the phase)."""
@@ -409,87 +339,12 @@ class UpgradeRunner:
             await self._snapshot_file
 
     def _note_uncarried(self, snap: Snapshot, *, refuse: bool = True) -> None:
-        """Name and count what cannot be carried (each entry once); refuse (before anything
-        changes) when the configuration says so and *refuse* (the snapshot phase)."""
-        types = daemon.dp_types(self.spec.db)
-        found = uncarried.find_uncarried(snap, replay_conntrack=any(
-            t in USERSPACE_DATAPATHS for t in types.values()))
-        if refuse:
-            uncarried.refuse_if_any(found, self.cfg.upgrade.uncarried)
-        noted = set(self.record.anomalies)
-        found = tuple(u for u in found if u.line() not in noted)
-        for category, n in uncarried.counts(found).items():
-            self.record.uncarried[category] = self.record.uncarried.get(category, 0) + n
-        for u in found:
-            self.record.anomalies.append(u.line())
-            log.warning("upgrade.uncarried", upgrade_id=self.upgrade_id, event_kind="anomaly",
-                        category=u.category, reason=u.reason)
+        """Name and count what cannot be carried (:func:`ovsndu.upgrade.early.note_uncarried`)."""
+        early.note_uncarried(self, snap, refuse=refuse)
 
     async def run_client(self) -> None:
-        """Launch the client and stream it the state; it acknowledges after its rehearsal."""
-        assert self.snapshot is not None
-        sync_dir = self.state_dir / "sync"
-        sync_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(sync_dir, 0o700)
-        token = secrets.token_bytes(32)
-        token_file = self._workdir / "token"
-        self._workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_private(token_file, token)
-        sock = sync_dir / f"{self.upgrade_id.rsplit('-', 1)[-1]}.sock"
-        argv = [
-            sys.executable,
-            "-m",
-            "ovsndu.upgrade.client",
-            "--socket",
-            str(sock),
-            "--token-file",
-            str(token_file),
-            "--rundir",
-            str(self.spec.rundir),
-            "--db",
-            self.spec.db,
-            "--vswitchd",
-            self.new_binary,
-            "--workdir",
-            str(self._workdir),
-            "--of-dir",
-            str(self.of_dir.private),
-            "--timeout",
-            str(self.timeout),
-            "--validate" if self.cfg.upgrade.validate else "--no-validate",
-        ]
-        if self.cfg.upgrade.tcp_seq_check:
-            argv.append("--tcp-seq-check")
-        with open(self._workdir / "client.log", "wb") as client_log:
-            self.client = await asyncio.create_subprocess_exec(
-                *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=client_log)
-        self.record.client_pid = self.client.pid
-        self._write_inflight()
-        serving = asyncio.ensure_future(serve_state(
-            sock,
-            self.snapshot,
-            token,
-            expected_uid=os.getuid(),
-            expected_pid=self.client.pid,
-            vswitchd_versions=[self.record.from_version],
-            accept_timeout=30,
-        ))
-        # A client that dies before it connects is seen at once, not after accept_timeout.
-        exited = asyncio.ensure_future(self.client.wait())
-        try:
-            await asyncio.wait({serving, exited}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            exited.cancel()
-            if not serving.done():
-                serving.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await serving
-        if serving.cancelled():
-            said = last_lines(self._workdir / "client.log")
-            raise VswitchdError(f"the client exited with "
-                                f"{daemon.exit_description(self.client.returncode)} before "
-                                f"it connected" + (f": {said}" if said else ""))
-        self.session = serving.result().session
+        """Launch the client and stream it the state (:mod:`ovsndu.upgrade.early`)."""
+        await early.run_client(self)
 
     async def check_validation(self) -> None:
         """The rehearsal's read-back digests (the client's acknowledgements) equal ours."""
