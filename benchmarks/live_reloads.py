@@ -16,11 +16,21 @@ connection, after the final read), TCP alive, the gap and what the final catch-u
 At the end the open connection's acknowledged state is compared with raw dumps.
 
     python -m benchmarks.live_reloads --runs 10 --churn 250
+
+``--ovn``: the pipeline is a private OVN stack's (ovsndu.testing.ovn: logical switch,
+allow-related ACLs, its load balancer and a UDP one) on br-int instead; A's new
+connections go through the UDP VIP (each DNAT'd: a NAT pipeline, frozen all the same),
+the TCP download through the TCP VIP.  A connection counts as carried when both of its entries
+(the DNAT'd one and B's) are in the new process.  ovn-controller owns br-int and
+rewrites it when it reconnects: no flow writers, and no MAC churn (OVN does not learn).
+
+    python -m benchmarks.live_reloads --ovn --runs 5 --churn 250 [--no-nat-freeze]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -40,6 +50,7 @@ from ovsndu.config import Config
 from ovsndu.ovs.sandbox import NETDEV_ARGS, Sandbox
 from ovsndu.testing.endpoints import Endpoint, add_endpoint
 from ovsndu.testing.ofwriter import OpenWriter, tables
+from ovsndu.testing.ovn import UDP_VIP_PORT, VIP, VIP_PORT, OvnStack, lb_connections
 
 ACL = (
     "table=0,priority=100,arp,actions=NORMAL",
@@ -99,21 +110,30 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--churn", type=float, default=250.0, help="new connections per second")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--ovn", action="store_true", help="an OVN stack's pipeline (see above)")
+    ap.add_argument("--no-nat-freeze", action="store_true",
+                    help="[upgrade] ct_freeze_nat = false (a NAT pipeline is not frozen)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ovsndu-live-"))
     procs: list[subprocess.Popen[bytes]] = []
     results: list[dict[str, Any]] = []
-    with Sandbox(work / "run", datapath="netdev", vswitchd_args=NETDEV_ARGS) as sb:
-        # Room for every MAC the churn teaches (OVS's default is 2048 entries).
-        sb.vsctl("add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev",
-                 "fail_mode=secure", "other_config:mac-table-size=100000")
-        a = add_endpoint(sb, "br0", "a-sw", "10.0.0.1", 1)
-        b = add_endpoint(sb, "br0", "b-sw", "10.0.0.2", 2)
-        sb.ofctl("br0", "add-flows", "-", input_text="\n".join(ACL) + "\n")
+    with Sandbox(work / "run", datapath="netdev", vswitchd_args=NETDEV_ARGS) as sb, \
+            contextlib.ExitStack() as stack:
+        if args.ovn:
+            ovn = stack.enter_context(OvnStack(sb, work / "ovn"))
+            ovn.add_udp_lb()
+            a, b = ovn.a, ovn.b
+        else:
+            # Room for every MAC the churn teaches (OVS's default is 2048 entries).
+            sb.vsctl("add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev",
+                     "fail_mode=secure", "other_config:mac-table-size=100000")
+            a = add_endpoint(sb, "br0", "a-sw", "10.0.0.1", 1)
+            b = add_endpoint(sb, "br0", "b-sw", "10.0.0.2", 2)
+            sb.ofctl("br0", "add-flows", "-", input_text="\n".join(ACL) + "\n")
         cfg = Config.from_dict({
             "ovs": {"rundir": str(sb.rundir), "db": sb.db, "vswitchd": _vswitchd(),
                     "vswitchd_args": list(NETDEV_ARGS), "netns": sb.netns or ""},
-            "upgrade": {"timeout": 120},
+            "upgrade": {"timeout": 120, "ct_freeze_nat": not args.no_nat_freeze},
             "ovsndu": {"state_dir": str(work / "state")},
         })
         cfg_path = work / "ovsndu.toml"
@@ -127,17 +147,20 @@ def main() -> None:
             procs.append(subprocess.Popen(ep.argv([sys.executable, "-m", *argv])))
 
         writer = Writer(sb.rundir)
-        holder = OpenWriter(sb.mgmt_path("br0"), pace=0.01, table=4)
+        holder = None if args.ovn else OpenWriter(sb.mgmt_path("br0"), pace=0.01, table=4)
         open_lost: dict[str, int] = {}
         try:
             probe(b, "ovsndu.testing.probe", "tcp-push", "5001")
             time.sleep(0.5)
-            probe(a, "ovsndu.testing.probe", "tcp-sink", b.ip, "5001", str(work / "tcp.txt"))
-            probe(a, "ovsndu.testing.churn", "udp", b.ip, "7000", str(args.churn),
-                  str(work / "udp.txt"))
-            probe(a, "ovsndu.testing.churn", "mac", "eth0", "50", str(work / "mac.txt"))
-            writer.start()
-            holder.start()
+            probe(a, "ovsndu.testing.probe", "tcp-sink", *((VIP, str(VIP_PORT)) if args.ovn
+                  else (b.ip, "5001")), str(work / "tcp.txt"))
+            probe(a, "ovsndu.testing.churn", "udp", *((VIP, str(UDP_VIP_PORT)) if args.ovn
+                  else (b.ip, "7000")), str(args.churn), str(work / "udp.txt"))
+            (work / "mac.txt").touch()
+            if holder is not None:
+                probe(a, "ovsndu.testing.churn", "mac", "eth0", "50", str(work / "mac.txt"))
+                writer.start()
+                holder.start()
             time.sleep(1.5)
             gaps: list[tuple[float, float]] = []
             for i in range(args.runs):
@@ -160,20 +183,28 @@ def main() -> None:
                         return t < cut and not any(x - .05 <= t <= y + .05 for x, y in gaps)
 
                     # Conntrack: every connection sent before the final read froze entry
-                    # creation (50 ms to reach the old process) existed when it stopped.
-                    frozen = start + marks.get("ct_frozen", 0) / 1000 - 0.05
+                    # creation (50 ms to reach the old process; not frozen: before the
+                    # stop) existed when it stopped, unless its 60 s (udp_first) ran out.
+                    frozen = start + marks.get("ct_frozen", marks.get("old_stopped", 0)
+                                               ) / 1000 - 0.05
                     conns = {p for t, p in _sent(work / "udp.txt")
-                             if seen(t, max(cut, frozen))}
+                             if seen(t, frozen) and t > time.monotonic() - 55}
                     macs = {m for t, m in _sent(work / "mac.txt") if seen(t)}
-                    ct = set(re.findall(r"sport=(\d+),dport=7000",
-                                        sb.appctl("dpctl/dump-conntrack", "zone=1")))
-                    fdb = {ln.split()[2] for ln in sb.appctl("fdb/show", "br0").splitlines()[1:]}
-                    flows = sb.ofctl("br0", "dump-flows", "table=3")
+                    if args.ovn:
+                        ct = {str(p) for p in lb_connections(sb.appctl("dpctl/dump-conntrack"))}
+                        fdb: set[str] = set()
+                        flows = ""
+                    else:
+                        ct = set(re.findall(r"sport=(\d+),dport=7000",
+                                            sb.appctl("dpctl/dump-conntrack", "zone=1")))
+                        fdb = {ln.split()[2]
+                               for ln in sb.appctl("fdb/show", "br0").splitlines()[1:]}
+                        flows = sb.ofctl("br0", "dump-flows", "table=3")
                     have = {int(m) for m in re.findall(r"tp_dst=(\d+)", flows)}
                     stopped = start + marks.get("old_stopped", 0) / 1000
                     read_done = start + marks.get("final_read_done", 0) / 1000
                     late = [n for n, t in writer.acked if stopped - 0.5 <= t <= stopped]
-                    held = [t for t, _w, _k in holder.acked]
+                    held = [t for t, _w, _k in holder.acked] if holder else []
                     row.update(
                         conns_lost=len(conns - ct), conns_checked=len(conns),
                         macs_lost=len(macs - fdb), macs_checked=len(macs),
@@ -188,6 +219,8 @@ def main() -> None:
                         traffic_read_ms=marks.get("catchup_traffic_read_ms"),
                         ct_frozen_ms=marks.get("catchup_ct_frozen_ms"),
                         ct_refused=marks.get("catchup.ct_refused"),
+                        ct_named=[x[:60] for x in rec.get("anomalies", [])
+                                  if "conntrack" in x],
                         drain_ms=marks.get("catchup_drain_ms"),
                         catchup_apply_ms=marks.get("install_catchup_ms"),
                         catchup={k: v for k, v in marks.items() if k.startswith("catchup.")})
@@ -201,14 +234,16 @@ def main() -> None:
                 print(json.dumps(row) if args.json else
                       " ".join(f"{k}={v}" for k, v in row.items() if k != "catchup"),
                       flush=True)
-            holder.stop.set()
-            holder.join(30)
-            lost = holder.differences(*tables(lambda *a: sb.ofctl("br0", *a,
-                                                                  version="OpenFlow13"), 4))
-            open_lost = {k: len(v) for k, v in lost.items()}
+            if holder is not None:
+                holder.stop.set()
+                holder.join(30)
+                lost = holder.differences(*tables(lambda *a: sb.ofctl("br0", *a,
+                                                                      version="OpenFlow13"), 4))
+                open_lost = {k: len(v) for k, v in lost.items()}
         finally:
             writer.stop.set()
-            holder.stop.set()
+            if holder is not None:
+                holder.stop.set()
             for p in reversed(procs):
                 if p.poll() is None:
                     p.send_signal(signal.SIGTERM)
@@ -227,11 +262,13 @@ def main() -> None:
           f"(of which in the last 500 ms {sum(r.get('late_writes_lost', 0) for r in results)}"
           f" of {sum(r.get('late_writes', 0) for r in results)}), "
           f"TCP alive {sum(bool(r['tcp_alive']) for r in results)}/{len(results)}; "
-          f"open connection: {len(holder.acked)} writes acknowledged over "
-          f"{holder.connections} connections, "
-          f"{sum(r.get('open_after_read', 0) for r in results)} after a final read, "
-          f"lost {open_lost} ({len(holder.ambiguous)} ambiguous, refused "
-          f"{len(holder.refused)}); "
+          + (f"open connection: {len(holder.acked)} writes acknowledged over "
+             f"{holder.connections} connections, "
+             f"{sum(r.get('open_after_read', 0) for r in results)} after a final read, "
+             f"lost {open_lost} ({len(holder.ambiguous)} ambiguous, refused "
+             f"{len(holder.refused)}); " if holder else "")
+          + f"conntrack checked up to {max(r.get('conns_checked', 0) for r in [{}, *results])}"
+          " a run; "
           f"catch-up apply median {statistics.median(applied) if applied else 0:.1f} ms")
 
 

@@ -71,6 +71,10 @@ class UpgradeConfig:
     #: longest time the final read may keep conntrack entry creation frozen in the old
     #: vswitchd (new connections wait for the new one meanwhile); 0: never freeze
     ct_freeze_max_ms: float = 250.0
+    #: freeze a pipeline that uses NAT too: new connections' first packets during the
+    #: freeze pass without an entry and untranslated (named); false: not frozen, the
+    #: read's window named instead
+    ct_freeze_nat: bool = True
     #: the standby initialises DPDK or measures the TSC before the handover (ovs/preinit.py)
     standby_preinit: bool = True
 

@@ -5,6 +5,10 @@ netdev sandbox adopted by a real ``ovsndu supervise``.  During every reload:
 200+ new UDP connections a second A→B, each committed by OVN's allow-related ACL;
 50 new MACs a second from A; new connections B→A, which the ACLs forbid; an
 established TCP download from B through the load balancer's VIP and the ACLs.
+``test_conntrack_complete_through_the_lb``: 220+ new UDP connections a second through
+the load balancer (each DNAT'd by a ``nat(dst=)`` group bucket): OVN's pipeline uses NAT,
+and conntrack is frozen for the final read all the same (docs/upgrade.md, "The
+conntrack freeze"); every entry the old process held at the stop is in the new one.
 
 Each test gathers every property it checks before asserting, so one run names all
 that fail.
@@ -12,6 +16,9 @@ that fail.
 
 from __future__ import annotations
 
+import contextlib
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -22,10 +29,12 @@ from typing import Any
 import pytest
 
 from ovsndu.errors import OvsnduError
+from ovsndu.ovs.sandbox import _die_with_parent
 from ovsndu.ovs.unixctl import pid_alive
-from ovsndu.testing.ovn import BRIDGE, VIP, VIP_PORT
-from ovsndu.testing.workload import Churn
+from ovsndu.testing.ovn import BRIDGE, UDP_VIP_PORT, VIP, VIP_PORT, lb_connections
+from ovsndu.testing.workload import Churn, read_counters
 from tests.ovn.conftest import OvnRig
+from tests.upgrade.test_churn import _handover
 
 pytestmark = pytest.mark.ovn
 
@@ -231,4 +240,152 @@ def test_acl_added_during_reload_never_leaks(ovn_rig: OvnRig, phase: str) -> Non
     when = {"added_s": added[0] - started if added else None,
             "in_br_int_s": found[0] - started if found else None}
     print(f"phase {phase}: {when}; reload {lines}; traffic {counters}")
+    assert not problems, "\n".join(problems)
+
+
+NAT_RATE = 220.0  # new connections a second through the load balancer
+NAT_RELOADS = 3
+# An unanswered UDP entry lives 60 s in OVS 3.1 (udp_first); older ones may have ended.
+UDP_FIRST_S = 60.0
+NAT_NOTE = ("new connections' first packets passed without a conntrack entry and without "
+            "NAT during the freeze")
+
+
+def _ct_entries(dump: str) -> dict[str, int]:
+    """A raw ``dpctl/dump-conntrack -s``: each entry's identity (protocol, original
+    tuple, zone) and its remaining timeout in seconds; raises on a line it cannot read."""
+    out = {}
+    for line in dump.splitlines():
+        if not line.strip():
+            continue
+        m = re.match(r"(\w+),orig=\(([^)]*)\)", line.strip())
+        zone = re.search(r",zone=(\d+)", line)
+        timeout = re.search(r",timeout=(\d+)", line)
+        if m is None or timeout is None:
+            raise AssertionError(f"unexpected dump-conntrack line: {line!r}")
+        orig = re.sub(r",(packets|bytes)=\d+", "", m.group(2))
+        out[f"{m.group(1)},orig=({orig}),zone={zone.group(1) if zone else 0}"] = int(
+            timeout.group(1))
+    return out
+
+
+def _nat_record_problems(k: int, record: dict[str, Any]) -> list[str]:
+    """The freeze happened on OVN's NAT pipeline and the record names what it cost."""
+    marks, anomalies = record.get("marks", {}), record.get("anomalies", [])
+    problems = []
+    if not ("ct_frozen" in marks and marks.get("catchup_ct_frozen_ms", 0) > 0
+            and "catchup.ct_refused" in marks):
+        problems.append(f"reload {k}: conntrack not frozen for the final read: {marks}")
+    named = [a for a in anomalies if a.startswith(NAT_NOTE) and "uses NAT: br-int" in a]
+    if len(named) != 1 or f"{int(marks.get('catchup.ct_refused', -1))} commits" not in named[0]:
+        problems.append(f"reload {k}: the NAT freeze is not named with its refusals: "
+                        f"{anomalies}, refused {marks.get('catchup.ct_refused')}")
+    if any("not carried" in a for a in anomalies):
+        problems.append(f"reload {k}: anomalies name state not carried: {anomalies}")
+    return problems
+
+
+def test_conntrack_complete_through_the_lb(ovn_rig: OvnRig) -> None:
+    """Reloads under 220 new connections/s through OVN's load balancer (a NAT pipeline):
+    each commits with conntrack frozen for the final read and the freeze named in the
+    record; every conntrack entry of a raw dump taken before the reload is in the new
+    process unless its timeout ran out, and so is every load-balanced connection sent up
+    to 50 ms before the freeze (both of its entries: the DNAT'd one and B's); TCP through
+    the VIP survives and a new one is served; new connections are DNAT'd afterwards."""
+    r = ovn_rig
+    a, b, work = r.ovn.a, r.ovn.b, r.work
+    work.mkdir(parents=True, exist_ok=True)
+    r.ovn.add_udp_lb()
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def probe(ep: Any, *argv: str) -> subprocess.Popen[bytes]:
+        procs.append(subprocess.Popen(ep.argv([sys.executable, "-m", *argv]),
+                                      preexec_fn=_die_with_parent))
+        return procs[-1]
+
+    def sent() -> list[tuple[float, int]]:
+        lines = (work / "nat.txt").read_text().splitlines()
+        return [(float(t), int(port)) for t, _, port in (ln.partition(" ") for ln in lines)
+                if port]
+
+    def tcp(name: str) -> tuple[int, str]:
+        c = read_counters(work / name)
+        return int(c.get("bytes", 0)), str(c.get("error", ""))
+
+    problems: list[str] = []
+    gaps: list[tuple[float, float]] = []
+    dumps = r.rig.sb.appctl
+    try:
+        probe(b, "ovsndu.testing.probe", "tcp-push", str(5001))
+        time.sleep(0.5)
+        probe(a, "ovsndu.testing.workload", "tcp-watch", VIP, str(VIP_PORT),
+              str(work / "tcp.txt"))
+        began = time.monotonic()
+        probe(a, "ovsndu.testing.churn", "udp", VIP, str(UDP_VIP_PORT), str(NAT_RATE),
+              str(work / "nat.txt"))
+        time.sleep(2.0)
+        for k in range(1, NAT_RELOADS + 1):
+            tcp_before = tcp("tcp.txt")[0]
+            before, dumped = _ct_entries(dumps("dpctl/dump-conntrack", "-s")), time.monotonic()
+            code, result = r.rig.reload()
+            after_text = dumps("dpctl/dump-conntrack", "-s")
+            after, elapsed = _ct_entries(after_text), time.monotonic() - dumped
+            if code != 0:
+                problems.append(f"reload {k}: exit {code}: {result.get('reason')}")
+                break
+            record = result["record"]
+            problems += _nat_record_problems(k, record)
+            ended = [e for e, t in before.items() if t <= elapsed + 2]  # ran out meanwhile
+            lost = sorted(set(before) - set(after) - set(ended))
+            if lost:
+                problems.append(f"reload {k}: {len(lost)} of {len(before)} entries of the raw "
+                                f"dump before the reload are missing: {lost[:3]}")
+            start, end = _handover(record)
+            # Sent up to 50 ms before the freeze (not frozen: before the stop, which
+            # fails — the read's window — as it should).
+            marks = record["marks"]
+            cut = start + marks.get("ct_frozen", marks.get("old_stopped", 0)) / 1000 - 0.05
+            want = {port for t, port in sent() if t < cut
+                    and t > time.monotonic() - UDP_FIRST_S + 5
+                    and not any(x - 0.05 <= t <= y + 0.05 for x, y in gaps)}
+            missing = want - lb_connections(after_text)
+            if len(want) < 200 or missing:
+                problems.append(f"reload {k}: {len(missing)} of {len(want)} connections "
+                                f"through the VIP sent before the freeze are missing "
+                                f"{sorted(missing)[:5]}")
+            gaps.append((start, end))
+            print(f"reload {k}: {len(before)} entries before, {len(after)} after, "
+                  f"{len(ended)} ran out, checked {len(want)} LB connections; marks "
+                  f"{ {m: v for m, v in record['marks'].items() if 'ct' in m} }")
+            deadline = time.monotonic() + 5  # TCP backs off over the gap
+            while tcp("tcp.txt")[0] <= tcp_before and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if tcp("tcp.txt")[0] <= tcp_before or tcp("tcp.txt")[1]:
+                problems.append(f"reload {k}: TCP through the VIP broke: {tcp('tcp.txt')}")
+            time.sleep(1.0)
+        # The load balancer in the new process: a new TCP connection through the VIP is
+        # served, and new UDP connections are DNAT'd to B.
+        probe(a, "ovsndu.testing.workload", "tcp-watch", VIP, str(VIP_PORT),
+              str(work / "tcp-new.txt"))
+        time.sleep(2.0)
+        if tcp("tcp-new.txt")[0] == 0 or tcp("tcp-new.txt")[1]:
+            problems.append(f"a new TCP connection through the VIP: {tcp('tcp-new.txt')}")
+        fresh = {port for t, port in sent() if gaps and gaps[-1][1] + 1.5 < t
+                 < time.monotonic() - 0.2}
+        if not fresh or fresh - lb_connections(dumps("dpctl/dump-conntrack")):
+            problems.append(f"new UDP connections through the VIP are not DNAT'd to B "
+                            f"({len(fresh)} sent)")
+        seconds = sent()[-1][0] - began
+        if len(sent()) / seconds < 200:
+            problems.append(f"churn too slow: {len(sent()) / seconds:.0f} connections/s")
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
     assert not problems, "\n".join(problems)

@@ -9,11 +9,22 @@ the read holds every entry that exists when the process stops.  A connection tha
 begins during the freeze is forwarded as ``+new`` without an entry, and starts again in
 the new process — like one whose first packet falls into the handover gap.
 
+A pipeline that uses NAT (:func:`uses_nat`: a flow's or a group bucket's ``nat``
+action; OVN's load balancers and routers) is frozen too, by default: the refused commit
+returns before NAT is set up, so a connection that *begins* during the freeze has its
+first packet(s) forwarded untranslated (a DNAT/LB packet goes on to the VIP, an SNAT
+packet leaves with its internal source) and recovers on retransmission in the new
+process.  Not frozen, a NAT'd connection whose entry is created during the read would
+be missing in the new process for good (its replies not un-NATed, or the LB choosing
+another backend).  The trade is named in the record and the journal
+(:func:`nat_note`: "new connections' first packets passed without a conntrack entry and
+without NAT during the freeze: N commits refused").  ``[upgrade] ct_freeze_nat = false``
+keeps such a pipeline unfrozen, as before.
+
 Not frozen (:func:`why_not_freeze`), the window is named instead:
 
-- a pipeline that uses NAT: a refused commit is not translated either, so a frozen
-  table would let new connections' packets pass with their original addresses;
-- the kernel datapath: its table is the kernel's, and the limit is not OVS's.
+- the kernel datapath: its table is the kernel's, and the limit is not OVS's;
+- a NAT pipeline with ``ct_freeze_nat = false``.
 
 The limit in force before is put back (:func:`thaw`) when the old process goes on
 serving, and set on the new process when it takes over (:func:`carry_limit`): OVS does
@@ -32,23 +43,38 @@ from ovsndu.ovs.unixctl import Unixctl
 _NAT = re.compile(r"\bnat\b")
 
 
-def why_not_freeze(dps: Iterable[str], flows: Iterable[Entry],
-                   groups: Iterable[Entry]) -> str | None:
-    """Why the conntrack table of *dps* must not be frozen, or None (pure)."""
-    kernel = [dp for dp in dps if dp.startswith("system@")]
-    if kernel:
-        return f"kernel datapath {kernel[0]} (its conntrack is the kernel's)"
+def uses_nat(flows: Iterable[Entry], groups: Iterable[Entry]) -> str | None:
+    """Where the pipeline uses NAT (the first flow or group bucket found), or None (pure)."""
     for flow in flows:
         if isinstance(flow, Flow) and _NAT.search(flow.actions):
-            return _nat(f"{flow.bridge} table {flow.table}")
+            return f"{flow.bridge} table {flow.table}"
     for group in groups:
         if isinstance(group, Group) and any(_NAT.search(b) for b in group.buckets):
-            return _nat(f"{group.bridge} group {group.group_id}")
+            return f"{group.bridge} group {group.group_id}"
     return None
 
 
-def _nat(where: str) -> str:
-    return f"the pipeline uses NAT ({where}): a refused commit would pass untranslated"
+def why_not_freeze(dps: Iterable[str], nat: str | None, *, freeze_nat: bool = True
+                   ) -> str | None:
+    """Why the conntrack table of *dps* must not be frozen, or None (pure).  *nat*: where
+    the pipeline uses NAT (:func:`uses_nat`); *freeze_nat*: ``[upgrade] ct_freeze_nat``."""
+    kernel = [dp for dp in dps if dp.startswith("system@")]
+    if kernel:
+        return f"kernel datapath {kernel[0]} (its conntrack is the kernel's)"
+    if nat is not None and not freeze_nat:
+        return (f"the pipeline uses NAT ({nat}) and [upgrade] ct_freeze_nat = false "
+                "(a refused commit would pass untranslated)")
+    return None
+
+
+def nat_note(nat: str, refused: int | None) -> str:
+    """The record's and the journal's words for a NAT pipeline frozen anyway (pure);
+    *refused*: commits refused during the freeze (None: could not be counted)."""
+    n = "an unknown number of" if refused is None else str(refused)
+    return (f"new connections' first packets passed without a conntrack entry and without "
+            f"NAT during the freeze: {n} commits refused (a packet committed in two zones "
+            f"counts twice; the pipeline uses NAT: {nat}); each such connection starts "
+            f"again in the new process")
 
 
 def _int(text: str, what: str) -> int:

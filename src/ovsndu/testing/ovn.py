@@ -12,7 +12,11 @@ one logical switch ``ls0`` with ports ``a`` (10.0.0.1) and ``b`` (10.0.0.2) whos
 veths come from endpoint namespaces (bound by ``external_ids:iface-id``), port
 groups with allow-related ACLs (A may open connections to B; nothing may open one
 to A; everything else towards B is dropped) and a load balancer VIP
-(``10.0.0.100:80`` → B's port 5001).
+(``10.0.0.100:80`` → B's port 5001).  :meth:`OvnStack.add_udp_lb` adds a second one
+(``10.0.0.100:7400/udp`` → B's port 7400) for new NAT'd connections
+(:func:`lb_connections` finds them in a conntrack dump); not by default: with two load
+balancers, which group ID each gets depends on the order ovn-controller meets them, so
+a freshly started one may number them the other way round.
 
 Every daemon is started by this module and stopped by its PID; the endpoints'
 namespaces go with the stack (and with the sandbox, if the stack is not stopped).
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -40,6 +45,7 @@ OVN_TOOLS = ("ovn-northd", "ovn-controller", "ovn-nbctl", "ovn-sbctl", "ovn-appc
 BRIDGE = "br-int"
 CHASSIS = "ovsndu-hv1"
 VIP, VIP_PORT, BACKEND_PORT = "10.0.0.100", 80, 5001
+UDP_VIP_PORT = 7400  # lb1: VIP:7400/udp -> B:7400 (each new connection DNAT'd)
 # Allow-related ACLs on port groups: A opens connections to B (and its replies come
 # back as related/established traffic); no one opens a connection to A; everything
 # else towards B is dropped.
@@ -247,6 +253,12 @@ class OvnStack:
         """Until ovn-controller has put the current northbound config into br-int."""
         self.nbctl("--wait=hv", "sync", timeout=timeout)
 
+    def add_udp_lb(self) -> None:
+        """A second load balancer, ``VIP:UDP_VIP_PORT`` → B's UDP port; once in br-int."""
+        self.nbctl("lb-add", "lb1", f"{VIP}:{UDP_VIP_PORT}", f"10.0.0.2:{UDP_VIP_PORT}", "udp")
+        self.nbctl("ls-lb-add", "ls0", "lb1")
+        self.wait_installed()
+
     def add_acl(self, pg: str, direction: str, priority: int, match: str, verdict: str) -> None:
         """Write an ACL to the northbound database (returns at once: no ``--wait``)."""
         self.nbctl("acl-add", pg, direction, str(priority), match, verdict, "--type=port-group")
@@ -293,6 +305,17 @@ class OvnStack:
 
     def __repr__(self) -> str:
         return f"OvnStack({self.dir}, pids={ {k: p.pid for k, p in self.procs.items()} })"
+
+
+def lb_connections(dump: str, src: str = "10.0.0.1", backend: str = "10.0.0.2") -> set[int]:
+    """Source ports of the UDP connections *src* → VIP:UDP_VIP_PORT that a raw
+    ``dpctl/dump-conntrack`` holds in full: the load balancer's entry (DNAT'd to
+    *backend*, in the source port's zone) and the destination port's (to *backend*)."""
+    def ports(orig_dst: str, reply_src: str) -> set[int]:
+        return {int(p) for p in re.findall(
+            rf"udp,orig=\(src={re.escape(src)},dst={re.escape(orig_dst)},sport=(\d+),"
+            rf"dport={UDP_VIP_PORT}\),reply=\(src={re.escape(reply_src)},", dump)}
+    return ports(VIP, backend) & ports(backend, backend)
 
 
 def _table(dump: str) -> list[str]:

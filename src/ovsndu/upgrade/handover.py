@@ -190,10 +190,17 @@ async def take_over(run: UpgradeRunner) -> None:
         run.record.ct_frozen = limits
         run._write_inflight()
 
-    await asyncio.to_thread(read_until_stop, spec, last, run.of_dir.name.removeprefix(PREFIX),
-                            marks, on_hidden=hidden_now, on_frozen=frozen_now,
-                            freeze_max_s=run.cfg.upgrade.ct_freeze_max_ms / 1000,
-                            known=snapshot)
+    try:
+        await asyncio.to_thread(read_until_stop, spec, last,
+                                run.of_dir.name.removeprefix(PREFIX), marks,
+                                on_hidden=hidden_now, on_frozen=frozen_now,
+                                freeze_max_s=run.cfg.upgrade.ct_freeze_max_ms / 1000,
+                                freeze_nat=run.cfg.upgrade.ct_freeze_nat, known=snapshot)
+    finally:  # a NAT pipeline frozen: what it cost, named (also when a rollback follows)
+        if (nat_note := last.nat_note()) is not None:
+            run.record.anomalies.append(nat_note)
+            log.warning("upgrade.ct_frozen_nat", upgrade_id=run.upgrade_id, phase="handover",
+                        event_kind="anomaly", reason=nat_note, refused=last.ct_refused)
     t0 = time.monotonic()
     # Both since the phase began (wall clock, as the record's phase start): when the
     # full read ended and when the old process was stopped; writes between the two

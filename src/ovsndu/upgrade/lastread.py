@@ -8,7 +8,7 @@ Order (docs/upgrade.md, "Sync until the handover"):
 3. the OpenFlow sockets are hidden: no new connection reaches the old process; the
    TLV maps (not followed: no event carries them) are read again;
 4. conntrack and FDB are read, last, since traffic keeps creating entries; conntrack
-   with entry creation frozen where that is safe (ovs/ct_freeze.py), FDB last;
+   with entry creation frozen (ovs/ct_freeze.py says when not), FDB last;
 5. the process is stopped (SIGSTOP, every thread) and the monitors drained: it can
    send nothing more, so they hold every change it made up to the stop.
 
@@ -62,6 +62,8 @@ class LastRead:
     ct_limits: dict[str, int] = field(default_factory=dict)  # per userspace datapath
     frozen: dict[str, int] = field(default_factory=dict)  # limits to put back when frozen
     unfrozen: str | None = None  # why conntrack was not frozen for the read
+    nat: str | None = None  # where the pipeline uses NAT (frozen anyway: ct_freeze_nat)
+    ct_refused: int | None = None  # commits refused during the freeze (None: not counted)
     ct_missed: int = 0  # unfrozen: entries the table held at the end that the read lacks
     frozen_wall: float = 0.0
     thawed_wall: float = 0.0  # the freeze outlasted its bound and was lifted early
@@ -115,6 +117,13 @@ class LastRead:
         return [f"at least {self.ct_missed} conntrack entries created during the final "
                 f"read are not carried (conntrack not frozen: {self.unfrozen})"]
 
+    def nat_note(self) -> str | None:
+        """A NAT pipeline was frozen: what new connections' first packets went through
+        (ovs/ct_freeze.py), for the record's anomalies and the journal."""
+        if self.nat is None or not self.frozen_wall:
+            return None
+        return ct_freeze.nat_note(self.nat, self.ct_refused)
+
     def close(self) -> None:
         """Close the monitoring connections."""
         for m in self.monitors.values():
@@ -124,12 +133,14 @@ class LastRead:
 def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[str, float],
                     *, on_hidden: Callable[[HiddenSockets], None],
                     on_frozen: Callable[[dict[str, int]], None],
-                    freeze_max_s: float = 0.25, known: Snapshot | None = None) -> None:
+                    freeze_max_s: float = 0.25, freeze_nat: bool = True,
+                    known: Snapshot | None = None) -> None:
     """Steps 1–5 on the old process ``last.pid``; *last* is filled as it goes (so that a
     failure leaves what :meth:`LastRead.release` needs); *marks* get durations (ms).
     *on_frozen* gets the conntrack limits to put back before they are set to 0; the
-    freeze lasts *freeze_max_s* at most.  *known*: the upgrade's snapshot (a bridge whose
-    rules are still byte for byte its rules is not printed and parsed again)."""
+    freeze lasts *freeze_max_s* at most; a pipeline that uses NAT is frozen only with
+    *freeze_nat*.  *known*: the upgrade's snapshot (a bridge whose rules are still byte
+    for byte its rules is not printed and parsed again)."""
     pid, last.rundir = last.pid, spec.rundir
     with Ovsdb(spec.db) as db:
         bridges = read_bridges(db)
@@ -160,8 +171,9 @@ def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[st
     with Unixctl.for_daemon(spec.rundir, pid=pid) as appctl:
         dps = appctl("dpctl/dump-dps").split()
         last.ct_limits = ct_freeze.limits(appctl, [d for d in dps if not d.startswith("system@")])
-        last.unfrozen = ct_freeze.why_not_freeze(dps, last.snapshot.categories["flows"],
-                                                 last.snapshot.categories["groups"])
+        nat = ct_freeze.uses_nat(last.snapshot.categories["flows"],
+                                 last.snapshot.categories["groups"])
+        last.unfrozen = ct_freeze.why_not_freeze(dps, nat, freeze_nat=freeze_nat)
         if last.unfrozen is None and freeze_max_s <= 0:
             last.unfrozen = "disabled ([upgrade] ct_freeze_max_ms = 0)"
         timer = None
@@ -170,7 +182,7 @@ def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[st
             on_frozen(dict(last.ct_limits))  # recorded first: a crash can put it back
             last.frozen = dict(last.ct_limits)
             ct_freeze.freeze(appctl, last.frozen)
-            last.frozen_wall = time.time()
+            last.frozen_wall, last.nat = time.time(), nat
             timer = threading.Timer(freeze_max_s, last.thaw_early, (freeze_max_s,))
             timer.start()
         try:
@@ -178,12 +190,18 @@ def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[st
             # known.
             last.replaced.update(StateReader(spec.rundir, spec.db, pid=pid).traffic(
                 zones_named(last.snapshot.categories["flows"])))
+        except BaseException:
+            if last.frozen_wall:  # a rollback follows: counted for the NAT note if it can be
+                with contextlib.suppress(OvsnduError):
+                    last.ct_refused = ct_freeze.refusals(appctl) - refused
+            raise
         finally:
             if timer is not None:  # never an appctl to a stopped process
                 timer.cancel()
                 timer.join()
         if last.frozen_wall:
-            marks["catchup.ct_refused"] = float(ct_freeze.refusals(appctl) - refused)
+            last.ct_refused = ct_freeze.refusals(appctl) - refused
+            marks["catchup.ct_refused"] = float(last.ct_refused)
         if not last.frozen:  # what the table holds now that the read does not (a bound)
             held = sum(int(appctl("dpctl/ct-get-nconns", dp).strip() or 0) for dp in dps)
             last.ct_missed = max(0, held - len(last.replaced["conntrack"]))
