@@ -111,6 +111,36 @@ class TestWholeUpgrade:
                 await task
         run(main())
 
+    def test_client_started_first_waits_for_the_listener(self, path: Path) -> None:
+        """A client that comes before the server listens — the socket missing, then bound
+        but not listening (refused) — connects once it listens, and syncs; with no
+        listener at all it gives up after its connect timeout."""
+        import socket
+
+        async def main() -> None:
+            client = asyncio.create_task(receive_state(path, TOKEN, digest_of, config=FAST,
+                                                       connect_timeout=5))
+            await asyncio.sleep(0.2)  # nothing at the path yet
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            bound = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            bound.bind(str(path))  # bound, not listening: connect() is refused
+            await asyncio.sleep(0.2)
+            assert not client.done()
+            bound.close()
+            server = asyncio.create_task(serve_state(path, SNAP, TOKEN, os.getuid(),
+                                                     config=FAST))
+            cres = await client
+            sres = await server
+            assert cres.snapshot.categories == SNAP.categories
+            await sres.session.close()
+            await cres.session.close()
+            started = time.monotonic()
+            with pytest.raises((FileNotFoundError, ConnectionRefusedError)):
+                await receive_state(path.with_name("none.sock"), TOKEN, digest_of,
+                                    config=FAST, connect_timeout=0.3)
+            assert time.monotonic() - started >= 0.3
+        run(main())
+
     def test_open_directory_refused(self, tmp_path: Path) -> None:
         """A socket directory others can enter is refused."""
         directory = tmp_path / "open"

@@ -247,6 +247,24 @@ async def serve_state(
     )
 
 
+async def _connect(path: str, timeout: float
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to the server's socket, waiting up to *timeout* seconds for it to listen:
+    the server is started beside the client, not before it, and a socket that is bound
+    but not yet listening refuses (seen under load: the supervisor's loop thread was
+    kept from its listen() by a worker holding the GIL)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            return await asyncio.wait_for(asyncio.open_unix_connection(path),
+                                          max(0.01, deadline - loop.time()))
+        except (FileNotFoundError, ConnectionRefusedError):
+            if loop.time() >= deadline:
+                raise
+            await asyncio.sleep(0.02)
+
+
 async def receive_state(
     path: str | os.PathLike[str],
     token: bytes,
@@ -270,9 +288,7 @@ async def receive_state(
     """
     config = config or Config()
     loop = asyncio.get_running_loop()
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_unix_connection(os.fspath(path)), connect_timeout
-    )
+    reader, writer = await _connect(os.fspath(path), connect_timeout)
     peer = peer_credentials(writer)
     conn = Connection(
         Side.CLIENT,
