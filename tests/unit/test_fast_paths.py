@@ -21,6 +21,7 @@ from ovsndu.errors import RestoreError
 from ovsndu.model import CATEGORIES, Conntrack, Entry, Snapshot, VswitchdInfo
 from ovsndu.model.diff import CategoryDiff, diff_category
 from ovsndu.model.snapshot import category_digest
+from ovsndu.ovs.appctl_parsers import _derived_nat, derive_nat
 from ovsndu.ovs.packets import _packed, frame
 from ovsndu.ovs.replay import CannotReplay, conntrack_packets, replay_reason
 from tests.unit.test_model import ENTRIES, INFO
@@ -171,3 +172,39 @@ def test_lines_made_once_are_taken_again(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def fresh_lines(entry: Conntrack) -> list[str]:
     return [p.line() for p in conntrack_packets(entry)]
+
+
+_ADDRS = st.sampled_from(["10.0.0.1", "10.0.0.2", "10.9.0.1", "fd00::1", "fd00::2"])
+_NUMS = st.sampled_from(["0", "8", "53", "1024"])
+
+
+@st.composite
+def _ct_tuples(draw: st.DrawFn) -> tuple[str, str]:
+    """An original and a reply tuple as dump-conntrack prints them: with ports, with an
+    ICMP id/type/code, or addresses only; the reply reversed or NATed at random."""
+    shape = draw(st.sampled_from(["ports", "icmp", "bare"]))
+    a, b, c, d = (draw(_ADDRS) for _ in range(4))
+
+    def tup(src: str, dst: str) -> str:
+        text = f"src={src},dst={dst}"
+        if shape == "ports":
+            text += f",sport={draw(_NUMS)},dport={draw(_NUMS)}"
+        elif shape == "icmp":
+            text += f",id={draw(_NUMS)},type={draw(_NUMS)},code={draw(_NUMS)}"
+        return text
+
+    return tup(a, b), tup(draw(st.sampled_from([b, c])), draw(st.sampled_from([a, d])))
+
+
+@settings(max_examples=400, deadline=None)
+@given(_ct_tuples())
+def test_derive_nat_fast_paths_are_the_field_by_field_answer(pair: tuple[str, str]) -> None:
+    orig, reply = pair
+    assert derive_nat(orig, reply) == _derived_nat(orig, reply)
+
+
+def test_derive_nat_portless_cases() -> None:
+    orig = "src=10.0.0.1,dst=10.0.0.2,id=7,type=8,code=0"
+    assert derive_nat(orig, "src=10.0.0.2,dst=10.0.0.1,id=7,type=0,code=0") == ""
+    assert derive_nat(orig, "src=10.0.0.2,dst=10.9.0.1,id=7,type=0,code=0") == "src=10.9.0.1"
+    assert derive_nat(orig, "src=10.9.0.2,dst=10.0.0.1,id=7,type=0,code=0") == "dst=10.9.0.2"

@@ -169,6 +169,18 @@ def derive_nat(orig: str, reply: str) -> str:
             and reply == (f"src={parts[1][4:]},dst={parts[0][4:]},"
                           f"sport={parts[3][6:]},dport={parts[2][6:]}")):
         return ""
+    # Without ports (ICMP: id, type, code): no NAT when the reply's addresses are the
+    # original's reversed (the tuples print src first, then dst).
+    if len(parts) >= 2 and not any(p.startswith(("sport=", "dport=")) for p in parts[2:]):
+        back = reply.split(",", 2)
+        if (len(back) >= 2 and parts[0].startswith("src=") and parts[1].startswith("dst=")
+                and back[0] == "src=" + parts[1][4:] and back[1] == "dst=" + parts[0][4:]):
+            return ""
+    return _derived_nat(orig, reply)
+
+
+def _derived_nat(orig: str, reply: str) -> str:
+    """:func:`derive_nat` field by field (every case)."""
     o, r = _tuple_fields(orig), _tuple_fields(reply)
     port_keys = ("sport", "dport") if "sport" in o else (None, None)
     out = []

@@ -2,8 +2,9 @@
 
 It receives the whole state from the supervisor (the server), rehearses it on the
 new binary in a private dummy-datapath sandbox on a copy of the database (the
-*validation*: every category installed and read back; its read-back digests are the
-acknowledgements), and, when the supervisor hands over, installs the state into the
+*validation*: every category installed and read back, conntrack as one entry of each
+kind (:mod:`ovsndu.model.ct_kinds`); when nothing was lost the snapshot's digests are
+the acknowledgements), and, when the supervisor hands over, installs the state into the
 new live vswitchd, lifts ``flow-restore-wait``, verifies by read-back and says Ready.
 
 Run by the supervisor as ``python -m ovsndu.upgrade.client ARGS``; exit 0 after
@@ -24,8 +25,9 @@ import time
 from pathlib import Path
 
 from ovsndu.errors import OvsnduError, RestoreError, SyncAborted
-from ovsndu.model import Port, Snapshot
+from ovsndu.model import Conntrack, Port, Snapshot
 from ovsndu.model.carried import check_carried, check_category
+from ovsndu.model.ct_kinds import representatives
 from ovsndu.model.delta import OPENFLOW, Delta, applied
 from ovsndu.ovs import vlog
 from ovsndu.ovs.catchup import CATCHUP_FILE, apply_catchup
@@ -60,6 +62,9 @@ def rehearse(snap: Snapshot, binary: str, live_db: str, workdir: Path,
     datapath gives ports other MACs and datapath numbers and reads no kernel routes,
     so for ``ports`` the OpenFlow numbers are compared and for ``routes`` the user routes.
     Entries that cannot be carried are left out of the comparison (the supervisor names them).
+    Conntrack: one entry of each kind, and every ALG entry and related one, is replayed
+    and read back (:func:`ovsndu.model.ct_kinds.representatives`): what the new binary
+    accepts is proven per kind, not per connection (docs/upgrade.md, Rehearsal).
     *replayed*: the conntrack lines its plan makes are kept there, for the live plan.
     """
     workdir.mkdir(parents=True, exist_ok=True)
@@ -67,7 +72,7 @@ def rehearse(snap: Snapshot, binary: str, live_db: str, workdir: Path,
     defuse_copy(db_copy)  # no DPDK, no real DPDK devices in a rehearsal (ovs/dpdk.py)
     started = time.monotonic()
     with Sandbox(workdir / "run", vswitchd=binary, db_file=db_copy) as sb:
-        wanted = user_routes_only(snap)
+        wanted = rehearsal_state(snap)
         Restorer(sb.rundir, sb.db, pid=sb.vswitchd_pid, replayed=replayed).restore(
             wanted, verify=False)
         after = read_snapshot(sb.rundir, sb.db, pid=sb.vswitchd_pid, known=wanted)
@@ -83,6 +88,18 @@ def rehearse(snap: Snapshot, binary: str, live_db: str, workdir: Path,
                            "the rehearsal: " + lost[0].describe(entry_text))
     # Nothing lost: acknowledge the snapshot's digests.
     return snap.digests()
+
+
+def rehearsal_state(snap: Snapshot) -> Snapshot:
+    """What the rehearsal installs: *snap*'s user routes only, and of its conntrack
+    entries the representatives of their kinds (:mod:`ovsndu.model.ct_kinds`)."""
+    wanted = user_routes_only(snap)
+    entries = [e for e in wanted.categories["conntrack"] if isinstance(e, Conntrack)]
+    kinds = representatives(entries)
+    if len(kinds) == len(entries):
+        return wanted
+    say(f"rehearsal: conntrack {len(kinds)} of {len(entries)} entries (one of each kind)")
+    return wanted.replace("conntrack", kinds)
 
 
 def keep_rehearsal_log(rundir: Path, workdir: Path, error: str = "") -> None:
