@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import secrets
 import shutil
@@ -205,6 +206,11 @@ async def run(args: argparse.Namespace) -> int:
         plans.append(Restorer(args.rundir, args.db, replayed=replayed).plan(
             snap, encode=True, defer_window=args.ct_defer_window))
         replayed.clear()
+        # What is left now lives until the install: collected once here and frozen, so
+        # that no collection of the whole heap (tens of ms with 50k rules) runs in the
+        # handover gap (measured: docs/performance.md).
+        gc.collect()
+        gc.freeze()
         return digests
 
     try:
@@ -217,10 +223,15 @@ async def run(args: argparse.Namespace) -> int:
         session = result.session
         async with session:
             await session.wait_handover(timeout=args.timeout)
-            lifted = await asyncio.to_thread(install_live, plans[0], Path(args.rundir), args.db,
-                                             tcp_seq_check=args.tcp_seq_check,
-                                             of_dir=Path(args.of_dir) if args.of_dir else None,
-                                             catchup=Path(args.workdir) / CATCHUP_FILE)
+            gc.disable()  # no collection pause between the takeover and the lift
+            try:
+                lifted = await asyncio.to_thread(
+                    install_live, plans[0], Path(args.rundir), args.db,
+                    tcp_seq_check=args.tcp_seq_check,
+                    of_dir=Path(args.of_dir) if args.of_dir else None,
+                    catchup=Path(args.workdir) / CATCHUP_FILE)
+            finally:
+                gc.enable()
             say(f"installed; flow-restore-wait lifted after {lifted * 1000:.0f} ms")
             await session.ready()
             await session.wait_commit(timeout=args.timeout)
