@@ -124,17 +124,27 @@ def make_rig(tmp_path: Path, *, validate: bool = True, timeout: float = 120,
             "upgrade": {"validate": validate, "timeout": timeout},
             "ovsndu": {"state_dir": str(tmp_path / "state")},
         })
-        cfg_path = tmp_path / "ovsndu.toml"
-        cfg_path.write_text(cfg.to_toml())
-        rig = Rig(sb, cfg, cfg_path, None, tmp_path / "supervisor.log",  # type: ignore[arg-type]
-                  {db_env: live_db_prefix(sb)} if db_env else {})
-        rig.start_supervisor()
-        try:
+        with supervised(sb, cfg, tmp_path, {db_env: live_db_prefix(sb)} if db_env else {}
+                        ) as rig:
             yield rig
-        finally:
-            rig.stop_supervisor()
-            for pid in rig.vswitchd_pids():
-                os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def supervised(sb: Sandbox, cfg: Config, tmp_path: Path,
+               env: dict[str, str] | None = None) -> Iterator[Rig]:
+    """*cfg* written into *tmp_path* and a real supervisor started on it (*env* added to
+    its environment); at the end it is stopped and every vswitchd of *sb* killed."""
+    cfg_path = tmp_path / "ovsndu.toml"
+    cfg_path.write_text(cfg.to_toml())
+    rig = Rig(sb, cfg, cfg_path, None, tmp_path / "supervisor.log",  # type: ignore[arg-type]
+              env or {})
+    rig.start_supervisor()
+    try:
+        yield rig
+    finally:
+        rig.stop_supervisor()
+        for pid in rig.vswitchd_pids():
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(name="rig")

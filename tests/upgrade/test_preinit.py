@@ -11,8 +11,6 @@ is left in vswitchd's network namespace (no tap of that datapath).
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +21,7 @@ from ovsndu.ovs import preinit
 from ovsndu.ovs.sandbox import NETDEV_ARGS, Sandbox
 from ovsndu.upgrade import leftovers
 from tests.conftest import require_ovs
-from tests.upgrade.conftest import VSWITCHD, Rig
+from tests.upgrade.conftest import VSWITCHD, Rig, supervised
 
 ESTIMATED = "pmd_perf|INFO|Estimated TSC frequency"
 
@@ -41,17 +39,8 @@ def _netdev_rig(tmp_path: Path, **upgrade: Any) -> Iterator[Rig]:
             "upgrade": {"timeout": 120, **upgrade},
             "ovsndu": {"state_dir": str(tmp_path / "state")},
         })
-        cfg_path = tmp_path / "ovsndu.toml"
-        cfg_path.write_text(cfg.to_toml())
-        rig = Rig(sb, cfg, cfg_path, None, tmp_path / "supervisor.log",  # type: ignore[arg-type]
-                  {})
-        rig.start_supervisor()
-        try:
+        with supervised(sb, cfg, tmp_path) as rig:
             yield rig
-        finally:
-            rig.stop_supervisor()
-            for pid in rig.vswitchd_pids():
-                os.kill(pid, signal.SIGKILL)
 
 
 def _remote(pid: int) -> str:
