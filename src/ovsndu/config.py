@@ -77,6 +77,9 @@ class UpgradeConfig:
     ct_freeze_nat: bool = True
     #: the standby initialises DPDK or measures the TSC before the handover (ovs/preinit.py)
     standby_preinit: bool = True
+    #: hold the old vswitchd's packet sockets and memory across its kill, freed after the
+    #: lift, so its death releases the OVSDB lock and taps at once (ovs/exit_hold.py)
+    exit_hold: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

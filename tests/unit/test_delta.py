@@ -77,7 +77,7 @@ def test_catchup_delta_from_the_raw_read_equals_the_built_one() -> None:
     """The handover's delta (catchup_delta: unsorted traffic entries against the
     snapshot's identities, no build) is exactly delta_between's of the built final read,
     down to the order of the entries that appeared (catchup.json's content)."""
-    from ovsndu.model.delta import catchup_delta, traffic_identities
+    from ovsndu.model.delta import catchup_delta, traffic_added, traffic_identities
     from ovsndu.model.window import replay_window
     from ovsndu.ovs.appctl_parsers import parse_conntrack
 
@@ -102,6 +102,13 @@ def test_catchup_delta_from_the_raw_read_equals_the_built_one() -> None:
         assert list(added) == sorted(added, key=lambda e: (e.identity(), e.canonical()))
         # without the precomputed identities or known digests: the same
         assert catchup_delta(before, settled.categories()).to_dict() == want.to_dict()
+        # the traffic part found before the stop (the final traffic read alone, as
+        # upgrade/lastread.py has it then): the same delta
+        early = traffic_added(before, {"fdb": [], **replaced},
+                              known=traffic_identities(before))
+        assert early["conntrack"] == want.added["conntrack"]
+        assert catchup_delta(before, settled.categories(), digests=settled.known_digests(),
+                             traffic=early).to_dict() == want.to_dict()
     # OpenFlow categories changed in the window: diffed as before
     settled, _counts, _unknown = replay_window(read, [], {"flows": [flow(20, "output:1"),
                                                                     flow(30)],

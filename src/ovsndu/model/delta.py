@@ -106,13 +106,15 @@ def traffic_identities(snap: Snapshot) -> dict[str, frozenset[tuple[Any, ...]]]:
 
 def catchup_delta(before: Snapshot, after: Mapping[str, Sequence[Entry]], *,
                   digests: Mapping[str, str] | None = None,
-                  known: Mapping[str, AbstractSet[tuple[Any, ...]]] | None = None) -> Delta:
+                  known: Mapping[str, AbstractSet[tuple[Any, ...]]] | None = None,
+                  traffic: Mapping[str, Sequence[Entry]] | None = None) -> Delta:
     """What *after* (the final read: every category's entries, in any order) holds that
     *before* (the snapshot) did not; the same as :func:`delta_between` of *before* and
     *after* built, without the build.  *digests*: those of *after*'s categories already
     known (the rest are computed: cheap for OpenFlow); *known*: *before*'s traffic
-    identities (:func:`traffic_identities`), else computed here.  The traffic categories
-    are not sorted whole: only the entries that appeared are."""
+    identities (:func:`traffic_identities`), else computed here; *traffic*: the traffic
+    part already computed (:func:`traffic_added`).  The traffic categories are not
+    sorted whole: only the entries that appeared are."""
     digests = digests or {}
     removed: dict[str, tuple[Entry, ...]] = {}
     added: dict[str, tuple[Entry, ...]] = {}
@@ -130,18 +132,34 @@ def catchup_delta(before: Snapshot, after: Mapping[str, Sequence[Entry]], *,
                           digests=(before.digest(category), digest))
         removed[category], added[category] = d.removed, d.added
         changed[category] = tuple(new for _old, new in d.changed)
+    if traffic is None:
+        traffic = traffic_added(before, after, digests=digests, known=known)
+    added.update({c: tuple(traffic[c]) for c in TRAFFIC})
+    return Delta(removed, added, changed)
+
+
+def traffic_added(before: Snapshot, after: Mapping[str, Sequence[Entry]], *,
+                  digests: Mapping[str, str] | None = None,
+                  known: Mapping[str, AbstractSet[tuple[Any, ...]]] | None = None
+                  ) -> dict[str, tuple[Entry, ...]]:
+    """The traffic part of :func:`catchup_delta`: per category (conntrack, FDB), the
+    entries of *after* whose identity *before* did not have, sorted.  The handover
+    computes it right after the final traffic read, before the old process is stopped,
+    so that matching 100k entries does not sit in the gap."""
+    digests = digests or {}
+    out: dict[str, tuple[Entry, ...]] = {}
     for category in TRAFFIC:
         entries = after[category]
         if digests.get(category) == before.digest(category):
-            added[category] = ()
+            out[category] = ()
             continue
         ids = (known[category] if known is not None
                else frozenset(identities(before.categories[category])))
         # Those whose identity the snapshot did not have, all in C (100k: ~25 ms).
         new = itertools.compress(entries, map(operator.not_,
                                               map(ids.__contains__, identities(entries))))
-        added[category] = sort_entries(new)
-    return Delta(removed, added, changed)
+        out[category] = sort_entries(new)
+    return out
 
 
 def delta_between(before: Snapshot, after: Snapshot) -> Delta:

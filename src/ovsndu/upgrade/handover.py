@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -29,6 +29,7 @@ from ovsndu.model.delta import Delta, catchup_delta, traffic_identities
 from ovsndu.model.window import Settled
 from ovsndu.ovs import ct_freeze, daemon, ofdir, preinit
 from ovsndu.ovs.catchup import CATCHUP_FILE
+from ovsndu.ovs.exit_hold import ExitHold
 from ovsndu.ovs.ofdir import PREFIX, PrivateRundir
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.restore import Restorer
@@ -160,9 +161,9 @@ async def take_over(run: UpgradeRunner) -> None:
     assert run.standby is not None
     assert run.session is not None
     assert run.snapshot is not None
-    spec, standby, snapshot = run.spec, run.standby, run.snapshot
-    # The snapshot's conntrack and FDB identities, for the catch-up delta after the kill
-    # (~60 ms at 100k entries): computed now, while the next two wait on the database.
+    spec, snapshot = run.spec, run.snapshot
+    # The snapshot's conntrack and FDB identities, for the catch-up delta before the
+    # stop (~60 ms at 100k entries): computed now, while the next two wait on the database.
     identities = asyncio.ensure_future(asyncio.to_thread(traffic_identities, snapshot))
     try:
         types = await asyncio.to_thread(daemon.dp_types, spec.db)
@@ -176,7 +177,33 @@ async def take_over(run: UpgradeRunner) -> None:
         await asyncio.to_thread(set_frw, run, True)
     finally:
         known = await identities
-    marks = run.record.marks
+    hold = (await asyncio.to_thread(take_exit_hold, run, run.serving.pid)
+            if run.cfg.upgrade.exit_hold else None)
+    try:
+        await _take_over(run, known, names, hold)
+    finally:
+        if hold is not None:  # after the lift (or a failure): off the handover's path
+            releasing, run.exit_hold_release = run.exit_hold_release, None
+            await asyncio.shield(releasing or asyncio.ensure_future(
+                asyncio.to_thread(hold.release)))
+
+
+def take_exit_hold(run: UpgradeRunner, pid: int) -> ExitHold:
+    """Hold what the old process's death would free slowly (ovs/exit_hold.py); marks
+    and the journal say what was held, and why not."""
+    hold = ExitHold.take(pid)
+    run.record.marks["exit_hold.sockets"] = float(len(hold.sockets))
+    run.record.marks["exit_hold.memory"] = float(hold.memory_held)
+    log.info("upgrade.exit_hold", upgrade_id=run.upgrade_id, phase="handover",
+             event_kind="exit_hold", old_pid=pid, sockets=len(hold.sockets),
+             memory=hold.memory_held, reason="; ".join(hold.notes) or None)
+    return hold
+
+
+async def _take_over(run: UpgradeRunner, known: dict[str, frozenset[tuple[Any, ...]]],
+                     names: list[str], hold: ExitHold | None) -> None:
+    assert run.standby is not None and run.snapshot is not None
+    spec, standby, snapshot, marks = run.spec, run.standby, run.snapshot, run.record.marks
     # The final catch-up (upgrade/lastread.py, docs/upgrade.md "Sync until the
     # handover"): follow the old process's OpenFlow changes, read it a last time, hide
     # its OpenFlow sockets, read conntrack and FDB, stop it and drain the monitors.
@@ -195,7 +222,8 @@ async def take_over(run: UpgradeRunner) -> None:
                                 run.of_dir.name.removeprefix(PREFIX), marks,
                                 on_hidden=hidden_now, on_frozen=frozen_now,
                                 freeze_max_s=run.cfg.upgrade.ct_freeze_max_ms / 1000,
-                                freeze_nat=run.cfg.upgrade.ct_freeze_nat, known=snapshot)
+                                freeze_nat=run.cfg.upgrade.ct_freeze_nat, known=snapshot,
+                                known_traffic=known)
     finally:  # a NAT pipeline frozen: what it cost, named (also when a rollback follows)
         if (nat_note := last.nat_note()) is not None:
             run.record.anomalies.append(nat_note)
@@ -243,12 +271,18 @@ async def take_over(run: UpgradeRunner) -> None:
                         phase="handover", event_kind="anomaly", reason=note)
         # Without building the final read: its traffic categories against the snapshot's
         # identities, its OpenFlow ones by digest (docs/performance.md).
-        return catchup_delta(snapshot, settled.categories(),
-                             digests=settled.known_digests(), known=known)
+        mark("catchup_settled")
+        delta = catchup_delta(snapshot, settled.categories(),
+                              digests=settled.known_digests(), known=known,
+                              traffic=last.traffic_added)
+        mark("catchup_computed")
+        return delta
 
     try:
         await handover_gap(run, final_and_delta, names, mark)
     finally:
+        if hold is not None:  # forwarding has resumed (or failed): let the kernel free
+            run.exit_hold_release = asyncio.ensure_future(asyncio.to_thread(hold.release))
         # The final read built after the lift (or for a rollback): ~1 s of Python at
         # 100k conntrack entries that used to sit inside the gap.
         if settled is not None:
@@ -285,9 +319,9 @@ async def handover_gap(run: UpgradeRunner, final_and_delta: Callable[[], Delta],
     computing = asyncio.ensure_future(asyncio.to_thread(final_and_delta))
     building = asyncio.ensure_future(asyncio.to_thread(
         daemon.wait_bridges, spec, standby, names, 30, of_dir=run.of_dir.private))
+    building.add_done_callback(lambda _: mark("bridges_ready"))
     await asyncio.wait({computing, building})
     delta, _ = computing.result(), building.result()
-    mark("bridges_ready")
     marks.update({f"catchup.{k}": float(n) for k, n in delta.counts().items()})
     if not delta.empty:
         path = run._workdir / CATCHUP_FILE
