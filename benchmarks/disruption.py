@@ -258,6 +258,9 @@ class Run:
                    handover_ms=record.get("handover_gap_ms"), marks=record.get("marks", {}),
                    gap_offset_s=(out["gap_at"] - t0) if out["gap_at"] else None,
                    peak_rss_mib=rss.result(), **_stalls(out["arrivals"], t0))
+        out["handover_silence_ms"] = _silence_at(
+            out["arrivals"], phases.get("handover", {}).get("start"),
+            (record.get("marks") or {}).get("old_stopped"))
         log = self.sb.rundir / "ovs-vswitchd.log"
         gone = dpdk_run.old_gone_wall(record)
         if self.dpdk_huge and log.exists() and gone is not None:
@@ -280,8 +283,23 @@ class Run:
         self.after_upgrade(out)
         out.update(upgrade_s=t1 - t0, start=t0, end=t1, exit_code=r.returncode,
                    reason=r.stderr.strip()[-300:] if r.returncode else "",
+                   handover_silence_ms=out["gap_ms"],  # the restart's silence is the gap
                    **_stalls(out["arrivals"], t0))
         return out
+
+
+def _silence_at(arrivals: list[float], phase_start: float | None,
+                stopped_ms: float | None) -> float | None:
+    """The silence of the A→B stream that spans the moment the old process was stopped
+    (the handover's own silence; ``gap_ms`` is the longest anywhere, e.g. a conntrack
+    read holding vswitchd's main thread), ms."""
+    if phase_start is None or stopped_ms is None:
+        return None
+    stop = phase_start + stopped_ms / 1000
+    for a, b in itertools.pairwise(arrivals):
+        if a <= stop < b:
+            return round((b - a) * 1000, 2)
+    return None
 
 
 STALL_S = 0.02
@@ -377,6 +395,7 @@ def _measure(args: argparse.Namespace, huge: Path | None) -> None:
                 "upgrade_s": [], "exit_code": [], "phases": [], "handover_ms": [], "marks": [],
                 "ct_entries": [], "established_survived": [], "peak_rss_mib": [],
                 "stalled_ms": [], "stalls": [], "standby_parts_ms": [],
+                "handover_silence_ms": [],
                 **({k: [] for k in CHURN_KEYS} if args.churn else {})}
             for m in methods}
         for k in range(args.runs):
@@ -399,6 +418,7 @@ def _measure(args: argparse.Namespace, huge: Path | None) -> None:
                       f"forbidden {res['forbidden_delivered']}, "
                       f"ct {res['ct_entries']}, survived {res['established_survived']:.1f}, "
                       f"stalled {res['stalled_ms']:.0f} ms in {len(res['stalls'])}, "
+                      f"handover silence {res.get('handover_silence_ms')} ms, "
                       f"{_rss_text(res)}{churn_text(res)}"
                       f"{res['upgrade_s']:.2f} s, exit {res['exit_code']}"
                       f"{' ' + str(res.get('reason')) if res['exit_code'] else ''}"
@@ -410,6 +430,9 @@ def _measure(args: argparse.Namespace, huge: Path | None) -> None:
         report["by_flows"][str(n)] = {**per, "gap_ratio_median": ratio}
         print(f"N={n}: median gap ovsndu {ours} ms, upstream {theirs} ms, ratio {ratio}",
               flush=True)
+        silence = _median(per["ovsndu"]["handover_silence_ms"]) if "ovsndu" in per else None
+        report["by_flows"][str(n)]["handover_silence_median"] = silence
+        print(f"N={n}: median handover silence ovsndu {silence} ms", flush=True)
         if "ovsndu_late" in per:
             late = _median(per["ovsndu_late"]["gap_ms"])
             report["by_flows"][str(n)]["late_ratio_median"] = (

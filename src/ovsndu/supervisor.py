@@ -310,7 +310,8 @@ class Supervisor:
         if k.snapshot is None:
             return None
         return {"vswitchd_pid": k.pid, "age_s": round(time.monotonic() - k.taken_at, 1),
-                "entries": sum(k.snapshot.counts().values()), "snapshots": k.snapshots}
+                "entries": sum(k.snapshot.counts().values()), "snapshots": k.snapshots,
+                "traffic_reads": k.traffic_reads}
 
     def upgrade_done(self, task: asyncio.Task[UpgradeRecord]) -> None:
         if self.runner is not None:

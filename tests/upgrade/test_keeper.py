@@ -57,3 +57,15 @@ def test_adopts_the_upgrades_snapshot() -> None:
     assert (keeper.snapshot, keeper.pid, keeper.taken_at) == (snap, 2, 900.0)
     assert keeper.traffic_at == 900.0 and keeper._baseline is None
     assert not keeper.traffic_due(2, 900.5) and keeper.traffic_due(2, 1200.0)
+
+
+def test_adopts_the_committed_state_with_its_read_time() -> None:
+    """At a commit: the new process's verified state; a fresh keeper learns from the
+    upgrade's read how long a conntrack read takes (1.5 s: not again for 150 s)."""
+    keeper = StateKeeper(VswitchdSpec(Path("/nonexistent"), "unix:/nonexistent"))
+    snap = object()
+    keeper.adopt(3, snap, 50.0, 1.5)  # type: ignore[arg-type]
+    assert keeper.pid == 3 and keeper.traffic_read_s == 1.5
+    assert not keeper.traffic_due(3, 50.0 + 149) and keeper.traffic_due(3, 50.0 + 150)
+    keeper.adopt(3, snap, 50.0, 0.5)  # type: ignore[arg-type]
+    assert keeper.traffic_read_s == 1.5  # the longest read known is kept

@@ -153,6 +153,17 @@ def test_a_change_reaches_the_last_known_state(rig: Rig) -> None:
     same_raw(rig, before)
 
 
+def test_a_committed_upgrade_hands_its_verified_state_to_the_keeper(rig: Rig) -> None:
+    """At the commit the last known state becomes the new process's, as the upgrade
+    verified it (not a fresh read of its conntrack: keeper.adopt)."""
+    wait("the last known state", lambda: rig.status().get("last_known_state") is not None)
+    code, result = rig.reload()
+    assert code == 0, result
+    state, new = rig.status()["last_known_state"], one_serving(rig)
+    assert state["vswitchd_pid"] == new
+    assert state["entries"] == sum(result["record"]["counts"].values())
+
+
 # --- a killed or replaced supervisor ---------------------------------------------------------
 def test_supervisor_kill_9_when_idle_leaves_vswitchd_alone(rig: Rig) -> None:
     before, old = raw_state(rig), one_serving(rig)

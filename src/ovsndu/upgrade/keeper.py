@@ -110,13 +110,19 @@ class StateKeeper:
         self.snapshots += 1
         return snap
 
-    def adopt(self, pid: int, snap: Snapshot, taken_at: float) -> None:
+    def adopt(self, pid: int, snap: Snapshot, taken_at: float,
+              traffic_read_s: float | None = None) -> None:
         """An upgrade's snapshot of *pid* (read at monotonic *taken_at*, conntrack and FDB
         included) replaces ours: it is newer, and the supervisor then holds one copy of
         the state instead of two (~150 MiB each at 200k flows and 100k conntrack entries).
-        The next tick after the upgrade reads again (the OpenFlow counter is not known)."""
+        After a commit it is the new process's verified state, under its PID: its
+        conntrack and FDB are not read again before the budget says so (*traffic_read_s*:
+        how long the upgrade's read of them took).  The next tick reads the OpenFlow state
+        again (the OpenFlow counter is not known)."""
         self.snapshot, self.pid, self.taken_at = snap, pid, taken_at
         self.traffic_at = taken_at
+        if traffic_read_s is not None:
+            self.traffic_read_s = max(self.traffic_read_s, traffic_read_s)
         self._baseline = None
 
     def tick(self, pid: int) -> bool:

@@ -72,7 +72,7 @@ class UpgradeRunner:
         schema: str = "",
         progress: Progress | None = None,
         on_serving: Callable[[Serving], None] | None = None,
-        on_snapshot: Callable[[int, Snapshot, float], None] | None = None,
+        on_snapshot: Callable[..., None] | None = None,
     ):
         self.cfg = cfg
         self.spec = spec_of(cfg)
@@ -83,8 +83,9 @@ class UpgradeRunner:
         self.timeout = timeout
         self.progress = progress or (lambda _e: None)
         self.on_serving = on_serving or (lambda _s: None)
-        # (pid, snapshot, monotonic read time): the keeper adopts it (one copy, not two)
-        self.on_snapshot = on_snapshot or (lambda _p, _s, _t: None)
+        # (pid, snapshot, monotonic read time[, traffic read seconds]): the keeper adopts
+        # it (one copy, not two); after a commit the new process's verified state
+        self.on_snapshot = on_snapshot or (lambda *_a: None)
         self.upgrade_id = time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
         self.record = UpgradeRecord(
             id=self.upgrade_id,
@@ -375,6 +376,14 @@ class UpgradeRunner:
         """Tell the client; let it exit; the record is finished by the loop."""
         assert self.session is not None
         await self.session.commit()
+        # What the new process holds, verified (prove_serving): the keeper's last known
+        # state, so that it does not read 100k conntrack entries again right away (each
+        # zone's dump holds the new process's main thread, which forwards).
+        held = self.final or self.snapshot
+        read_at = self._final_read_at or self._snapshot_read_at
+        if held is not None and read_at is not None:
+            self.on_snapshot(self.serving.pid, held, read_at,
+                             self.record.marks.get("catchup_traffic_read_ms", 0.0) / 1000)
         await self.session.close()
         await self._reap_client(10)
 
