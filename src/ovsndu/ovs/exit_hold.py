@@ -20,7 +20,9 @@ at once:
   then frees the old process's memory in the supervisor's thread, after the lift.
 
 Best effort: what cannot be held (no ``userfaultfd``, a seccomp filter, an old
-kernel) is said in :attr:`ExitHold.notes` and the old process dies the slow way.  A
+kernel) is said in :attr:`ExitHold.notes` and the old process dies the slow way.  The
+address space of a process that maps hugepages (the DPDK build) is not held: its
+successor may need those pages back before the lift.  A
 process that goes on (a rollback) loses nothing: release only drops references.
 """
 
@@ -125,7 +127,14 @@ class ExitHold:
             os.close(pidfd)
 
     def _hold_memory(self, confirm_s: float) -> None:
-        address = _readable_address(self.pid)
+        with open(f"/proc/{self.pid}/maps") as f:
+            maps = f.read()
+        with open("/proc/self/mounts") as f:
+            mounts = f.read()
+        huge = hugepage_mapping(maps, mounts)
+        if huge is not None:  # its successor may need them back before the lift
+            raise OSError(f"it maps hugepages ({huge}): DPDK's memory is freed at its death")
+        address = _readable_address(maps, self.pid)
         self._uffd = _syscall("userfaultfd", os.O_CLOEXEC | os.O_NONBLOCK)
         fcntl.ioctl(self._uffd, _UFFDIO_API, bytearray(struct.pack("QQQ", _UFFD_API, 0, 0)))
         self._page = mmap.mmap(-1, _PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -174,11 +183,22 @@ class ExitHold:
                 os.close(fd)
 
 
-def _readable_address(pid: int) -> int:
-    """The start of a private readable mapping of *pid* (its first one)."""
-    with open(f"/proc/{pid}/maps") as f:
-        for line in f:
-            fields = line.split()
-            if fields[1].startswith("r") and fields[1].endswith("p"):
-                return int(fields[0].split("-")[0], 16)
+def hugepage_mapping(maps: str, mounts: str) -> str | None:
+    """The first file of a ``/proc/PID/maps`` text on a hugetlbfs mount (of a
+    ``/proc/mounts`` text), if any."""
+    roots = [fields[1].rstrip("/") + "/" for fields in map(str.split, mounts.splitlines())
+             if len(fields) > 2 and fields[2] == "hugetlbfs"]
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and any(fields[5].startswith(r) for r in roots):
+            return fields[5]
+    return None
+
+
+def _readable_address(maps: str, pid: int) -> int:
+    """The start of a private readable mapping in *maps* (the first one)."""
+    for line in maps.splitlines():
+        fields = line.split()
+        if fields[1].startswith("r") and fields[1].endswith("p"):
+            return int(fields[0].split("-")[0], 16)
     raise OSError(f"no readable mapping in /proc/{pid}/maps")
