@@ -185,6 +185,10 @@ def test_journal_holds_every_phase_with_its_fields(box: Container) -> None:
         assert {"phase_started", "phase_done"} <= kinds, (phase, kinds)
     (finished,) = [e for e in entries if e["MESSAGE"].startswith("upgrade.finished")]
     assert finished["OVSNDU_OUTCOME"] == "committed"
+    # Under systemd too the old process's packet sockets and memory were held across
+    # its kill (ovs/exit_hold.py): nothing in the unit's sandboxing refuses it.
+    (hold,) = [e for e in entries if e["MESSAGE"].startswith("upgrade.exit_hold")]
+    assert hold["OVSNDU_MEMORY"] == "True" and "OVSNDU_REASON" not in hold, hold
     # ExecReload's own output (the phase lines of ovsndu reload) is the unit's too
     stdout = [e for e in journal(box) if e.get("_TRANSPORT") == "stdout"
               and e["MESSAGE"].startswith("committed")]

@@ -25,10 +25,14 @@ import re
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import TypeVar
 
+import structlog
+
 from ovsndu.errors import ParseError
 from ovsndu.model import Conntrack, Entry, Flow
 from ovsndu.ovs import appctl_parsers, parsers
 from ovsndu.ovs.unixctl import Unixctl
+
+log = structlog.get_logger("ovsndu.ct_read")
 
 T = TypeVar("T")
 
@@ -76,6 +80,10 @@ def read_conntrack(appctl: Unixctl, dp: str, zones: Collection[int] = ()) -> Seq
     else:
         known = set(zones) | _ZONES.get(dp, frozenset()) | _HINT
         by_zone = _by_zone(appctl, dp, sorted(known)) if known else None
+        if by_zone is None and known:  # one long hold of the forwarding thread: said
+            log.info("ct_read.full_dump", event_kind="ct_full_dump", vswitchd_pid=appctl.pid,
+                     datapath=dp, zones=len(known),
+                     reason="the zones read did not add up to the table's count twice")
         entries = by_zone if by_zone is not None else _full_once(appctl, dp)
         LAST[key] = {"entries": len(entries), "zones": len(known),
                      "full_dump": int(by_zone is None)}

@@ -196,7 +196,8 @@ def take_exit_hold(run: UpgradeRunner, pid: int) -> ExitHold:
     run.record.marks["exit_hold.memory"] = float(hold.memory_held)
     log.info("upgrade.exit_hold", upgrade_id=run.upgrade_id, phase="handover",
              event_kind="exit_hold", old_pid=pid, sockets=len(hold.sockets),
-             memory=hold.memory_held, reason="; ".join(hold.notes) or None)
+             memory=hold.memory_held, **({"reason": "; ".join(hold.notes)} if hold.notes
+                                         else {}))
     return hold
 
 
