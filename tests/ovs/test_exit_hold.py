@@ -131,13 +131,12 @@ def test_what_cannot_be_held_is_named_not_raised() -> None:
 
 def test_hugepage_memory_is_not_held() -> None:
     """A DPDK process's hugepages go back at its death (its successor may need them)."""
-    from ovsndu.ovs.exit_hold import hugepage_mapping
+    from ovsndu.ovs.exit_hold import hugetlb_kib
 
-    mounts = ("proc /proc proc rw 0 0\nhugetlbfs /dev/hugepages hugetlbfs rw,pagesize=2M 0 0\n"
-              "none /run/ovs-huge hugetlbfs rw 0 0\n")
-    plain = ("55d0-55e0 r--p 00000000 08:01 123 /usr/sbin/ovs-vswitchd\n"
-             "7f00-7f10 rw-p 00000000 00:00 0 \n")
-    assert hugepage_mapping(plain, mounts) is None
-    dpdk = plain + "1000-2000 rw-s 00000000 00:2f 9 /run/ovs-huge/rtemap_0\n"
-    assert hugepage_mapping(dpdk, mounts) == "/run/ovs-huge/rtemap_0"
-    assert hugepage_mapping(dpdk, mounts.replace("hugetlbfs rw 0", "tmpfs rw 0")) is None
+    plain = ("55d0-7ffd ---p 00000000 00:00 0  [rollup]\nRss:  97684 kB\n"
+             "Shared_Hugetlb:        0 kB\nPrivate_Hugetlb:        0 kB\nSwap: 0 kB\n")
+    assert hugetlb_kib(plain) == 0
+    assert hugetlb_kib(plain.replace("Private_Hugetlb:        0",
+                                     "Private_Hugetlb:   262144")) == 262144
+    # and this process maps none: its own rollup says so
+    assert hugetlb_kib(Path("/proc/self/smaps_rollup").read_text()) == 0

@@ -118,6 +118,9 @@ def test_plain_to_dpdk_and_back(huge: Path, tmp_path: Path) -> None:
         assert _dpdk_initialized(rig) == "false"
         assert _tools_output(rig) == before
         assert "preinit.tsc" in result["record"]["marks"]  # the plain build's TSC, early
+        # The DPDK process's hugepages went back at its death, not after the lift
+        # (ovs/exit_hold.py); the plain one's memory is held across its kill.
+        assert result["record"]["marks"]["exit_hold.memory"] == 0.0
         assert _remote(pid) != rig.sb.db
         _nothing_left(rig, huge)  # the DPDK process's link went with it
         print(f"DPDK -> plain: gap {result['record']['handover_gap_ms']} ms")

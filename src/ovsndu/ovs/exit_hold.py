@@ -127,14 +127,13 @@ class ExitHold:
             os.close(pidfd)
 
     def _hold_memory(self, confirm_s: float) -> None:
+        with open(f"/proc/{self.pid}/smaps_rollup") as f:
+            huge = hugetlb_kib(f.read())
+        if huge:  # its successor may need them back before the lift
+            raise OSError(f"it maps {huge} KiB of hugepages (DPDK's memory, freed at its "
+                          f"death)")
         with open(f"/proc/{self.pid}/maps") as f:
-            maps = f.read()
-        with open("/proc/self/mounts") as f:
-            mounts = f.read()
-        huge = hugepage_mapping(maps, mounts)
-        if huge is not None:  # its successor may need them back before the lift
-            raise OSError(f"it maps hugepages ({huge}): DPDK's memory is freed at its death")
-        address = _readable_address(maps, self.pid)
+            address = _readable_address(f.read(), self.pid)
         self._uffd = _syscall("userfaultfd", os.O_CLOEXEC | os.O_NONBLOCK)
         fcntl.ioctl(self._uffd, _UFFDIO_API, bytearray(struct.pack("QQQ", _UFFD_API, 0, 0)))
         self._page = mmap.mmap(-1, _PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -183,16 +182,15 @@ class ExitHold:
                 os.close(fd)
 
 
-def hugepage_mapping(maps: str, mounts: str) -> str | None:
-    """The first file of a ``/proc/PID/maps`` text on a hugetlbfs mount (of a
-    ``/proc/mounts`` text), if any."""
-    roots = [fields[1].rstrip("/") + "/" for fields in map(str.split, mounts.splitlines())
-             if len(fields) > 2 and fields[2] == "hugetlbfs"]
-    for line in maps.splitlines():
-        fields = line.split(maxsplit=5)
-        if len(fields) == 6 and any(fields[5].startswith(r) for r in roots):
-            return fields[5]
-    return None
+def hugetlb_kib(rollup: str) -> int:
+    """KiB of hugetlb pages a ``/proc/PID/smaps_rollup`` text counts (files on a
+    hugetlbfs or memfd, as DPDK's ``--in-memory`` maps them, alike)."""
+    total = 0
+    for line in rollup.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Shared_Hugetlb", "Private_Hugetlb"):
+            total += int(value.split()[0])
+    return total
 
 
 def _readable_address(maps: str, pid: int) -> int:
