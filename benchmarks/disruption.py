@@ -290,16 +290,15 @@ class Run:
 
 def _silence_at(arrivals: list[float], phase_start: float | None,
                 stopped_ms: float | None) -> float | None:
-    """The silence of the A→B stream that spans the moment the old process was stopped
-    (the handover's own silence; ``gap_ms`` is the longest anywhere, e.g. a conntrack
-    read holding vswitchd's main thread), ms."""
+    """The handover's own silence of the A→B stream, ms: the longest one that begins
+    within 50 ms of the moment the old process was stopped (that moment comes from the
+    record's wall clock: a few ms off).  ``gap_ms`` is the longest anywhere, e.g. a
+    conntrack read holding vswitchd's main thread."""
     if phase_start is None or stopped_ms is None:
         return None
     stop = phase_start + stopped_ms / 1000
-    for a, b in itertools.pairwise(arrivals):
-        if a <= stop < b:
-            return round((b - a) * 1000, 2)
-    return None
+    near = [b - a for a, b in itertools.pairwise(arrivals) if abs(a - stop) <= 0.05]
+    return round(max(near) * 1000, 2) if near else None
 
 
 STALL_S = 0.02
