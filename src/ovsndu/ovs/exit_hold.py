@@ -97,6 +97,7 @@ class ExitHold:
     _uffd: int = -1
     _page: mmap.mmap | None = None
     _reader: threading.Thread | None = None
+    _releasing: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def take(cls, pid: int, *, confirm_s: float = 1.0) -> ExitHold:
@@ -174,12 +175,14 @@ class ExitHold:
 
     def release(self) -> None:
         """Drop every reference held: the kernel frees what the process left (blocking:
-        tens of ms; run it in a thread, after the lift).  Idempotent."""
-        self._drop_memory()
-        sockets, self.sockets = self.sockets, []
-        for fd in sockets:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        tens of ms; run it in a thread, after the lift).  Idempotent; a second call
+        returns once the first is done."""
+        with self._releasing:
+            self._drop_memory()
+            sockets, self.sockets = self.sockets, []
+            for fd in sockets:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 def hugetlb_kib(rollup: str) -> int:

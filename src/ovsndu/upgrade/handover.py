@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -181,11 +182,9 @@ async def take_over(run: UpgradeRunner) -> None:
             if run.cfg.upgrade.exit_hold else None)
     try:
         await _take_over(run, known, names, hold)
-    finally:
-        if hold is not None:  # after the lift (or a failure): off the handover's path
-            releasing, run.exit_hold_release = run.exit_hold_release, None
-            await asyncio.shield(releasing or asyncio.ensure_future(
-                asyncio.to_thread(hold.release)))
+    finally:  # released after the lift already, or now (a failure): waited for here
+        if hold is not None:
+            await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(hold.release)))
 
 
 def take_exit_hold(run: UpgradeRunner, pid: int) -> ExitHold:
@@ -283,7 +282,7 @@ async def _take_over(run: UpgradeRunner, known: dict[str, frozenset[tuple[Any, .
         await handover_gap(run, final_and_delta, names, mark)
     finally:
         if hold is not None:  # forwarding has resumed (or failed): let the kernel free
-            run.exit_hold_release = asyncio.ensure_future(asyncio.to_thread(hold.release))
+            threading.Thread(target=hold.release, name="exit-hold-release").start()
         # The final read built after the lift (or for a rollback): ~1 s of Python at
         # 100k conntrack entries that used to sit inside the gap.
         if settled is not None:

@@ -107,8 +107,6 @@ class UpgradeRunner:
         self.final: Snapshot | None = None
         self.hidden: ofdir.HiddenSockets | None = None  # the old one's, during its final read
         self.last: LastRead | None = None  # its monitors and SIGSTOP until it is killed
-        # Its packet sockets and memory, freed after the lift (ovs/exit_hold.py).
-        self.exit_hold_release: asyncio.Future[None] | None = None
         self._final_read_at: float | None = None
         self.inflight_error: str | None = None
         # The standby's private OVS_RUNDIR: controllers reach it only once it is restored.
