@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -36,6 +35,7 @@ from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.restore import Restorer
 from ovsndu.ovs.unixctl import Unixctl
 from ovsndu.upgrade.lastread import LastRead, read_until_stop, settle
+from ovsndu.upgrade.oldexit import hold_old_exit, release_in_background
 from ovsndu.upgrade.serving import Serving, record_version
 
 if TYPE_CHECKING:
@@ -178,8 +178,7 @@ async def take_over(run: UpgradeRunner) -> None:
         await asyncio.to_thread(set_frw, run, True)
     finally:
         known = await identities
-    hold = (await asyncio.to_thread(take_exit_hold, run, run.serving.pid)
-            if run.cfg.upgrade.exit_hold else None)
+    hold = await hold_old_exit(run) if run.cfg.upgrade.exit_hold else None
     try:
         await _take_over(run, known, names, hold)
     finally:  # released after the lift already, or now (a failure): waited for here
@@ -187,21 +186,10 @@ async def take_over(run: UpgradeRunner) -> None:
             await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(hold.release)))
 
 
-def take_exit_hold(run: UpgradeRunner, pid: int) -> ExitHold:
-    """Hold what the old process's death would free slowly (ovs/exit_hold.py); marks
-    and the journal say what was held, and why not."""
-    hold = ExitHold.take(pid)
-    run.record.marks["exit_hold.sockets"] = float(len(hold.sockets))
-    run.record.marks["exit_hold.memory"] = float(hold.memory_held)
-    log.info("upgrade.exit_hold", upgrade_id=run.upgrade_id, phase="handover",
-             event_kind="exit_hold", old_pid=pid, sockets=len(hold.sockets),
-             memory=hold.memory_held, **({"reason": "; ".join(hold.notes)} if hold.notes
-                                         else {}))
-    return hold
-
-
 async def _take_over(run: UpgradeRunner, known: dict[str, frozenset[tuple[Any, ...]]],
                      names: list[str], hold: ExitHold | None) -> None:
+    """The final read, the kill and the handover gap; *hold* is released once the gap
+    ends (forwarding resumed, or a failure)."""
     assert run.standby is not None and run.snapshot is not None
     spec, standby, snapshot, marks = run.spec, run.standby, run.snapshot, run.record.marks
     # The final catch-up (upgrade/lastread.py, docs/upgrade.md "Sync until the
@@ -282,7 +270,7 @@ async def _take_over(run: UpgradeRunner, known: dict[str, frozenset[tuple[Any, .
         await handover_gap(run, final_and_delta, names, mark)
     finally:
         if hold is not None:  # forwarding has resumed (or failed): let the kernel free
-            threading.Thread(target=hold.release, name="exit-hold-release").start()
+            release_in_background(hold)
         # The final read built after the lift (or for a rollback): ~1 s of Python at
         # 100k conntrack entries that used to sit inside the gap.
         if settled is not None:
