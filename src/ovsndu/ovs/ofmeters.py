@@ -39,49 +39,52 @@ def capture(specs: list[str], version: str = "OpenFlow13", *, timeout: float = 6
     """The METER_MOD message ``ovs-ofctl add-meter`` sends for each of *specs*."""
     out: list[bytes] = []
     with tempfile.TemporaryDirectory(prefix="ovsndu-meters-") as tmp:
-        path = Path(tmp) / "switch.sock"
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind(str(path))
-        server.listen(1)
-        try:
-            for spec in specs:
-                # Twice at most: under load the exchange with the stand-in once broke a
-                # pipe (seen twice in CI, not reproduced); the encoding is local and
-                # repeatable, and a second failure is reported with both sides' words.
-                mod, why = _capture_one(server, path, spec, version=version, timeout=timeout)
-                if mod is None:
-                    mod, why = _capture_one(server, path, spec, version=version,
-                                            timeout=timeout)
-                if mod is None:
-                    raise VswitchdError(f"cannot encode meter {spec!r}: {why}")
-                # Every ovs-ofctl numbers its first request alike: renumber, so that an
-                # error names its meter.
-                renumbered = bytearray(mod)
-                struct.pack_into("!I", renumbered, 4, len(out) + 1)
-                out.append(bytes(renumbered))
-        finally:
-            server.close()
+        for spec in specs:
+            # Twice at most: under load the exchange with the stand-in failed now and then
+            # (CI, a loaded full suite); the encoding is local and repeatable, and a
+            # second failure is reported with both sides' words.
+            mod, why = _capture_one(Path(tmp) / f"{len(out)}a.sock", spec, version=version,
+                                    timeout=timeout)
+            if mod is None:
+                mod, why = _capture_one(Path(tmp) / f"{len(out)}b.sock", spec,
+                                        version=version, timeout=timeout)
+            if mod is None:
+                raise VswitchdError(f"cannot encode meter {spec!r}: {why}")
+            # Every ovs-ofctl numbers its first request alike: renumber, so that an
+            # error names its meter.
+            renumbered = bytearray(mod)
+            struct.pack_into("!I", renumbered, 4, len(out) + 1)
+            out.append(bytes(renumbered))
     return out
 
 
-
-def _capture_one(server: socket.socket, path: Path, spec: str, *, version: str,
-                 timeout: float) -> tuple[bytes | None, str]:
-    """One ``ovs-ofctl add-meter`` against the stand-in: its METER_MOD, or None and why
-    the exchange failed (both sides' words)."""
+def _capture_one(path: Path, spec: str, *, version: str, timeout: float
+                 ) -> tuple[bytes | None, str]:
+    """One ``ovs-ofctl add-meter`` against a stand-in listening on *path* (its own
+    socket: a stand-in left waiting by a failed attempt cannot take the next attempt's
+    connection); its METER_MOD, or None and why the exchange failed (both sides')."""
     result: dict[str, object] = {}
-    worker = threading.Thread(target=stand_in,
-                              args=(server, VERSIONS[version], result, (METER_MOD,)),
-                              daemon=True)
-    worker.start()
-    proc = subprocess.run(["ovs-ofctl", "-O", version, "add-meter", f"unix:{path}", spec],
-                          capture_output=True, text=True, timeout=timeout, check=False)
-    worker.join(timeout=10)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        server.bind(str(path))
+        server.listen(1)
+        server.settimeout(timeout)  # the stand-in gives up if ovs-ofctl never connects
+        worker = threading.Thread(target=stand_in,
+                                  args=(server, VERSIONS[version], result, (METER_MOD,)),
+                                  daemon=True)
+        worker.start()
+        proc = subprocess.run(["ovs-ofctl", "-O", version, "add-meter", f"unix:{path}", spec],
+                              capture_output=True, text=True, timeout=timeout, check=False)
+        worker.join(timeout=10)
+    finally:
+        server.close()
     got = result.get("messages")
     mods = [m for m in got if m[1] == METER_MOD] if isinstance(got, list) else []
     if proc.returncode == 0 and len(mods) == 1:
         return mods[0], ""
     why = (proc.stderr.strip().splitlines()[-1:] or ["no meter mod sent"])[0]
+    if worker.is_alive():
+        why += " (the stand-in still waits)"
     return None, why + (f" (stand-in: {result['error']})" if result.get("error") else "")
 
 
