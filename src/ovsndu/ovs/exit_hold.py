@@ -15,9 +15,13 @@ at once:
   then not the last one.  Until :meth:`ExitHold.release` closes them they stay bound
   and receive copies nobody reads (bounded by the socket buffer);
 - its address space: ``process_vm_readv`` keeps a reference on it (``mm_users``) while
-  it copies; the copy targets a page of ours registered with ``userfaultfd``, so it
-  waits there until :meth:`ExitHold.release` closes the ``userfaultfd``.  The kernel
-  then frees the old process's memory in the supervisor's thread, after the lift.
+  it copies; the copy targets a page registered with ``userfaultfd``, so it waits
+  there.  A small child process (``python -m ovsndu.ovs.exit_hold PID``) does this, not
+  the supervisor: a thread waiting in such a fault cannot be stopped, so a debugger or
+  ``py-spy`` attaching to the supervisor would hang on it.  :meth:`ExitHold.release`
+  closes the child's stdin; it exits, and the kernel frees the old process's memory
+  in the child's exit, after the lift.  If the supervisor dies, the child's stdin
+  ends too.
 
 Best effort: what cannot be held (no ``userfaultfd``, a seccomp filter, an old
 kernel) is said in :attr:`ExitHold.notes` and the old process dies the slow way.  The
@@ -35,6 +39,8 @@ import mmap
 import os
 import select
 import struct
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,9 +100,7 @@ class ExitHold:
     pid: int
     sockets: list[int] = field(default_factory=list)  # our duplicates
     notes: list[str] = field(default_factory=list)  # what could not be held, and why
-    _uffd: int = -1
-    _page: mmap.mmap | None = None
-    _reader: threading.Thread | None = None
+    _holder: subprocess.Popen[bytes] | None = None  # the child holding the address space
     _releasing: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -116,8 +120,8 @@ class ExitHold:
 
     @property
     def memory_held(self) -> bool:
-        """Whether the address space is held (the copy waits on our page)."""
-        return self._reader is not None and self._reader.is_alive()
+        """Whether the address space is held (the child's copy waits on its page)."""
+        return self._holder is not None and self._holder.poll() is None
 
     def _hold_sockets(self) -> None:
         pidfd = os.pidfd_open(self.pid)
@@ -128,50 +132,30 @@ class ExitHold:
             os.close(pidfd)
 
     def _hold_memory(self, confirm_s: float) -> None:
-        with open(f"/proc/{self.pid}/smaps_rollup") as f:
-            huge = hugetlb_kib(f.read())
-        if huge:  # its successor may need them back before the lift
-            raise OSError(f"it maps {huge} KiB of hugepages (DPDK's memory, freed at its "
-                          f"death)")
-        with open(f"/proc/{self.pid}/maps") as f:
-            address = _readable_address(f.read(), self.pid)
-        self._uffd = _syscall("userfaultfd", os.O_CLOEXEC | os.O_NONBLOCK)
-        fcntl.ioctl(self._uffd, _UFFDIO_API, bytearray(struct.pack("QQQ", _UFFD_API, 0, 0)))
-        self._page = mmap.mmap(-1, _PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        local = ctypes.addressof(ctypes.c_char.from_buffer(self._page))
-        fcntl.ioctl(self._uffd, _UFFDIO_REGISTER, bytearray(
-            struct.pack("QQQQ", local, _PAGE, _UFFDIO_REGISTER_MODE_MISSING, 0)))
-        outcome: list[str] = []
-
-        def copy() -> None:  # returns once release() closes the userfaultfd
-            try:
-                _syscall("process_vm_readv", self.pid,
-                         ctypes.byref(_IoVec(local, 8)), 1,
-                         ctypes.byref(_IoVec(address, 8)), 1, 0)
-            except OSError as exc:
-                outcome.append(str(exc))
-
-        self._reader = threading.Thread(target=copy, name=f"exit-hold-{self.pid}",
-                                        daemon=True)
-        self._reader.start()
-        # The copy faults on our page only once it holds the address space.
-        ready, _, _ = select.select([self._uffd], [], [], confirm_s)
-        if not ready:
-            self._reader.join(0.01)
-            raise OSError(outcome[0] if outcome else
-                          "the copy did not reach the registered page")
+        self._holder = holder = subprocess.Popen(
+            [sys.executable, "-m", "ovsndu.ovs.exit_hold", str(self.pid), str(confirm_s)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert holder.stdout is not None
+        ready, _, _ = select.select([holder.stdout], [], [], confirm_s + 10)
+        said = holder.stdout.readline().decode(errors="replace").strip() if ready else ""
+        if said != "held":
+            raise OSError(said.removeprefix("not held: ") or
+                          "the holding process did not answer")
 
     def _drop_memory(self) -> None:
-        if self._uffd >= 0:
-            os.close(self._uffd)  # the waiting copy completes (a zero page)
-            self._uffd = -1
-        if self._reader is not None:
-            self._reader.join(10)
-            self._reader = None
-        if self._page is not None:
-            with contextlib.suppress(BufferError):
-                self._page.close()
-            self._page = None
+        holder, self._holder = self._holder, None
+        if holder is None:
+            return
+        with contextlib.suppress(OSError):
+            if holder.stdin is not None:
+                holder.stdin.close()  # it exits: the old process's memory is freed there
+        try:
+            holder.wait(10)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
 
     def release(self) -> None:
         """Drop every reference held: the kernel frees what the process left (blocking:
@@ -196,6 +180,57 @@ def hugetlb_kib(rollup: str) -> int:
     return total
 
 
+def hold_here(pid: int, confirm_s: float) -> tuple[threading.Thread, int, mmap.mmap]:
+    """In this process: a thread whose ``process_vm_readv`` of *pid* waits on a page of
+    ours registered with ``userfaultfd``, holding *pid*'s address space; OSError when it
+    cannot (hugepages, no ``userfaultfd``, ...).  The thread ends only with the process;
+    the caller keeps the ``userfaultfd`` and the page (returned) as long."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        huge = hugetlb_kib(f.read())
+    if huge:  # its successor may need them back before the lift
+        raise OSError(f"it maps {huge} KiB of hugepages (DPDK's memory, freed at its death)")
+    with open(f"/proc/{pid}/maps") as f:
+        address = _readable_address(f.read(), pid)
+    uffd = _syscall("userfaultfd", os.O_CLOEXEC | os.O_NONBLOCK)
+    fcntl.ioctl(uffd, _UFFDIO_API, bytearray(struct.pack("QQQ", _UFFD_API, 0, 0)))
+    page = mmap.mmap(-1, _PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    local = ctypes.addressof(ctypes.c_char.from_buffer(page))
+    fcntl.ioctl(uffd, _UFFDIO_REGISTER, bytearray(
+        struct.pack("QQQQ", local, _PAGE, _UFFDIO_REGISTER_MODE_MISSING, 0)))
+    outcome: list[str] = []
+
+    def copy() -> None:
+        try:
+            _syscall("process_vm_readv", pid, ctypes.byref(_IoVec(local, 8)), 1,
+                     ctypes.byref(_IoVec(address, 8)), 1, 0)
+        except OSError as exc:
+            outcome.append(str(exc))
+
+    reader = threading.Thread(target=copy, name=f"exit-hold-{pid}", daemon=True)
+    reader.start()
+    # The copy faults on our page only once it holds the address space.
+    if not select.select([uffd], [], [], confirm_s)[0]:
+        reader.join(0.01)
+        raise OSError(outcome[0] if outcome else "the copy did not reach the registered page")
+    return reader, uffd, page
+
+
+def main(argv: list[str]) -> int:
+    """``python -m ovsndu.ovs.exit_hold PID [CONFIRM_S]``: hold PID's address space until
+    stdin ends (says ``held``, or ``not held: why``)."""
+    pid, confirm_s = int(argv[0]), float(argv[1]) if len(argv) > 1 else 1.0
+    try:
+        held = hold_here(pid, confirm_s)
+    except OSError as exc:
+        print(f"not held: {exc}", flush=True)
+        return 1
+    print("held", flush=True)
+    sys.stdin.buffer.read()  # until the supervisor releases (or is gone)
+    # The waiting copy ends with the process, and the memory is freed there; the status
+    # says whether the hold still stood.
+    os._exit(0 if held[0].is_alive() else 1)
+
+
 def _readable_address(maps: str, pid: int) -> int:
     """The start of a private readable mapping in *maps* (the first one)."""
     for line in maps.splitlines():
@@ -203,3 +238,7 @@ def _readable_address(maps: str, pid: int) -> int:
         if fields[1].startswith("r") and fields[1].endswith("p"):
             return int(fields[0].split("-")[0], 16)
     raise OSError(f"no readable mapping in /proc/{pid}/maps")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
