@@ -119,6 +119,7 @@ async def reload(sup: Supervisor, request: dict[str, Any], writer: asyncio.Strea
         progress=progress,
         on_serving=moved,
         on_snapshot=sup.keeper.adopt,
+        known=sup.keeper.known(),
     )
     sup.runner = runner
     sdnotify.notify(RELOADING=1, STATUS=f"upgrading to {binary}")

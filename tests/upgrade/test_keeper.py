@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from ovsndu.ovs import ofdump
 from ovsndu.ovs.daemon import VswitchdSpec
 from ovsndu.ovs.sandbox import Sandbox
 from ovsndu.testing.state_corpus import populate_conntrack
@@ -69,3 +72,35 @@ def test_adopts_the_committed_state_with_its_read_time() -> None:
     assert not keeper.traffic_due(3, 50.0 + 149) and keeper.traffic_due(3, 50.0 + 150)
     keeper.adopt(3, snap, 50.0, 0.5)  # type: ignore[arg-type]
     assert keeper.traffic_read_s == 1.5  # the longest read known is kept
+
+
+def test_known_rules_are_not_read_again(sandbox: Sandbox,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each snapshot's rules are the next read's known rules: unchanged, the very same
+    entries come back; a bridge whose rules changed is read again; another ``ovs-ofctl``
+    (a package upgrade) makes nothing known."""
+    sb = sandbox
+    for br in ("bk1", "bk2"):
+        sb.vsctl("add-br", br, "--", "set", "bridge", br,
+                 "protocols=OpenFlow10,OpenFlow13,OpenFlow15")
+        sb.ofctl(br, "add-flows", "-", input_text="".join(
+            f"table={i % 3},priority={i},ip,nw_src=10.0.{i}.1,actions=drop\n"
+            for i in range(50)))
+    keeper = StateKeeper(VswitchdSpec(sb.rundir, sb.db))
+    pid = sb.vswitchd_pid
+    first = keeper.take(pid)
+    assert first is not None and keeper.known() is first
+    second = keeper.take(pid)
+    assert second is not None
+    assert second.categories["flows"] is first.categories["flows"]  # not parsed again
+
+    sb.ofctl("bk2", "add-flow", "table=5,priority=1,actions=drop")
+    third = keeper.take(pid)
+    assert third is not None
+    assert len(third.categories["flows"]) == len(first.categories["flows"]) + 1
+    assert any(f.table == 5 for f in third.categories["flows"])  # type: ignore[attr-defined]
+    unchanged = [f for f in third.categories["flows"] if getattr(f, "bridge", "") == "bk1"]
+    assert all(any(f is g for g in first.categories["flows"]) for f in unchanged)
+
+    monkeypatch.setattr(ofdump, "printer_id", lambda: (0, 0, 0, 0))
+    assert keeper.known() is None

@@ -15,7 +15,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import os
 import re
+import shutil
 import socket
 import struct
 import subprocess
@@ -108,6 +110,20 @@ def _print_messages(messages: Iterable[bytes]) -> str:
     if proc.returncode != 0:
         raise VswitchdError(f"ovs-ofctl ofp-parse: {proc.stderr.decode(errors='replace')[:200]}")
     return proc.stdout.decode(errors="replace")
+
+
+def printer_id() -> tuple[int, ...] | None:
+    """Which ``ovs-ofctl`` prints rules here (device, inode, size, mtime of the one on
+    PATH); None when there is none.  Rules read under another printer are not *known*
+    rules for :func:`read_flows` (a package upgrade may print them otherwise)."""
+    path = shutil.which("ovs-ofctl")
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _texts(entries: list[bytes], prefix: bytes) -> list[str | None]:

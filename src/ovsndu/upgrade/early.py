@@ -90,17 +90,21 @@ def _check_schema(run: UpgradeRunner) -> None:
 
 async def take_snapshot(run: UpgradeRunner) -> None:
     """Convert the database if the target needs it (the serving vswitchd reconnected),
-    then read every category of the serving vswitchd; keep it on disk for crash recovery."""
+    then read every category of the serving vswitchd (the rules the keeper's snapshot
+    holds, when the switch describes them byte for byte, are not printed and parsed
+    again); keep it on disk for crash recovery."""
     try:
         await asyncio.to_thread(run.schema.apply, run.serving.pid)
         started = time.monotonic()
         snap = await asyncio.to_thread(
-            read_snapshot, run.spec.rundir, run.spec.db, pid=run.serving.pid
+            read_snapshot, run.spec.rundir, run.spec.db, pid=run.serving.pid, known=run.known
         )
         run._snapshot_read_at = started
     except OvsnduError:  # refused: leave the database as it was
         await asyncio.to_thread(run.schema.revert, run.serving.pid)
         raise
+    finally:
+        run.known = None
     run.snapshot = snap
     run.on_snapshot(run.serving.pid, snap, started)
     run.record.counts, run.record.digests = snap.counts(), snap.digests()

@@ -73,6 +73,7 @@ class UpgradeRunner:
         progress: Progress | None = None,
         on_serving: Callable[[Serving], None] | None = None,
         on_snapshot: Callable[..., None] | None = None,
+        known: Snapshot | None = None,
     ):
         self.cfg = cfg
         self.spec = spec_of(cfg)
@@ -95,6 +96,9 @@ class UpgradeRunner:
             to_binary=new_binary,
         )
         self.snapshot: Snapshot | None = None
+        # The keeper's last snapshot: the rules the snapshot read may find again, byte
+        # for byte (not printed and parsed again); let go once the snapshot is read.
+        self.known = known
         self.session: ServerSession | None = None
         self.client: asyncio.subprocess.Process | None = None
         self.standby: subprocess.Popen[bytes] | None = None
@@ -301,15 +305,20 @@ class UpgradeRunner:
         return self.record
 
     def _client_timings(self) -> dict[str, float]:
-        """The client's install step durations (ms), as it logged them."""
+        """The client's install step durations (ms), as it logged them, and when its
+        preparation's stages ended (``client.STAGE``: ms since it started)."""
         counts = ("ct_deferred", "ct_repaired")
+        out: dict[str, float] = {}
         with contextlib.suppress(OSError, ValueError):
             for line in (self._workdir / "client.log").read_text().splitlines():
+                if line.startswith("prepared "):
+                    out.update({f"client.{k}": float(v)
+                                for k, v in json.loads(line[9:]).items()})
                 if line.startswith("timings "):
                     # Durations in ms, and the deferred conntrack replay's counts as such.
-                    return {k if k in counts else f"install_{k}_ms": float(v)
-                            for k, v in json.loads(line[8:]).items()}
-        return {}
+                    out.update({k if k in counts else f"install_{k}_ms": float(v)
+                                for k, v in json.loads(line[8:]).items()})
+        return out
 
     def _keep_client_log(self) -> None:
         """A failed client's last words go into the record's anomalies."""
