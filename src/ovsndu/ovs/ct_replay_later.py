@@ -31,7 +31,7 @@ def replay_deferred(plan: RestorePlan, appctl: Unixctl, of_dir: Path,
         encoded = plan.ct_encoded.get(id(chunk))
         assert plan.ct_bridge is not None
         if encoded is None:  # before OpenFlow 1.4: ovs-ofctl, one bundle a chunk
-            send(chunk, "the replay")
+            send([p.line() for p in chunk], "the replay")
             continue
         try:  # one message at a time: forwarding goes on in between (ovs/paced.py)
             send_unbundled(of_dir / f"{plan.ct_bridge}.mgmt", encoded)

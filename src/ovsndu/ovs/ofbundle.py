@@ -13,6 +13,7 @@ captured; older bridges use ``ovs-ofctl`` directly.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import subprocess
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from ovsndu.errors import VswitchdError
 from ovsndu.model import Flow, Group
+from ovsndu.ovs.replay import PacketOut
 
 HEADER = struct.Struct("!BBHI")
 HELLO, ERROR, ECHO_REQUEST, ECHO_REPLY = 0, 1, 2, 3
@@ -44,9 +46,9 @@ class CapturedBundle:
     adds: bytes
     barrier: bytes
     commit: bytes
-    # xid -> source line, or the rule (group) carried as bytes whose ``spec()`` names it:
+    # xid -> source line, or the rule (group, packet-out) carried as bytes that names it:
     # read only to name a refused add, so 200k rules do not each keep a text (27.5 MiB).
-    add_lines: dict[int, str | Flow | Group] = field(default_factory=dict)
+    add_lines: dict[int, str | Flow | Group | PacketOut] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -108,6 +110,10 @@ def capture(lines: list[str], version: str, *, timeout: float = 600.0) -> Captur
         proc = subprocess.run(["ovs-ofctl", "-O", version, "--no-names", "bundle", f"unix:{path}",
                                str(listing)], capture_output=True, text=True,
                               timeout=timeout, check=False)
+        # ovs-ofctl is gone: a stand-in still waiting for it to connect (it refused a
+        # line before connecting) stops waiting now (shutdown wakes accept on Linux).
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)
         worker.join(timeout=10)
         server.close()
     if proc.returncode != 0 or "error" in result:
@@ -246,11 +252,13 @@ def line_of(bundle: CapturedBundle, xid: int) -> str | None:
     line = bundle.add_lines.get(xid)
     if line is None or isinstance(line, str):
         return line
+    if isinstance(line, PacketOut):
+        return line.line()
     return f"{'flow' if isinstance(line, Flow) else 'group'} add {line.spec()}"
 
 
 def splice(bundle: CapturedBundle, at: int, adds: list[bytes],
-           lines: Sequence[str | Flow | Group]) -> None:
+           lines: Sequence[str | Flow | Group | PacketOut]) -> None:
     """Insert ready ``BUNDLE_ADD`` messages (*adds*, described by *lines*) after the bundle's
     first *at* adds: rules carried as bytes join rules encoded from text, in order."""
     offset = 0

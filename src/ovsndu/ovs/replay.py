@@ -326,28 +326,36 @@ def with_parents_first(first: list[Conntrack], later: list[Conntrack]
     return [e for e in first if e not in moved], [*later, *moved]
 
 
-Replayed = dict[tuple[Conntrack, tuple[Conntrack, ...]], list[str]]
-"""(entry, its children) → its lines: what one plan made, for the next plan of the same
-entries (the client plans its rehearsal and its live install of the same 100k)."""
+Replayed = dict[tuple[Conntrack, tuple[Conntrack, ...]], list[PacketOut]]
+"""(entry, its children) → its packet-outs: what one plan made, for the next plan of the
+same entries (the client plans its rehearsal and its live install of the same entries)."""
+
+
+def conntrack_packet_outs(entries: list[Conntrack], *,
+                          related_to: list[Conntrack] | None = None,
+                          made: Replayed | None = None) -> list[PacketOut]:
+    """The packet-outs that recreate *entries*, parents (with the commands announcing
+    their children, looked up in *related_to*, default *entries*) before children;
+    CannotReplay before anything for one that cannot.  *made*: packet-outs made before,
+    taken from there and added to it."""
+    kids = children_of(entries if related_to is None else related_to)
+    out: list[PacketOut] = []
+    for e in replay_order(entries):
+        children = kids.get((e.zone, e.orig), ())
+        packets = made.get((e, children)) if made is not None else None
+        if packets is None:
+            packets = conntrack_packets(e, children)
+            if made is not None:
+                made[(e, children)] = packets
+        out += packets
+    return out
 
 
 def conntrack_lines(entries: list[Conntrack], *, related_to: list[Conntrack] | None = None,
                     made: Replayed | None = None) -> list[str]:
-    """Bundle-file lines that recreate *entries*, parents (with the commands announcing
-    their children, looked up in *related_to*, default *entries*) before children;
-    CannotReplay before anything for one that cannot.  *made*: lines made before, taken
-    from there and added to it."""
-    kids = children_of(entries if related_to is None else related_to)
-    out: list[str] = []
-    for e in replay_order(entries):
-        children = kids.get((e.zone, e.orig), ())
-        lines = made.get((e, children)) if made is not None else None
-        if lines is None:
-            lines = [p.line() for p in conntrack_packets(e, children)]
-            if made is not None:
-                made[(e, children)] = lines
-        out += lines
-    return out
+    """Bundle-file lines of :func:`conntrack_packet_outs`."""
+    return [p.line() for p in conntrack_packet_outs(entries, related_to=related_to,
+                                                    made=made)]
 
 
 def conntrack_plan(entries: tuple[Conntrack, ...] | list[Conntrack]) -> Iterator[str]:

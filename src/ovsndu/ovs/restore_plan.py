@@ -23,13 +23,20 @@ from ovsndu.model import (
     Port,
     Snapshot,
 )
-from ovsndu.ovs import ofbundle, ofdump, ofmeters
+from ovsndu.ovs import ofbundle, ofdump, ofmeters, pktout
 from ovsndu.ovs.ct_defer import split_for_gap
 from ovsndu.ovs.ofbundle import CapturedBundle
 from ovsndu.ovs.ofwire import OF10, OF15
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import BridgeInfo, read_bridges, read_ports
-from ovsndu.ovs.replay import FdbPlan, Replayed, conntrack_lines, fdb_plan, with_parents_first
+from ovsndu.ovs.replay import (
+    FdbPlan,
+    PacketOut,
+    Replayed,
+    conntrack_packet_outs,
+    fdb_plan,
+    with_parents_first,
+)
 from ovsndu.ovs.uncarried import Uncarried, find_uncarried, refuse_if_any
 
 CT_CHUNK = 10_000
@@ -64,7 +71,7 @@ class RestorePlan:
     uncarried: tuple[Uncarried, ...] = ()
     # Deferred conntrack replay (ovsndu.ovs.ct_defer): sent after forwarding resumed.
     ct_later: list[Conntrack] = field(default_factory=list)
-    ct_later_chunks: list[list[str]] = field(default_factory=list)
+    ct_later_chunks: list[list[PacketOut]] = field(default_factory=list)
     ct_encoded: dict[int, CapturedBundle] = field(default_factory=dict)  # id(chunk) -> bytes
     meter_msgs: dict[str, list[bytes]] = field(default_factory=dict)  # bridge -> METER_MODs
     # Rules only OpenFlow 1.0 can carry (NXT_FLOW_MOD bytes), sent after the bundle.
@@ -79,8 +86,9 @@ def build_plan(snap: Snapshot, database: str, uncarried_mode: str = "report", *,
     *encode*: also encode each OpenFlow 1.4+ bundle now (ovs-ofctl's parsing, ~20 µs a
     rule), so that applying the plan only sends bytes.  *defer_window*: conntrack
     entries idle at least this long go to ``ct_later`` (:mod:`ovsndu.ovs.ct_defer`),
-    replayed by :meth:`Restorer.replay_later` once forwarding resumed.  *replayed*: the
-    conntrack lines an earlier plan made (:func:`ovsndu.ovs.replay.conntrack_lines`).
+    replayed by :meth:`Restorer.replay_later` once forwarding resumed (kept as packet-outs,
+    encoded by :func:`ovsndu.ovs.pktout.encode`).  *replayed*: the conntrack packet-outs
+    an earlier plan made (:func:`ovsndu.ovs.replay.conntrack_packet_outs`).
     """
     with Ovsdb(database) as db:
         bridges = _check_bridges(snap, read_bridges(db))
@@ -98,9 +106,10 @@ def build_plan(snap: Snapshot, database: str, uncarried_mode: str = "report", *,
     ct_first, ct_later = (split_for_gap(ct_all, defer_window) if defer_window is not None
                           and userspace else (ct_all, []))
     ct_first, ct_later = with_parents_first(ct_first, ct_later)
-    ct_lines = conntrack_lines(ct_first, related_to=ct_all, made=replayed)
-    later_lines = conntrack_lines(ct_later, related_to=ct_all, made=replayed)
-    ct_bridge = userspace[0].name if userspace and (ct_lines or later_lines) else None
+    ct_lines = [p.line() for p in conntrack_packet_outs(ct_first, related_to=ct_all,
+                                                        made=replayed)]
+    later_outs = conntrack_packet_outs(ct_later, related_to=ct_all, made=replayed)
+    ct_bridge = userspace[0].name if userspace and (ct_lines or later_outs) else None
     bundles: dict[str, list[str]] = {}
     # Rules carried as bytes (ovsndu.ovs.ofwire): OpenFlow 1.5 ones join the bundle
     # after the rules encoded from text; OpenFlow 1.0 ones follow it.
@@ -133,7 +142,7 @@ def build_plan(snap: Snapshot, database: str, uncarried_mode: str = "report", *,
             lines += ct_lines[:CT_CHUNK]
         bundles[name] = lines
     extra = [ct_lines[i:i + CT_CHUNK] for i in range(CT_CHUNK, len(ct_lines), CT_CHUNK)]
-    later = [later_lines[i:i + CT_CHUNK] for i in range(0, len(later_lines), CT_CHUNK)]
+    later = [later_outs[i:i + CT_CHUNK] for i in range(0, len(later_outs), CT_CHUNK)]
     has_tcp = any(isinstance(e, Conntrack) and e.protocol == "tcp"
                   for e in snap.categories["conntrack"])
     encoded = {}
@@ -166,11 +175,13 @@ def build_plan(snap: Snapshot, database: str, uncarried_mode: str = "report", *,
                 raise RestoreError("meters", f"{bridge.name}: {reason_of(exc)}") from None
     if encode and ct_bridge is not None:
         version = version_of(plan, ct_bridge)
-        for chunk in (extra + later) if version in ofbundle.VERSIONS else ():
-            try:
+        try:
+            for chunk in extra if version in ofbundle.VERSIONS else ():
                 plan.ct_encoded[id(chunk)] = ofbundle.capture(chunk, version)
-            except VswitchdError as exc:
-                raise RestoreError("conntrack", reason_of(exc)) from None
+            for outs in later if version in ofbundle.VERSIONS else ():
+                plan.ct_encoded[id(outs)] = pktout.encode(outs, version)
+        except VswitchdError as exc:
+            raise RestoreError("conntrack", reason_of(exc)) from None
     return plan
 
 

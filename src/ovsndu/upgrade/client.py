@@ -181,12 +181,17 @@ async def run(args: argparse.Namespace) -> int:
     """Receive, rehearse, wait for the handover, install, report Ready, wait for Commit."""
     token = Path(args.token_file).read_bytes()
     plans: list[RestorePlan] = []
+    began = time.monotonic()
+
+    def since() -> float:
+        return round((time.monotonic() - began) * 1000, 2)
 
     def apply_all(snap: Snapshot) -> dict[str, str]:
         """Rehearse, then prepare the live install: acknowledged only once both are done,
         so the supervisor never starts the takeover before the client is ready for it."""
         digests = snap.digests()
-        replayed: Replayed = {}  # the rehearsal's conntrack lines, for the live plan
+        stages = {"received": since()}  # ms since the client started, for the record
+        replayed: Replayed = {}  # the rehearsal's conntrack packet-outs, for the live plan
         if args.validate:
             # A short path: unixctl socket paths must fit in sun_path (108 bytes).
             rehearsal = Path(tempfile.gettempdir()) / f"{REHEARSAL_PREFIX}{secrets.token_hex(6)}"
@@ -203,14 +208,17 @@ async def run(args: argparse.Namespace) -> int:
             finally:
                 keep_rehearsal_log(rehearsal / "run", Path(args.workdir), error)
                 shutil.rmtree(rehearsal, ignore_errors=True)
+            stages["rehearsed"] = since()
         plans.append(Restorer(args.rundir, args.db, replayed=replayed).plan(
             snap, encode=True, defer_window=args.ct_defer_window))
         replayed.clear()
+        stages["planned"] = since()
         # What is left now lives until the install: collected once here and frozen, so
         # that no collection of the whole heap (tens of ms with 50k rules) runs in the
         # handover gap (measured: docs/performance.md).
         gc.collect()
         gc.freeze()
+        say("prepared " + json.dumps({**stages, "collected": since()}))
         return digests
 
     try:
