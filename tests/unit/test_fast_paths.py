@@ -5,7 +5,8 @@
 * a category given to ``Snapshot.build`` as a known snapshot's own tuple keeps its order
   and digest, and is the same as sorting it again;
 * ``replay_reason`` (no frames made) refuses exactly what ``conntrack_packets`` refuses;
-* addresses packed by the C parser are ``ipaddress``'s bytes, bad ones still refused.
+* addresses packed by the C parser are ``ipaddress``'s bytes, bad ones still refused;
+* the traffic categories checked by identity (no encodings) fail exactly as the diff did.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ovsndu.errors import RestoreError
-from ovsndu.model import CATEGORIES, Conntrack, Entry, Snapshot, VswitchdInfo
+from ovsndu.model import CATEGORIES, Conntrack, Entry, FdbEntry, Snapshot, VswitchdInfo
+from ovsndu.model.carried import Shortfall, _traffic_may_change, check_category, ended_naturally
 from ovsndu.model.diff import CategoryDiff, diff_category
 from ovsndu.model.snapshot import category_digest
 from ovsndu.ovs.appctl_parsers import _derived_nat, derive_nat
@@ -208,3 +210,41 @@ def test_derive_nat_portless_cases() -> None:
     assert derive_nat(orig, "src=10.0.0.2,dst=10.0.0.1,id=7,type=0,code=0") == ""
     assert derive_nat(orig, "src=10.0.0.2,dst=10.9.0.1,id=7,type=0,code=0") == "src=10.9.0.1"
     assert derive_nat(orig, "src=10.9.0.2,dst=10.0.0.1,id=7,type=0,code=0") == "dst=10.9.0.2"
+
+
+def _reference_check(category: str, want: tuple[Entry, ...], got: tuple[Entry, ...],
+                     elapsed: float) -> Shortfall | None:
+    """check_category's traffic rule as it was: every entry encoded and matched."""
+    d = diff_category(category, want, got)
+    missing = tuple(e for e in d.removed if not ended_naturally(e, elapsed))
+    changed = tuple((a, b) for a, b in d.changed if not _traffic_may_change(a, b))
+    return Shortfall(category, missing, (), changed) if missing or changed else None
+
+
+_CT = st.builds(Conntrack, protocol=st.sampled_from(["tcp", "udp"]),
+                orig=st.sampled_from(["src=1.1.1.1,dst=2.2.2.2", "src=1.1.1.2,dst=2.2.2.2",
+                                      "src=1.1.1.3,dst=2.2.2.2"]),
+                reply=st.sampled_from(["src=2.2.2.2,dst=1.1.1.1", "src=2.2.2.2,dst=9.9.9.9"]),
+                zone=st.integers(0, 1), mark=st.integers(0, 1),
+                nat=st.sampled_from(["", "src=9.9.9.9"]),
+                timeout=st.one_of(st.none(), st.integers(0, 10)))
+_FDB = st.builds(FdbEntry, bridge=st.just("br0"), port=st.sampled_from(["1", "2"]),
+                 vlan=st.integers(0, 1), mac=st.sampled_from(["00:00:00:00:00:01",
+                                                              "00:00:00:00:00:02"]),
+                 static=st.booleans(), age=st.one_of(st.none(), st.integers(0, 400)))
+
+
+@settings(max_examples=400)
+@given(st.data())
+def test_traffic_check_by_identity_is_the_reference(data: st.DataObject) -> None:
+    """Unique identities on both sides take the identity path (repeated ones the diff):
+    the same shortfall, in the same order, either way."""
+    category, entries = data.draw(st.sampled_from([("conntrack", _CT), ("fdb", _FDB)]))
+    want = tuple(data.draw(st.lists(entries, max_size=8)))
+    got = tuple(data.draw(st.lists(entries, max_size=8)))
+    elapsed = data.draw(st.sampled_from([0.0, 5.0]))
+    assert check_category(category, want, got, elapsed=elapsed) == _reference_check(
+        category, want, got, elapsed)
+    assert check_category(category, want, got, elapsed=elapsed, digests=(
+        category_digest(want), category_digest(got))) == _reference_check(
+        category, want, got, elapsed)
