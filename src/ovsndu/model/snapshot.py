@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ovsndu.errors import ModelError
-from ovsndu.model.state import CATEGORIES, ENTRY_TYPES, FORMAT, Entry, entry_from_dict
+from ovsndu.model.state import CATEGORIES, ENTRY_TYPES, FORMAT, Entry, entry_from_dict, json_rows
+
+_JSON_BATCH = 1024
 
 
 def sort_entries(entries: Iterable[Entry]) -> tuple[Entry, ...]:
@@ -163,8 +165,8 @@ class Snapshot:
         for n, (name, entries) in enumerate(self.categories.items()):
             parts.append(f'{", " if n else ""}{dumps(name)}: {{"count": {len(entries)}, '
                          f'"digest": {dumps(self._digests[name])}, "entries": [')
-            for i, entry in enumerate(entries):
-                text = dumps(entry.to_dict())
+            for i in range(0, len(entries), _JSON_BATCH):  # one dumps call a batch
+                text = dumps(json_rows(entries[i:i + _JSON_BATCH]))[1:-1]
                 parts.append(", " + text if i else text)
                 length += len(text)
                 if length >= size:

@@ -74,22 +74,32 @@ class JsonRpcClient:
         return message.get("result")
 
     def _receive(self) -> dict[str, Any]:
+        # A message is decoded only once a "}" arrived: what was buffered before held no
+        # whole one, so a whole one ends in the newest piece.  (Decoding at every piece
+        # scanned a 20 MB conntrack dump tens of times over: seconds at 100k entries.)
+        pieces = [self._buf]
+        maybe_whole = True
         while True:
-            stripped = self._buf.lstrip()
-            if stripped:
-                try:
-                    obj, end = _DECODER.raw_decode(stripped)
-                except json.JSONDecodeError:
-                    pass
-                else:
-                    self._buf = stripped[end:]
-                    if not isinstance(obj, dict):
-                        raise self._error(f"{self.path}: reply is not a JSON object")
-                    return obj
+            if maybe_whole:
+                self._buf = "".join(pieces)
+                pieces = [self._buf]
+                stripped = self._buf.lstrip()
+                if stripped:
+                    try:
+                        obj, end = _DECODER.raw_decode(stripped)
+                    except json.JSONDecodeError:
+                        pass
+                    else:
+                        self._buf = stripped[end:]
+                        if not isinstance(obj, dict):
+                            raise self._error(f"{self.path}: reply is not a JSON object")
+                        return obj
             chunk = self._sock.recv(1 << 20)
             if not chunk:
                 raise self._error(f"{self.path}: connection closed by the daemon")
-            self._buf += self._utf8.decode(chunk)
+            text = self._utf8.decode(chunk)
+            pieces.append(text)
+            maybe_whole = "}" in text
 
 
 def _text(error: Any) -> str:
