@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ovsndu.errors import OvsnduError, RestoreError, SyncAborted
@@ -187,31 +188,35 @@ async def run(args: argparse.Namespace) -> int:
         return round((time.monotonic() - began) * 1000, 2)
 
     def apply_all(snap: Snapshot) -> dict[str, str]:
-        """Rehearse, then prepare the live install: acknowledged only once both are done,
-        so the supervisor never starts the takeover before the client is ready for it."""
+        """Rehearse and prepare the live install: acknowledged only once both are done,
+        so the supervisor never starts the takeover before the client is ready for it.
+        The live plan is made in a thread beside the rehearsal, which mostly waits on its
+        vswitchd and ovs-ofctl (200k rules: seconds of the client phase)."""
         digests = snap.digests()
         stages = {"received": since()}  # ms since the client started, for the record
-        replayed: Replayed = {}  # the rehearsal's conntrack packet-outs, for the live plan
-        if args.validate:
-            # A short path: unixctl socket paths must fit in sun_path (108 bytes).
-            rehearsal = Path(tempfile.gettempdir()) / f"{REHEARSAL_PREFIX}{secrets.token_hex(6)}"
-            # Named in the work directory before it exists: whoever ends the upgrade (the
-            # runner, or a recovering supervisor) removes it even if this process is killed.
-            (Path(args.workdir) / REHEARSAL_FILE).write_text(f"{rehearsal}\n")
-            rehearsal.mkdir(mode=0o700)
-            error = ""
-            try:
-                digests = rehearse(snap, args.vswitchd, args.db, rehearsal, replayed)
-            except OvsnduError as exc:
-                error = str(exc)
-                raise
-            finally:
-                keep_rehearsal_log(rehearsal / "run", Path(args.workdir), error)
-                shutil.rmtree(rehearsal, ignore_errors=True)
-            stages["rehearsed"] = since()
-        plans.append(Restorer(args.rundir, args.db, replayed=replayed).plan(
-            snap, encode=True, defer_window=args.ct_defer_window))
-        replayed.clear()
+        with ThreadPoolExecutor(1, thread_name_prefix="live-plan") as pool:
+            live = pool.submit(Restorer(args.rundir, args.db).plan, snap, encode=True,
+                               defer_window=args.ct_defer_window)
+            if args.validate:
+                # A short path: unixctl socket paths must fit in sun_path (108 bytes).
+                rehearsal = (Path(tempfile.gettempdir())
+                             / f"{REHEARSAL_PREFIX}{secrets.token_hex(6)}")
+                # Named in the work directory before it exists: whoever ends the upgrade
+                # (the runner, or a recovering supervisor) removes it even if this
+                # process is killed.
+                (Path(args.workdir) / REHEARSAL_FILE).write_text(f"{rehearsal}\n")
+                rehearsal.mkdir(mode=0o700)
+                error = ""
+                try:
+                    digests = rehearse(snap, args.vswitchd, args.db, rehearsal)
+                except OvsnduError as exc:
+                    error = str(exc)
+                    raise
+                finally:
+                    keep_rehearsal_log(rehearsal / "run", Path(args.workdir), error)
+                    shutil.rmtree(rehearsal, ignore_errors=True)
+                stages["rehearsed"] = since()
+            plans.append(live.result())
         stages["planned"] = since()
         # What is left now lives until the install: collected once here and frozen, so
         # that no collection of the whole heap (tens of ms with 50k rules) runs in the
