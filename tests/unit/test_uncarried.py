@@ -129,3 +129,24 @@ def test_deferred_batches_keep_children_after_parents() -> None:
     first, later = with_parents_first([parent], [child])
     lines = conntrack_lines(first, related_to=[parent, child])
     assert any(b"PORT 10,0,0,1,15,161\r\n".hex() in line for line in lines)
+
+
+def test_the_last_snapshots_answer_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asked again about the same snapshot (the verification, then the record), the
+    answer is not computed again; another snapshot, or the other mode, is."""
+    from ovsndu.ovs import uncarried
+
+    snap, calls = _snap(PLAIN, BOTH), []
+    checks = dict(uncarried.CHECKS)
+
+    def counting(s: Snapshot):  # type: ignore[no-untyped-def]
+        calls.append(s)
+        return checks["conntrack"](s)
+
+    monkeypatch.setitem(uncarried.CHECKS, "conntrack", counting)
+    first = find_uncarried(snap)
+    assert find_uncarried(snap) is first and len(calls) == 1
+    assert find_uncarried(snap, replay_conntrack=False) == ()
+    assert find_uncarried(snap) == first and len(calls) == 2
+    other = _snap(PLAIN, BOTH)
+    assert find_uncarried(other) == first and len(calls) == 3

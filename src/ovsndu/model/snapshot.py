@@ -80,7 +80,7 @@ class VswitchdInfo:
     version: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Snapshot:
     """Every category of one vswitchd's state, in canonical order, immutable."""
 
