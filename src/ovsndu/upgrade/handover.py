@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from ovsndu.errors import OvsnduError, VswitchdError
+from ovsndu.model import Snapshot
 from ovsndu.model.delta import Delta, catchup_delta, traffic_identities
 from ovsndu.model.window import Settled
 from ovsndu.ovs import ct_freeze, daemon, ofdir, preinit
@@ -36,7 +37,7 @@ from ovsndu.ovs.restore import Restorer
 from ovsndu.ovs.unixctl import Unixctl
 from ovsndu.upgrade.lastread import LastRead, read_until_stop, settle
 from ovsndu.upgrade.oldexit import hold_old_exit, release_in_background
-from ovsndu.upgrade.serving import Serving, record_version
+from ovsndu.upgrade.serving import Serving, record_version, when_lifted
 
 if TYPE_CHECKING:
     from ovsndu.upgrade.runner import UpgradeRunner
@@ -266,15 +267,24 @@ async def _take_over(run: UpgradeRunner, known: dict[str, frozenset[tuple[Any, .
         mark("catchup_computed")
         return delta
 
+    building: asyncio.Future[Snapshot] | None = None
+
+    def build_final() -> None:
+        nonlocal building
+        if building is None and settled is not None:
+            building = asyncio.ensure_future(asyncio.to_thread(settled.build))
+
     try:
-        await handover_gap(run, final_and_delta, names, mark)
+        await handover_gap(run, final_and_delta, names, mark, on_lift=build_final)
     finally:
         if hold is not None:  # forwarding has resumed (or failed): let the kernel free
             release_in_background(hold)
-        # The final read built after the lift (or for a rollback): ~1 s of Python at
-        # 100k conntrack entries that used to sit inside the gap.
-        if settled is not None:
-            run.final = await asyncio.to_thread(settled.build)
+        # The final read built once flow-restore-wait is lifted (beside the client's
+        # deferred conntrack replay), or for a rollback: ~1 s of Python at 100k
+        # conntrack entries that used to sit inside the gap.
+        build_final()
+        if building is not None:
+            run.final = await building
     log.info("upgrade.takeover", upgrade_id=run.upgrade_id, phase="handover",
              event_kind="taken_over", old_pid=old.pid, new_pid=standby.pid, **marks)
     run.frw_set = False
@@ -296,10 +306,12 @@ async def _take_over(run: UpgradeRunner, known: dict[str, frozenset[tuple[Any, .
 
 
 async def handover_gap(run: UpgradeRunner, final_and_delta: Callable[[], Delta],
-                       names: list[str], mark: Callable[[str], None]) -> None:
+                       names: list[str], mark: Callable[[str], None],
+                       on_lift: Callable[[], None] = lambda: None) -> None:
     """From the kill to the lift: the catch-up delta while the standby builds its
     bridges, the delta written, the standby promoted, the client's install (it lifts
-    flow-restore-wait)."""
+    flow-restore-wait; *on_lift* is called once the database shows it lifted, while the
+    client replays the deferred conntrack entries)."""
     assert run.standby is not None and run.session is not None
     spec, standby, marks = run.spec, run.standby, run.record.marks
     # The delta is computed while the standby builds its bridges, not after; both end
@@ -319,7 +331,11 @@ async def handover_gap(run: UpgradeRunner, final_and_delta: Callable[[], Delta],
     await asyncio.to_thread(daemon.enable_syslog, spec, standby.pid)
     await run.session.handover()
     mark("handover_sent")
-    await run.session.wait_ready()
+    watching = asyncio.ensure_future(when_lifted(spec.db, on_lift))
+    try:
+        await run.session.wait_ready()
+    finally:
+        watching.cancel()
     mark("client_ready")
     marks.update(run._client_timings())
     # The client lifts flow-restore-wait before its deferred conntrack replay.
