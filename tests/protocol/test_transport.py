@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import pytest
 
 from ovsndu.errors import LocalProtocolError, RemoteProtocolError, SyncAborted, SyncTimeout
-from ovsndu.model import Entry, category_digest
+from ovsndu.model import CATEGORIES, Entry, category_digest
 from ovsndu.protocol import Config, State
 from ovsndu.protocol.transport import (
     ClientResult,
@@ -81,6 +81,25 @@ class TestWholeUpgrade:
             await sres.session.close()
             await cres.session.close()
             assert not path.exists()  # the listener is gone once the client is in
+        run(main())
+
+    def test_on_sent_once_everything_is_sent(self, path: Path) -> None:
+        """The server's on_sent runs once, when the last category is sent and before the
+        client has acknowledged it (the supervisor writes its snapshot file then)."""
+        events: list[str] = []
+
+        async def apply(category: str, entries: tuple[Entry, ...]) -> str:
+            await asyncio.sleep(0.05 if category == CATEGORIES[-1] else 0)
+            events.append(category)
+            return category_digest(entries)
+
+        async def main() -> None:
+            sres, cres = await both(path, apply=apply, server_kw={
+                "config": FAST, "on_sent": lambda: events.append("sent")})
+            assert events.count("sent") == 1
+            assert events.index("sent") < events.index(CATEGORIES[-1])
+            await sres.session.close()
+            await cres.session.close()
         run(main())
 
     def test_async_apply_and_idle_heartbeats(self, path: Path) -> None:

@@ -19,7 +19,7 @@ import contextlib
 import gc
 import socket
 import struct
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -261,7 +261,8 @@ class ServerSession(_Session):
         """Declare the upgrade done."""
         await self._send(Commit())
 
-    async def _stream(self, snapshot: Snapshot, digests: Mapping[str, str]) -> int:
+    async def _stream(self, snapshot: Snapshot, digests: Mapping[str, str],
+                      on_sent: Callable[[], None] | None = None) -> int:
         conn, size, sent = self.conn, self.conn.config.chunk_entries, 0
         for category in conn.categories:
             entries = snapshot.categories.get(category, ())
@@ -274,6 +275,8 @@ class ServerSession(_Session):
                 await self._send(Chunk(category=category, seq=conn.next_seq, entries=part))
                 sent += len(part)
             await self._send(End(category=category, count=len(entries), digest=digests[category]))
+        if on_sent is not None:  # everything is sent; the client's digests are still due
+            on_sent()
         while conn.state is State.SYNCING:
             self._progress.clear()
             self._check()

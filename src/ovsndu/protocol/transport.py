@@ -179,12 +179,14 @@ async def serve_state(
     digests: Mapping[str, str] | None = None,
     vswitchd_versions: Sequence[str] = (),
     accept_timeout: float | None = 60.0,
+    on_sent: Callable[[], None] | None = None,
 ) -> ServerResult:
     """Listen at *path*, stream *snapshot* to the one authenticated client, check its digests.
 
     Returns once every category is applied with matching digests (both sides SYNCED);
     a mismatch aborts the session and raises SyncAborted.  *digests* may carry the
-    snapshot's category digests when the caller has them already.
+    snapshot's category digests when the caller has them already.  *on_sent* is called
+    (on the event loop) once every category is sent, before the client's digests.
     """
     config = config or Config()
     path = Path(path)
@@ -225,7 +227,7 @@ async def serve_state(
     try:
         digests = digests if digests is not None else snapshot.digests()
         with collector_paused():
-            sent = await session._stream(snapshot, digests)
+            sent = await session._stream(snapshot, digests, on_sent)
         bad = {c: pair for c, pair in session.conn.applied.items() if pair[0] != pair[1]}
         if bad:
             details = ", ".join(

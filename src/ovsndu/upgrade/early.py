@@ -109,13 +109,20 @@ async def take_snapshot(run: UpgradeRunner) -> None:
     run.on_snapshot(run.serving.pid, snap, started)
     run.record.counts, run.record.digests = snap.counts(), snap.digests()
     await asyncio.to_thread(note_uncarried, run, snap)
-    path = snapshot_path(run.state_dir, run.upgrade_id)
-    # Encoded as it is written, in a worker: one json.dumps of 300k entries held
-    # ~0.5 GiB and the event loop (the sync channel's heartbeats) for seconds.  Not
-    # awaited here: it takes seconds at 300k entries, and until the handover a
-    # supervisor that dies needs no snapshot (recovery then leaves the old process).
-    run._snapshot_file = asyncio.ensure_future(asyncio.to_thread(write_snapshot, path,
-                                                                  snap))
+    # The crash-recovery file is written once the state is streamed to the client
+    # (start_snapshot_file): until the handover a supervisor that dies needs no snapshot
+    # (recovery then leaves the old process), and written beside the stream it took the
+    # GIL from the event loop that streams (300k entries: seconds more for the client).
+
+
+def start_snapshot_file(run: UpgradeRunner) -> None:
+    """Write the crash-recovery snapshot file in a worker, once: encoded as it is written
+    (one json.dumps of 300k entries held ~0.5 GiB and the event loop for seconds); not
+    awaited here (seconds at 300k entries): the standby's start waits for it."""
+    if run._snapshot_file is None and run.snapshot is not None:
+        path = snapshot_path(run.state_dir, run.upgrade_id)
+        run._snapshot_file = asyncio.ensure_future(asyncio.to_thread(write_snapshot, path,
+                                                                      run.snapshot))
 
 def note_uncarried(run: UpgradeRunner, snap: Snapshot, *, refuse: bool = True) -> None:
     """Name and count what cannot be carried (each entry once); refuse (before anything
@@ -182,6 +189,7 @@ async def run_client(run: UpgradeRunner) -> None:
         expected_pid=run.client.pid,
         vswitchd_versions=[run.record.from_version],
         accept_timeout=30,
+        on_sent=lambda: start_snapshot_file(run),
     ))
     # A client that dies before it connects is seen at once, not after accept_timeout.
     exited = asyncio.ensure_future(run.client.wait())

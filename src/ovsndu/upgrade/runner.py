@@ -344,7 +344,9 @@ class UpgradeRunner:
         await early.take_snapshot(self)
 
     async def _snapshot_file_written(self) -> None:
-        """Wait for the snapshot file (its write's error, if any, fails the phase)."""
+        """Wait for the snapshot file (started now if the state was not streamed: its
+        write's error, if any, fails the phase)."""
+        early.start_snapshot_file(self)
         if self._snapshot_file is not None:
             await self._snapshot_file
 
