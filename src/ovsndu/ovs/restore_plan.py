@@ -9,6 +9,7 @@ when asked) with the FDB learning and conntrack packet-outs.  Nothing is install
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 
 from ovsndu.errors import RestoreError, VswitchdError
@@ -97,12 +98,12 @@ def build_plan(snap: Snapshot, database: str, uncarried_mode: str = "report", *,
     userspace = [b for b in bridges if b.datapath_type in USERSPACE_DATAPATHS]
     uncarried = find_uncarried(snap, replay_conntrack=bool(userspace))
     refuse_if_any(uncarried, uncarried_mode)
-    skip = {u.entry.canonical() for u in uncarried}
+    skip = {u.entry.canonical() for u in uncarried}  # (none: no entry is encoded for it)
     fdb_entries = [e for e in snap.categories["fdb"] if isinstance(e, FdbEntry)
-                   and e.canonical() not in skip]
+                   and not (skip and e.canonical() in skip)]
     fdb = fdb_plan(fdb_entries, port_names, access, bond_members(snap))
     ct_all = [e for e in snap.categories["conntrack"] if isinstance(e, Conntrack)
-              and e.canonical() not in skip]
+              and not (skip and e.canonical() in skip)]
     ct_first, ct_later = (split_for_gap(ct_all, defer_window) if defer_window is not None
                           and userspace else (ct_all, []))
     ct_first, ct_later = with_parents_first(ct_first, ct_later)
@@ -243,8 +244,9 @@ def bond_members(snap: Snapshot) -> dict[tuple[str, str], tuple[str, ...]]:
 def _by_wire_version(flows: list[Flow]) -> dict[int, list[Flow]]:
     """Flows by the OpenFlow version of the bytes they carry (0: none, they go as text)."""
     out: dict[int, list[Flow]] = {}
-    for f in flows:
-        out.setdefault(ofdump.message(f)[0] if f.wire else 0, []).append(f)
+    for f in flows:  # the version is the first byte: the first 4 base64 characters
+        out.setdefault(base64.b64decode(f.wire[:4], validate=True)[0] if f.wire else 0,
+                       []).append(f)
     return out
 
 
