@@ -120,10 +120,12 @@ class StateReader:
         self.of_dir = Path(of_dir) if of_dir is not None else self.rundir  # OpenFlow sockets
         self.traffic_read_s = 0.0  # how long the last read of conntrack and FDB took
 
-    def snapshot(self, *, traffic: bool | Mapping[str, Sequence[Entry]] = True) -> Snapshot:
+    def snapshot(self, *, traffic: bool | Mapping[str, Sequence[Entry]] = True,
+                 openflow: Mapping[str, Sequence[Entry]] | None = None) -> Snapshot:
         """Read all nine categories (conntrack and FDB left empty unless *traffic*: the
         final catch-up reads them last, with :meth:`traffic`; a mapping: those categories
-        as already read, e.g. by an earlier :meth:`traffic`)."""
+        as already read, e.g. by an earlier :meth:`traffic`; *openflow*: the OpenFlow
+        categories as already read by :meth:`openflow_known` with the same known rules)."""
         with Unixctl.for_daemon(self.rundir, pid=self.pid) as appctl, Ovsdb(self.db) as db:
             version = appctl("version").splitlines()[0].strip()
             bridges = read_bridges(db)
@@ -132,7 +134,8 @@ class StateReader:
             self._flow_bridges.clear()
             # OpenFlow dumps fork ovs-ofctl; run them while unixctl reads go on here.
             with ThreadPoolExecutor(max_workers=4) as pool:
-                futures = [pool.submit(job) for job in self._openflow_jobs(bridges)]
+                futures = [pool.submit(job) for job in self._openflow_jobs(bridges)
+                           if openflow is None]
                 cats["ports"] = list(read_ports(db, appctl_parsers.parse_dpif_ports(
                     appctl("dpif/show"))))
                 cats["tunnel_neighbors"] = list(appctl_parsers.parse_tnl_neigh(
@@ -145,6 +148,8 @@ class StateReader:
                         self._known_hits == self._flow_bridges >= self.known.keys():
                     # Every bridge's rules are the known ones: the very same entries.
                     cats["flows"] = self._known.categories["flows"]  # type: ignore[assignment]
+                if openflow is not None:  # (the known rules' own tuple kept as it is)
+                    cats.update(openflow)  # type: ignore[arg-type]
                 if isinstance(traffic, Mapping):
                     cats.update({k: list(v) for k, v in traffic.items()})
                 elif traffic:  # after the flows: the zones they name are read one by one
@@ -174,6 +179,18 @@ class StateReader:
             for category, entries in pool.map(lambda job: job(),
                                               self._openflow_jobs(bridges)):
                 cats[category].extend(entries)
+        return cats
+
+    def openflow_known(self) -> dict[str, Sequence[Entry]]:
+        """:meth:`openflow` of every bridge, for :meth:`snapshot`'s *openflow*: when every
+        bridge's rules are the known ones, the known snapshot's own tuple of them (its
+        order and digest are kept, not sorted again)."""
+        self._known_hits.clear()
+        self._flow_bridges.clear()
+        cats: dict[str, Sequence[Entry]] = dict(self.openflow())
+        if self.known is not None and self._known is not None and \
+                self._known_hits == self._flow_bridges >= self.known.keys():
+            cats["flows"] = self._known.categories["flows"]
         return cats
 
     def _openflow_jobs(self, bridges: list[BridgeInfo]

@@ -20,13 +20,14 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ovsndu.errors import OvsnduError, RestoreError, VswitchdError
 from ovsndu.model import (
     Conntrack,
+    Entry,
     Flow,
     Meter,
     Snapshot,
@@ -335,11 +336,13 @@ class Restorer:
 
     # --- verification -------------------------------------------------------------------
     def verify(self, snap: Snapshot, anomalies: list[str] | None = None, *,
-               elapsed: float = 0.0) -> Snapshot:
-        """Read everything back; RestoreError naming the first category that lost something
+               elapsed: float = 0.0,
+               openflow: Mapping[str, Sequence[Entry]] | None = None) -> Snapshot:
+        """Read everything back (*openflow*: those categories read already); RestoreError
+        naming the first category that lost something
         (:func:`ovsndu.ovs.verify.verify_readback`)."""
         return verify_readback(snap, self.rundir, self.db, pid=self.pid, of_dir=self.of_dir,
-                               anomalies=anomalies, elapsed=elapsed)
+                               anomalies=anomalies, elapsed=elapsed, openflow=openflow)
 
     # --- plumbing ---------------------------------------------------------------------------
     @contextlib.contextmanager

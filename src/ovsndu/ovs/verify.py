@@ -9,11 +9,11 @@ be carried and the OpenFlow state of bridges with controllers are left out as
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ovsndu.errors import RestoreError
-from ovsndu.model import Route, Snapshot, diff_category
+from ovsndu.model import Entry, Route, Snapshot, diff_category
 from ovsndu.model.carried import check_carried
 from ovsndu.ovs.ovsdb import Ovsdb
 from ovsndu.ovs.readers import StateReader, read_bridges
@@ -24,7 +24,8 @@ from ovsndu.render import entry_text
 
 def verify_readback(snap: Snapshot, rundir: Path, db: str, *, pid: int | None = None,
                     of_dir: Path | None = None, anomalies: list[str] | None = None,
-                    elapsed: float = 0.0) -> Snapshot:
+                    elapsed: float = 0.0,
+                    openflow: Mapping[str, Sequence[Entry]] | None = None) -> Snapshot:
     """Read the vswitchd of *rundir* back; RestoreError naming the first category that
     lost something.
 
@@ -35,14 +36,17 @@ def verify_readback(snap: Snapshot, rundir: Path, db: str, *, pid: int | None = 
     which may have changed meanwhile (an IPv6 link-local address finishing DAD):
     only user routes must match; cached differences are reported in *anomalies*.
     Entries that cannot be carried (:mod:`ovsndu.ovs.uncarried`) are left out of
-    *snap* first: everything else must match.
+    *snap* first: everything else must match.  *openflow*: the OpenFlow categories read
+    back already, after flow-restore-wait was lifted (:meth:`StateReader.openflow_known`
+    with *snap*'s rules known), the rest is read now.
     """
     with Ovsdb(db) as conn:
         userspace = any(b.datapath_type in USERSPACE_DATAPATHS for b in read_bridges(conn))
         aging = mac_aging_times(conn)
         controlled = [] if conn.flow_restore_wait()[0] else controlled_bridges(conn)
     snap = carried_only(snap, find_uncarried(snap, replay_conntrack=userspace))
-    after = StateReader(rundir, db, pid=pid, of_dir=of_dir, known=snap).snapshot()
+    after = StateReader(rundir, db, pid=pid, of_dir=of_dir, known=snap).snapshot(
+        openflow=openflow)
     if after.digest("routes") != snap.digest("routes") and anomalies is not None:
         anomalies.append("routes cached from the kernel changed: "
                          + describe_difference("routes", snap, after))

@@ -17,7 +17,7 @@ import contextlib
 import json
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from ovsndu.errors import OvsnduError, VswitchdError
-from ovsndu.model import Snapshot
+from ovsndu.model import Entry, Snapshot
 from ovsndu.model.delta import Delta, catchup_delta, traffic_identities
 from ovsndu.model.window import Settled
 from ovsndu.ovs import ct_freeze, daemon, ofdir, preinit
@@ -33,6 +33,7 @@ from ovsndu.ovs.catchup import CATCHUP_FILE
 from ovsndu.ovs.exit_hold import ExitHold
 from ovsndu.ovs.ofdir import PREFIX, PrivateRundir
 from ovsndu.ovs.ovsdb import Ovsdb
+from ovsndu.ovs.readers import StateReader
 from ovsndu.ovs.restore import Restorer
 from ovsndu.ovs.unixctl import Unixctl
 from ovsndu.upgrade.lastread import LastRead, read_until_stop, settle
@@ -268,14 +269,26 @@ async def _take_over(run: UpgradeRunner, known: dict[str, frozenset[tuple[Any, .
         return delta
 
     building: asyncio.Future[Snapshot] | None = None
+    reading: asyncio.Future[dict[str, Sequence[Entry]]] | None = None
 
     def build_final() -> None:
         nonlocal building
         if building is None and settled is not None:
             building = asyncio.ensure_future(asyncio.to_thread(settled.build))
 
+    def lifted() -> None:
+        # Nothing changes the OpenFlow state after the lift (the client only replays
+        # conntrack, controllers cannot reach the private sockets): its read-back for
+        # prove_serving runs now, beside the client's deferred conntrack replay.
+        nonlocal reading
+        build_final()
+        reading = asyncio.ensure_future(asyncio.to_thread(StateReader(
+            spec.rundir, spec.db, pid=standby.pid, of_dir=run.of_dir.private,
+            known=snapshot).openflow_known))
+        reading.add_done_callback(lambda f: f.cancelled() or f.exception())
+
     try:
-        await handover_gap(run, final_and_delta, names, mark, on_lift=build_final)
+        await handover_gap(run, final_and_delta, names, mark, on_lift=lifted)
     finally:
         if hold is not None:  # forwarding has resumed (or failed): let the kernel free
             release_in_background(hold)
@@ -295,7 +308,8 @@ async def _take_over(run: UpgradeRunner, known: dict[str, frozenset[tuple[Any, .
     if last.ct_limits:
         await asyncio.to_thread(carry_ct_limits, run, standby.pid, last.ct_limits)
     await asyncio.to_thread(record_version, run.spec, run.record.to_version)
-    await asyncio.to_thread(prove_serving, run, standby.pid)
+    openflow = await reading if reading is not None else None
+    await asyncio.to_thread(prove_serving, run, standby.pid, openflow)
     await asyncio.to_thread(run.schema.check_log, run.spec.log_file)
     # Restored and verified: only now may controllers reach it (docs/upgrade.md).
     published = await asyncio.to_thread(run.of_dir.publish)
@@ -367,8 +381,11 @@ def set_frw(run: UpgradeRunner, on: bool) -> None:
     run.frw_set = on
 
 
-def prove_serving(run: UpgradeRunner, pid: int) -> None:
-    """The standard tools reach *pid*; the database shows its version; state equal."""
+def prove_serving(run: UpgradeRunner, pid: int,
+                  openflow: Mapping[str, Sequence[Entry]] | None = None) -> None:
+    """The standard tools reach *pid*; the database shows its version; state equal
+    (*openflow*: the OpenFlow categories read back after the lift, the snapshot's rules
+    known)."""
     assert run.snapshot is not None
     if run.standby is not None and run.standby.poll() is not None:
         raise VswitchdError(f"the new vswitchd exited with status {run.standby.returncode}")
@@ -398,7 +415,7 @@ def prove_serving(run: UpgradeRunner, pid: int) -> None:
     held, read_at = run.final or run.snapshot, run._final_read_at or run._snapshot_read_at
     elapsed = time.monotonic() - (read_at or time.monotonic())
     Restorer(run.spec.rundir, run.spec.db, pid=pid, of_dir=run.of_dir.private).verify(
-        held, run.record.anomalies, elapsed=elapsed)
+        held, run.record.anomalies, elapsed=elapsed, openflow=openflow)
     if run.final is not None:  # entries the final catch-up found that were not carried
         run._note_uncarried(run.final, refuse=False)
 
