@@ -277,9 +277,11 @@ async def _take_over(run: UpgradeRunner, known: dict[str, frozenset[tuple[Any, .
             building = asyncio.ensure_future(asyncio.to_thread(settled.build))
 
     def lifted() -> None:
-        # Nothing changes the OpenFlow state after the lift (the client only replays
-        # conntrack, controllers cannot reach the private sockets): its read-back for
-        # prove_serving runs now, beside the client's deferred conntrack replay.
+        # The client changes no OpenFlow state after the lift (it replays conntrack
+        # only) and the OpenFlow sockets are still private; a Controller-table
+        # controller may write, and its bridges are left out of the comparison as
+        # before.  So the read-back for prove_serving runs now, beside the client's
+        # deferred conntrack replay.
         nonlocal reading
         build_final()
         reading = asyncio.ensure_future(asyncio.to_thread(StateReader(
