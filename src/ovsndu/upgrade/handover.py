@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from ovsndu.errors import OvsnduError, VswitchdError
-from ovsndu.model import Entry, Snapshot
+from ovsndu.model import Entry
 from ovsndu.model.delta import Delta, catchup_delta, traffic_identities
 from ovsndu.model.window import Settled
 from ovsndu.ovs import ct_freeze, daemon, ofdir, preinit
@@ -33,12 +33,12 @@ from ovsndu.ovs.catchup import CATCHUP_FILE
 from ovsndu.ovs.exit_hold import ExitHold
 from ovsndu.ovs.ofdir import PREFIX, PrivateRundir
 from ovsndu.ovs.ovsdb import Ovsdb
-from ovsndu.ovs.readers import StateReader
 from ovsndu.ovs.restore import Restorer
 from ovsndu.ovs.unixctl import Unixctl
+from ovsndu.upgrade.afterlift import AfterLift, when_lifted
 from ovsndu.upgrade.lastread import LastRead, read_until_stop, settle
 from ovsndu.upgrade.oldexit import hold_old_exit, release_in_background
-from ovsndu.upgrade.serving import Serving, record_version, when_lifted
+from ovsndu.upgrade.serving import Serving, record_version
 
 if TYPE_CHECKING:
     from ovsndu.upgrade.runner import UpgradeRunner
@@ -255,6 +255,7 @@ async def _take_over(run: UpgradeRunner, known: dict[str, frozenset[tuple[Any, .
     def final_and_delta() -> Delta:
         nonlocal settled
         settled, notes = settle(last, marks)
+        after.settled = settled
         for note in [*last.traffic_notes(), *notes]:
             run.record.anomalies.append(note)
             log.warning("upgrade.catchup_incomplete", upgrade_id=run.upgrade_id,
@@ -268,38 +269,16 @@ async def _take_over(run: UpgradeRunner, known: dict[str, frozenset[tuple[Any, .
         mark("catchup_computed")
         return delta
 
-    building: asyncio.Future[Snapshot] | None = None
-    reading: asyncio.Future[dict[str, Sequence[Entry]]] | None = None
-
-    def build_final() -> None:
-        nonlocal building
-        if building is None and settled is not None:
-            building = asyncio.ensure_future(asyncio.to_thread(settled.build))
-
-    def lifted() -> None:
-        # The client changes no OpenFlow state after the lift (it replays conntrack
-        # only) and the OpenFlow sockets are still private; a Controller-table
-        # controller may write, and its bridges are left out of the comparison as
-        # before.  So the read-back for prove_serving runs now, beside the client's
-        # deferred conntrack replay.
-        nonlocal reading
-        build_final()
-        reading = asyncio.ensure_future(asyncio.to_thread(StateReader(
-            spec.rundir, spec.db, pid=standby.pid, of_dir=run.of_dir.private,
-            known=snapshot).openflow_known))
-        reading.add_done_callback(lambda f: f.cancelled() or f.exception())
-
+    # Once flow-restore-wait is lifted: the final read built, OpenFlow read back.
+    after = AfterLift(spec.rundir, spec.db, standby.pid, run.of_dir.private, snapshot)
     try:
-        await handover_gap(run, final_and_delta, names, mark, on_lift=lifted)
+        await handover_gap(run, final_and_delta, names, mark, on_lift=after.lifted)
     finally:
         if hold is not None:  # forwarding has resumed (or failed): let the kernel free
             release_in_background(hold)
-        # The final read built once flow-restore-wait is lifted (beside the client's
-        # deferred conntrack replay), or for a rollback: ~1 s of Python at 100k
-        # conntrack entries that used to sit inside the gap.
-        build_final()
-        if building is not None:
-            run.final = await building
+        # The final read (built after the lift, or now for a rollback): ~1 s of Python
+        # at 100k conntrack entries that used to sit inside the gap.
+        run.final = await after.final()
     log.info("upgrade.takeover", upgrade_id=run.upgrade_id, phase="handover",
              event_kind="taken_over", old_pid=old.pid, new_pid=standby.pid, **marks)
     run.frw_set = False
@@ -310,8 +289,7 @@ async def _take_over(run: UpgradeRunner, known: dict[str, frozenset[tuple[Any, .
     if last.ct_limits:
         await asyncio.to_thread(carry_ct_limits, run, standby.pid, last.ct_limits)
     await asyncio.to_thread(record_version, run.spec, run.record.to_version)
-    openflow = await reading if reading is not None else None
-    await asyncio.to_thread(prove_serving, run, standby.pid, openflow)
+    await asyncio.to_thread(prove_serving, run, standby.pid, await after.openflow())
     await asyncio.to_thread(run.schema.check_log, run.spec.log_file)
     # Restored and verified: only now may controllers reach it (docs/upgrade.md).
     published = await asyncio.to_thread(run.of_dir.publish)

@@ -5,8 +5,6 @@ Shared by the runner (rollback) and the supervisor (start, crash recovery).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import subprocess
 from collections.abc import Callable
@@ -14,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ovsndu.config import Config
-from ovsndu.errors import OvsnduError
 from ovsndu.model import Snapshot
 from ovsndu.ovs import daemon
 from ovsndu.ovs.daemon import VswitchdSpec
@@ -118,15 +115,3 @@ def who_serves(spec: VswitchdSpec, known: list[Serving]) -> Serving | None:
                 s.version = vswitchd_version(spec, pid)
             return s
     return Serving(pid, None, binary_of(pid), vswitchd_version(spec, pid))
-
-
-async def when_lifted(db: str, lifted: Callable[[], None], every: float = 0.05) -> None:
-    """Call *lifted* once flow-restore-wait is no longer set (polled in the database)."""
-    def on() -> bool:
-        with Ovsdb(db) as conn:
-            return conn.flow_restore_wait()[0]
-
-    with contextlib.suppress(OvsnduError):
-        while await asyncio.to_thread(on):
-            await asyncio.sleep(every)
-        lifted()
