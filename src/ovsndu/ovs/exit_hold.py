@@ -26,8 +26,8 @@ at once:
 Best effort: what cannot be held (no ``userfaultfd``, a seccomp filter, an old
 kernel) is said in :attr:`ExitHold.notes` and the old process dies the slow way.  The
 address space of a process that maps hugepages (the DPDK build) is not held: its
-successor may need those pages back before the lift.  A
-process that goes on (a rollback) loses nothing: release only drops references.
+successor may need those pages back before the lift.  A process that goes on (a
+rollback) loses nothing: release only drops references.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
@@ -46,6 +47,15 @@ from ovsndu.ovs.readers import StateReader
 log = structlog.get_logger("ovsndu.keeper")
 
 COUNTER = "ofproto_recv_openflow"
+
+
+class SnapshotSink(Protocol):
+    """Takes a snapshot of the serving process (the keeper's ``adopt``): its PID, the
+    snapshot, when it was read (monotonic) and, optionally, how long its conntrack and
+    FDB read took (seconds)."""
+
+    def __call__(self, pid: int, snap: Snapshot, taken_at: float,
+                 traffic_read_s: float | None = None) -> None: ...
 
 
 @dataclass

@@ -41,6 +41,7 @@ from ovsndu.upgrade.history import (
     UpgradeRecord,
     utc_now_iso,
 )
+from ovsndu.upgrade.keeper import SnapshotSink
 from ovsndu.upgrade.lastread import LastRead
 from ovsndu.upgrade.machine import Phase
 from ovsndu.upgrade.rollback import roll_back
@@ -72,7 +73,7 @@ class UpgradeRunner:
         schema: str = "",
         progress: Progress | None = None,
         on_serving: Callable[[Serving], None] | None = None,
-        on_snapshot: Callable[..., None] | None = None,
+        on_snapshot: SnapshotSink | None = None,
         known: Snapshot | None = None,
     ):
         self.cfg = cfg
@@ -84,9 +85,9 @@ class UpgradeRunner:
         self.timeout = timeout
         self.progress = progress or (lambda _e: None)
         self.on_serving = on_serving or (lambda _s: None)
-        # (pid, snapshot, monotonic read time[, traffic read seconds]): the keeper adopts
-        # it (one copy, not two); after a commit the new process's verified state
-        self.on_snapshot = on_snapshot or (lambda *_a: None)
+        # The keeper adopts the upgrade's snapshot (one copy, not two) and, after a
+        # commit, the new process's verified state.
+        self.on_snapshot: SnapshotSink = on_snapshot or _ignore_snapshot
         self.upgrade_id = time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
         self.record = UpgradeRecord(
             id=self.upgrade_id,
@@ -410,3 +411,8 @@ class UpgradeRunner:
         """Return to the original process, and prove it by read-back
         (:mod:`ovsndu.upgrade.rollback`)."""
         await roll_back(self, mode, reason)
+
+
+def _ignore_snapshot(pid: int, snap: Snapshot, taken_at: float,
+                     traffic_read_s: float | None = None) -> None:
+    """No keeper to hand snapshots to (a :class:`~ovsndu.upgrade.keeper.SnapshotSink`)."""
