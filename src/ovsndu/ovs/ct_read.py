@@ -13,9 +13,13 @@ the flows name in ``ct()`` actions: the snapshot reads conntrack after the flows
 ones the last read of the same datapath found here (of this process or the one it
 replaces: a standby taking over has the same zones) and those hinted
 (:func:`hint_zones`: the client, of the snapshot it restores); the sum read is checked
-against ``ct-get-nconns`` taken before and after.  Entries in a zone nobody knew (set
-from a register, say) make the sum fall short: then one full dump is taken (and its
-zones are remembered for the next read).  The kernel datapath's table is the kernel's (a dump does
+against ``ct-get-nconns`` taken before and after.  That counter also counts entries
+that have expired but are not swept yet (a dump skips them; OVS 3.1's sweeper runs
+every 20 s, so a table whose connections come and go nearly always has some): a sum
+short of it is checked against ``ct-stats-show``, which counts what a dump shows (one
+walk of the table, no big reply).  Entries in a zone nobody knew (set from a register,
+say) make the sum fall short of that too: then one full dump is taken (and its zones
+are remembered for the next read).  The kernel datapath's table is the kernel's (a dump does
 not hold forwarding): read whole, as before.
 """
 
@@ -102,6 +106,24 @@ def _nconns(appctl: Unixctl, dp: str) -> int:
                                  "ct-get-nconns printed no number") from None
 
 
+def visible_count(appctl: Unixctl, dp: str) -> int:
+    """How many entries a dump of *dp* shows now (``ct-stats-show``: expired entries
+    not yet swept are not counted, as ``ct-get-nconns`` counts them)."""
+    return appctl_parsers.parse_ct_stats_total(appctl("dpctl/ct-stats-show", dp))
+
+
+def _adds_up(appctl: Unixctl, dp: str, read: int, before: int, after: int) -> bool:
+    """Whether *read* entries are the whole table, ``ct-get-nconns`` being *before* and
+    *after* around the read.  Short of both, the shortfall may be expired entries not
+    swept yet: then the read must reach what a dump shows now, less the table's growth
+    during the read (entries created in a zone after it was read)."""
+    if min(before, after) <= read <= max(before, after):
+        return True
+    if read > max(before, after):
+        return False
+    return visible_count(appctl, dp) - max(0, after - before) <= read
+
+
 def _by_zone(appctl: Unixctl, dp: str, zones: list[int]) -> list[Entry] | None:
     """The table read one zone a call, or None when it does not add up to OVS's count
     (a zone not in *zones* holds entries) even read twice."""
@@ -112,7 +134,7 @@ def _by_zone(appctl: Unixctl, dp: str, zones: list[int]) -> list[Entry] | None:
             entries += appctl_parsers.parse_conntrack(
                 appctl("dpctl/dump-conntrack", "-m", "-s", dp, f"zone={zone}"))
         after = _nconns(appctl, dp)
-        if min(before, after) <= len(entries) <= max(before, after):
+        if _adds_up(appctl, dp, len(entries), before, after):
             return entries
         if len(entries) < min(before, after) and before == after:
             return None  # entries in a zone not read: no second try helps
@@ -126,7 +148,7 @@ def _full_once(appctl: Unixctl, dp: str) -> Sequence[Entry]:
     before = _nconns(appctl, dp)
     entries = appctl_parsers.parse_conntrack(appctl("dpctl/dump-conntrack", "-m", "-s", dp))
     after = _nconns(appctl, dp)
-    if min(before, after) <= len(entries) <= max(before, after):
+    if _adds_up(appctl, dp, len(entries), before, after):
         return entries
     return _full(appctl, dp)
 
@@ -135,10 +157,8 @@ def _full(appctl: Unixctl, dp: str) -> Sequence[Entry]:
     def read() -> Sequence[Entry]:
         return appctl_parsers.parse_conntrack(appctl("dpctl/dump-conntrack", "-m", "-s", dp))
 
-    def count() -> int:
-        return appctl_parsers.parse_ct_stats_total(appctl("dpctl/ct-stats-show", dp))
-
-    return counted(read, count, f"conntrack of {dp}", "dpctl/ct-stats-show")
+    return counted(read, lambda: visible_count(appctl, dp), f"conntrack of {dp}",
+                   "dpctl/ct-stats-show")
 
 
 def counted(read: Callable[[], Sequence[T]], count: Callable[[], int], what: str,
