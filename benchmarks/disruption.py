@@ -1,6 +1,7 @@
 """Traffic disruption of ovsndu's live upgrade against upstream's restart, on real traffic.
 
     .venv/bin/python -m benchmarks.disruption [--flows N[,N...]] [--conntrack M] [--runs K]
+                                              [--ct-zones Z]
                                               [--datapath netdev|dpdk] [--churn RATE] [--ovn]
                                               [--preinit-baseline]
                                               [--json OUT] [--plot OUT.png]
@@ -18,7 +19,8 @@ everything else dropped), and traffic:
   flowing?  It and the TCP download are the *measured connections*;
   ``established_survived`` is the fraction of them still flowing at the end;
 * with ``--conntrack M``, M idle conntrack entries besides (benchmarks.measure: TCP
-  established, UDP, ICMP, some NAT, 8 zones), aged past ovsndu's 5 s window;
+  established, UDP, ICMP, some NAT; ``--ct-zones Z``: over Z zones, 8 by default),
+  aged past ovsndu's 5 s window;
 * with ``--churn RATE``, RATE new UDP connections a second A→B and new MACs from A all
   through the run (benchmarks.churn): ``churn_per_s``, ``churn_delivered``,
   ``churn_answered``, ``churn_macs``;
@@ -58,7 +60,7 @@ from typing import Any
 from benchmarks import dpdk_run
 from benchmarks.churn import CHURN_KEYS, ChurnLoad, churn_text, ovn_pipeline
 from benchmarks.common import start_supervisor, supervisor_status, wait_for
-from benchmarks.measure import RssSampler, ct_total, fill_conntrack
+from benchmarks.measure import ZONES, RssSampler, ct_total, fill_conntrack
 from ovsndu.ovs.ct_defer import HOT_WINDOW_S
 from ovsndu.ovs.sandbox import NETDEV_ARGS, Sandbox
 from ovsndu.testing.dpdk import DPDK_VSWITCHD, hugepages
@@ -91,8 +93,9 @@ class Run:
     UPGRADE_TIMEOUT = 300  # [upgrade] timeout, seconds
 
     def __init__(self, work: Path, n_flows: int, conntrack: int = 0, churn: float = 0.0,
-                 ovn: bool = False, *, dpdk_huge: Path | None = None):
+                 ovn: bool = False, *, dpdk_huge: Path | None = None, ct_zones: int = ZONES):
         self.work = work
+        self.ct_zones = ct_zones  # the idle entries' zones (benchmarks.measure)
         # --datapath dpdk: the DPDK build, DPDK initialised on this hugetlbfs (dpdk_run.py)
         self.dpdk_huge = dpdk_huge
         self.binary = str(DPDK_VSWITCHD) if dpdk_huge else _vswitchd()
@@ -128,7 +131,7 @@ class Run:
             rules.write_text("\n".join([*filler(self.n), *ACL]) + "\n")
             sb.ofctl("br0", "add-flows", str(rules), options=("--bundle",))
         if self.conntrack:
-            fill_conntrack(sb, self.conntrack, bridge=bridge)
+            fill_conntrack(sb, self.conntrack, bridge=bridge, zones=self.ct_zones)
         self.idle_since = time.monotonic()
         return self
 
@@ -362,6 +365,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--conntrack", type=int, default=0,
                         help="idle conntrack entries besides the measured connections")
+    parser.add_argument("--ct-zones", type=int, default=ZONES, metavar="Z",
+                        help=f"zones the idle entries are spread over (default {ZONES}): "
+                        "a userspace datapath's conntrack is read a zone at a time")
     parser.add_argument("--datapath", choices=("netdev", "dpdk"), default="netdev")
     parser.add_argument("--churn", type=float, default=0.0, metavar="RATE",
                         help="new connections a second all through each run (benchmarks.churn)")
@@ -383,6 +389,7 @@ def main() -> None:
 
 def _measure(args: argparse.Namespace, huge: Path | None) -> None:
     report: dict[str, Any] = {"rate_pps": RATE, "conntrack": args.conntrack,
+                              "ct_zones": args.ct_zones,
                               "datapath": args.datapath, "churn": args.churn,
                               "pipeline": "ovn" if args.ovn else "filler", "by_flows": {}}
     examples: dict[str, dict[str, Any]] = {}
@@ -402,7 +409,7 @@ def _measure(args: argparse.Namespace, huge: Path | None) -> None:
             for method in order:
                 with tempfile.TemporaryDirectory(prefix="ovsndu-disr-") as tmp, \
                         Run(Path(tmp), asked, args.conntrack, args.churn, args.ovn,
-                            dpdk_huge=huge) as run:
+                            dpdk_huge=huge, ct_zones=args.ct_zones) as run:
                     res = getattr(run, method)()
                 n = res["flows"]
                 for key in per[method]:

@@ -28,10 +28,11 @@ ZONES = 8
 ZONE_BASE = 100  # away from the zones the measured pipelines use
 
 
-def ct_entry_lines(i: int) -> list[str]:
-    """Packet-out lines creating idle entry number *i* (10.64.0.0/10 → 10.128.0.0/16)."""
+def ct_entry_lines(i: int, zones: int = ZONES) -> list[str]:
+    """Packet-out lines creating idle entry number *i* (10.64.0.0/10 → 10.128.0.0/16),
+    in one of *zones* zones."""
     src = f"10.{64 + (i >> 16) % 64}.{(i >> 8) & 0xFF}.{i & 0xFF}"
-    zone = ZONE_BASE + i % ZONES
+    zone = ZONE_BASE + i % zones
     kind = i % 10
     if kind < 4:  # TCP established
         e = Conntrack(protocol="tcp", orig=f"src={src},dst=10.128.0.1,sport=40000,dport=443",
@@ -53,11 +54,12 @@ def ct_entry_lines(i: int) -> list[str]:
     return [f"packet-out in_port=controller packet={icmp.hex()} actions=ct(commit,zone={zone})"]
 
 
-def fill_conntrack(sb: Sandbox, n: int, bridge: str = "br0") -> float:
-    """Create *n* idle conntrack entries; returns the seconds it took."""
+def fill_conntrack(sb: Sandbox, n: int, bridge: str = "br0", zones: int = ZONES) -> float:
+    """Create *n* idle conntrack entries over *zones* zones; returns the seconds it took."""
     started = time.monotonic()
     for start in range(0, n, CHUNK):
-        lines = [ln for i in range(start, min(n, start + CHUNK)) for ln in ct_entry_lines(i)]
+        lines = [ln for i in range(start, min(n, start + CHUNK))
+                 for ln in ct_entry_lines(i, zones)]
         with tempfile.NamedTemporaryFile("w", suffix=".bundle", delete=False) as f:
             f.write("\n".join(lines) + "\n")
         try:
