@@ -94,6 +94,8 @@ def test_expired_entries_not_swept_yet_are_no_unknown_zone(sandbox: Sandbox) -> 
         assert ct_read.LAST[(appctl.pid, DP)]["full_dump"] == 0
         assert {_key(e) for e in got if isinstance(e, Conntrack)} == _raw(sb)
         assert {e.zone for e in got if isinstance(e, Conntrack)} >= {78}
+        # what the count held beyond the read: expired, not missed (lastread's bound)
+        assert 0 < ct_read.unswept(appctl, DP) <= 20 * 3
         # Expired entries beside a zone nobody knew: the read still falls back.
         _udp_commits(sb, 4322, 1, 79)
         ct_read.forget_zones()

@@ -46,6 +46,8 @@ _ZONES: dict[str, frozenset[int]] = {}
 _HINT: set[int] = set()
 # stats of the last read per (pid, datapath): entries, dumps, whether it fell back
 LAST: dict[tuple[int | None, str], dict[str, int]] = {}
+# per (pid, datapath): expired entries not swept yet that the last read's count held
+_UNSWEPT: dict[tuple[int | None, str], int] = {}
 
 
 def known_zones(dp: str) -> frozenset[int]:
@@ -83,6 +85,7 @@ def read_conntrack(appctl: Unixctl, dp: str, zones: Collection[int] = ()) -> Seq
         entries = _full(appctl, dp)
     else:
         known = set(zones) | _ZONES.get(dp, frozenset()) | _HINT
+        _UNSWEPT[key] = 0
         by_zone = _by_zone(appctl, dp, sorted(known)) if known else None
         if by_zone is None and known:  # one long hold of the forwarding thread: said
             log.info("ct_read.full_dump", event_kind="ct_full_dump", vswitchd_pid=appctl.pid,
@@ -95,6 +98,12 @@ def read_conntrack(appctl: Unixctl, dp: str, zones: Collection[int] = ()) -> Seq
     # connection may enter one before the next read).
     _ZONES[dp] = frozenset(e.zone for e in entries if isinstance(e, Conntrack)) | set(zones)
     return entries
+
+
+def unswept(appctl: Unixctl, dp: str) -> int:
+    """How many of ``ct-get-nconns`` were expired entries not swept yet at the last read
+    of *dp* by this connection's process (0 if not known)."""
+    return _UNSWEPT.get((appctl.pid, dp), 0)
 
 
 def _nconns(appctl: Unixctl, dp: str) -> int:
@@ -112,21 +121,24 @@ def visible_count(appctl: Unixctl, dp: str) -> int:
     return appctl_parsers.parse_ct_stats_total(appctl("dpctl/ct-stats-show", dp))
 
 
-def _adds_up(appctl: Unixctl, dp: str, read: int, before: int, after: int) -> bool:
+def _adds_up(appctl: Unixctl, dp: str, read: int, before: int, after: int) -> int | None:
     """Whether *read* entries are the whole table, ``ct-get-nconns`` being *before* and
-    *after* around the read.  Short of both, the shortfall may be expired entries not
-    swept yet: then the read must reach what a dump shows now, less the table's growth
-    during the read (entries created in a zone after it was read)."""
+    *after* around the read: None if not, else how many of *after* are expired entries
+    not swept yet.  Short of both counts, the shortfall may be such entries: then the
+    read must reach what a dump shows now, less the table's growth during the read
+    (entries created in a zone after it was read)."""
     if min(before, after) <= read <= max(before, after):
-        return True
+        return 0
     if read > max(before, after):
-        return False
-    return visible_count(appctl, dp) - max(0, after - before) <= read
+        return None
+    shown = visible_count(appctl, dp)
+    return max(0, after - shown) if shown - max(0, after - before) <= read else None
 
 
 def _by_zone(appctl: Unixctl, dp: str, zones: list[int]) -> list[Entry] | None:
     """The table read one zone a call, or None when it does not add up to OVS's count
     (a zone not in *zones* holds entries) even read twice."""
+    key = (appctl.pid, dp)
     for _ in range(2):
         before = _nconns(appctl, dp)
         entries: list[Entry] = []
@@ -134,7 +146,8 @@ def _by_zone(appctl: Unixctl, dp: str, zones: list[int]) -> list[Entry] | None:
             entries += appctl_parsers.parse_conntrack(
                 appctl("dpctl/dump-conntrack", "-m", "-s", dp, f"zone={zone}"))
         after = _nconns(appctl, dp)
-        if _adds_up(appctl, dp, len(entries), before, after):
+        if (unswept := _adds_up(appctl, dp, len(entries), before, after)) is not None:
+            _UNSWEPT[key] = unswept
             return entries
         if len(entries) < min(before, after) and before == after:
             return None  # entries in a zone not read: no second try helps
@@ -148,7 +161,8 @@ def _full_once(appctl: Unixctl, dp: str) -> Sequence[Entry]:
     before = _nconns(appctl, dp)
     entries = appctl_parsers.parse_conntrack(appctl("dpctl/dump-conntrack", "-m", "-s", dp))
     after = _nconns(appctl, dp)
-    if _adds_up(appctl, dp, len(entries), before, after):
+    if (unswept := _adds_up(appctl, dp, len(entries), before, after)) is not None:
+        _UNSWEPT[(appctl.pid, dp)] = unswept
         return entries
     return _full(appctl, dp)
 

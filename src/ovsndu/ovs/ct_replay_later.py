@@ -39,11 +39,13 @@ def replay_deferred(plan: RestorePlan, appctl: Unixctl, of_dir: Path,
             raise RestoreError("conntrack", f"{plan.ct_bridge} rejected the deferred "
                                f"replay: {_reason(exc)}") from None
     # Zone by zone: each dump holds vswitchd's main thread (which polls the non-PMD
-    # ports) only for that zone's entries, not for the whole table at once.
+    # ports) only for that zone's entries, not for the whole table at once.  Without
+    # -m/-s: the repair needs the tuples only, and the flags' text is ~40 % of a zone's
+    # hold (12.5k entries: 35 ms with them, 21 ms without; docs/performance.md).
     dp = _datapath_of(appctl, plan)
     found = [e for zone in sorted({e.zone for e in plan.ct_later})
-             for e in appctl_parsers.parse_conntrack(appctl("dpctl/dump-conntrack", "-m",
-                                                     "-s", *dp, f"zone={zone}"))]
+             for e in appctl_parsers.parse_conntrack(appctl("dpctl/dump-conntrack", *dp,
+                                                            f"zone={zone}"))]
     wrong = misjudged(plan.ct_later, found)
     for e in wrong:
         for direction in ("orig", "reply"):

@@ -39,8 +39,8 @@ from ovsndu.errors import OvsnduError, VswitchdError
 from ovsndu.model import Entry, Snapshot
 from ovsndu.model.delta import traffic_added
 from ovsndu.model.window import Settled, replay_window
-from ovsndu.ovs import ct_freeze, ofdir, parsers
-from ovsndu.ovs.ct_read import visible_count, zones_named
+from ovsndu.ovs import ct_freeze, ct_read, ofdir, parsers
+from ovsndu.ovs.ct_read import zones_named
 from ovsndu.ovs.daemon import VswitchdSpec
 from ovsndu.ovs.ofctl import ofctl
 from ovsndu.ovs.ofdir import HiddenSockets
@@ -220,7 +220,10 @@ def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[st
             last.ct_refused = ct_freeze.refusals(appctl) - refused
             marks["catchup.ct_refused"] = float(last.ct_refused)
         if not last.frozen:  # what the table holds now that the read does not (a bound)
-            held = sum(visible_count(appctl, dp) for dp in dps)
+            # ct-get-nconns (a counter: no hold of forwarding right before the stop,
+            # as ct-stats-show's walk would be), less what the read found expired.
+            held = sum(int(appctl("dpctl/ct-get-nconns", dp).strip() or 0)
+                       - ct_read.unswept(appctl, dp) for dp in dps)
             last.ct_missed = max(0, held - len(last.replaced["conntrack"]))
     stop_at = time.monotonic()
     os.kill(pid, signal.SIGSTOP)
