@@ -337,12 +337,14 @@ class Restorer:
     # --- verification -------------------------------------------------------------------
     def verify(self, snap: Snapshot, anomalies: list[str] | None = None, *,
                elapsed: float = 0.0,
-               openflow: Mapping[str, Sequence[Entry]] | None = None) -> Snapshot:
+               openflow: Mapping[str, Sequence[Entry]] | None = None,
+               ct_detail: bool = True) -> Snapshot:
         """Read everything back (*openflow*: those categories read already); RestoreError
         naming the first category that lost something
-        (:func:`ovsndu.ovs.verify.verify_readback`)."""
+        (:func:`ovsndu.ovs.verify.verify_readback`, *ct_detail* as there)."""
         return verify_readback(snap, self.rundir, self.db, pid=self.pid, of_dir=self.of_dir,
-                               anomalies=anomalies, elapsed=elapsed, openflow=openflow)
+                               anomalies=anomalies, elapsed=elapsed, openflow=openflow,
+                               ct_detail=ct_detail)
 
     # --- plumbing ---------------------------------------------------------------------------
     @contextlib.contextmanager

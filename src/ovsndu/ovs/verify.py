@@ -25,7 +25,8 @@ from ovsndu.render import entry_text
 def verify_readback(snap: Snapshot, rundir: Path, db: str, *, pid: int | None = None,
                     of_dir: Path | None = None, anomalies: list[str] | None = None,
                     elapsed: float = 0.0,
-                    openflow: Mapping[str, Sequence[Entry]] | None = None) -> Snapshot:
+                    openflow: Mapping[str, Sequence[Entry]] | None = None,
+                    ct_detail: bool = True) -> Snapshot:
     """Read the vswitchd of *rundir* back; RestoreError naming the first category that
     lost something.
 
@@ -39,14 +40,17 @@ def verify_readback(snap: Snapshot, rundir: Path, db: str, *, pid: int | None = 
     *snap* first: everything else must match.  *openflow*: the OpenFlow categories read
     back already, after flow-restore-wait was lifted (:meth:`StateReader.openflow_known`
     with *snap*'s rules known), the rest is read now.
+    *ct_detail* False: conntrack is read back without its TCP details and timeouts (the
+    rule compares what traffic cannot change, reply tuple and NAT, by identity; the
+    returned snapshot's conntrack entries then lack them).
     """
     with Ovsdb(db) as conn:
         userspace = any(b.datapath_type in USERSPACE_DATAPATHS for b in read_bridges(conn))
         aging = mac_aging_times(conn)
         controlled = [] if conn.flow_restore_wait()[0] else controlled_bridges(conn)
     snap = carried_only(snap, find_uncarried(snap, replay_conntrack=userspace))
-    after = StateReader(rundir, db, pid=pid, of_dir=of_dir, known=snap).snapshot(
-        openflow=openflow)
+    after = StateReader(rundir, db, pid=pid, of_dir=of_dir, known=snap,
+                        ct_detail=ct_detail).snapshot(openflow=openflow)
     if after.digest("routes") != snap.digest("routes") and anomalies is not None:
         anomalies.append("routes cached from the kernel changed: "
                          + describe_difference("routes", snap, after))

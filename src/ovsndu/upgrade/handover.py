@@ -394,8 +394,10 @@ def prove_serving(run: UpgradeRunner, pid: int,
     # What the old process held when it stopped: its final read (else the snapshot).
     held, read_at = run.final or run.snapshot, run._final_read_at or run._snapshot_read_at
     elapsed = time.monotonic() - (read_at or time.monotonic())
+    # Conntrack read back without -m/-s: the rule needs presence, reply tuple and NAT,
+    # and each zone's read holds the new process's forwarding ~40 % less.
     Restorer(run.spec.rundir, run.spec.db, pid=pid, of_dir=run.of_dir.private).verify(
-        held, run.record.anomalies, elapsed=elapsed, openflow=openflow)
+        held, run.record.anomalies, elapsed=elapsed, openflow=openflow, ct_detail=False)
     if run.final is not None:  # entries the final catch-up found that were not carried
         run._note_uncarried(run.final, refuse=False)
 
