@@ -1,11 +1,12 @@
 """How long one conntrack read holds vswitchd's main thread (forwarding stops meanwhile).
 
-    .venv/bin/python -m benchmarks.ct_hold [--flows N] [--conntrack M] [--repeat R]
+    .venv/bin/python -m benchmarks.ct_hold [--flows N] [--conntrack M] [--ct-zones Z]
+                                           [--repeat R]
 
 With the netdev datapath the main thread polls the non-PMD ports (veths here), so a
 unixctl command it spends *s* seconds on is an *s*-second silence of the disruption
 benchmark's A→B stream (2000 pkt/s).  Same sandbox as ``benchmarks.disruption``
-(N filler rules, the stateful ACL, M idle entries over 8 zones); per command, R times,
+(N filler rules, the stateful ACL, M idle entries over Z zones, 8 by default); per command, R times,
 one second apart: the command's wall time and the longest silence that overlaps it.
 Also the Python side (parsing the full dump), ovsndu's reader (:mod:`ovsndu.ovs.ct_read`:
 a full dump while no zone is known, then zone by zone) and the supervisor's keeper
@@ -34,14 +35,14 @@ from ovsndu.upgrade.keeper import StateKeeper
 DP = "netdev@ovs-netdev"
 
 
-def _commands() -> list[tuple[str, tuple[str, ...]]]:
+def _commands(zones: int = ZONES) -> list[tuple[str, tuple[str, ...]]]:
     zone = f"zone={ZONE_BASE}"
     return [
         ("ct-get-nconns", ("dpctl/ct-get-nconns",)),
         ("ct-stats-show", ("dpctl/ct-stats-show",)),
         ("dump-conntrack zone=1 (measured connections)", ("dpctl/dump-conntrack", "-m", "-s",
                                                           "zone=1")),
-        (f"dump-conntrack {zone} (1/{ZONES} of the idle entries)",
+        (f"dump-conntrack {zone} (1/{zones} of the idle entries)",
          ("dpctl/dump-conntrack", "-m", "-s", zone)),
         ("dump-conntrack -m -s (full)", ("dpctl/dump-conntrack", "-m", "-s")),
     ]
@@ -52,7 +53,7 @@ def measure(run: Run, repeat: int) -> dict[str, Any]:
     run.start_traffic()
     run.t0 = time.monotonic()
     calls: list[tuple[str, float, float, int]] = []
-    for name, argv in _commands():
+    for name, argv in _commands(run.ct_zones):
         for _ in range(repeat):
             time.sleep(1.0)
             t0 = time.monotonic()
@@ -83,7 +84,7 @@ def measure(run: Run, repeat: int) -> dict[str, Any]:
     times = [a for _, a in _arrivals(run.work / "udp.txt")]
     out: dict[str, Any] = {"ct_entries": run.ct_entries, "parsed": len(entries),
                            "python_parse_full_s": round(parse_s, 3), "commands": {}}
-    for name, _ in _commands():
+    for name, _ in _commands(run.ct_zones):
         walls, holds, sizes = [], [], []
         for n, t0, t1, size in calls:
             if n != name:
@@ -113,11 +114,12 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--flows", type=int, default=1000)
     parser.add_argument("--conntrack", type=int, default=100_000)
+    parser.add_argument("--ct-zones", type=int, default=ZONES, metavar="Z")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ovsndu-cthold-") as tmp, \
-            Run(Path(tmp), args.flows, args.conntrack) as run:
+            Run(Path(tmp), args.flows, args.conntrack, ct_zones=args.ct_zones) as run:
         out = measure(run, args.repeat)
     out["loadavg"] = os.getloadavg()
     text = json.dumps(out, indent=1)
