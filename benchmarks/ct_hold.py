@@ -104,8 +104,8 @@ def measure(run: Run, repeat: int) -> dict[str, Any]:
                                  "silence_ms": [round(max(gaps, default=0.0))],
                                  "silences_over_20ms": [round(g) for g in gaps if g > 20]}
     out["keeper_traffic_read_s"] = round(keeper.traffic_read_s, 3)
-    out["keeper_traffic_every_s"] = round(max(keeper.refresh, keeper.traffic_read_s
-                                              / keeper.traffic_budget))
+    out["keeper_traffic_every_s"] = round(max(keeper.refresh, keeper.traffic_every_s()))
+    out["keeper_traffic_hold_ms"] = round(keeper.traffic_hold_s * 1000, 1)
     return out
 
 

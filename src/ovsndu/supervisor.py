@@ -311,7 +311,9 @@ class Supervisor:
             return None
         return {"vswitchd_pid": k.pid, "age_s": round(time.monotonic() - k.taken_at, 1),
                 "entries": sum(k.snapshot.counts().values()), "snapshots": k.snapshots,
-                "traffic_reads": k.traffic_reads}
+                "traffic_reads": k.traffic_reads,
+                "traffic_every_s": round(k.traffic_every_s(), 1),
+                "traffic_hold_ms": round(k.traffic_hold_s * 1000, 1)}
 
     def upgrade_done(self, task: asyncio.Task[UpgradeRecord]) -> None:
         if self.runner is not None:

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from ovsndu.model import CATEGORIES, Entry, Port, Snapshot, VswitchdInfo
 from ovsndu.ovs import ofdump
 from ovsndu.ovs.daemon import VswitchdSpec
+from ovsndu.ovs.readers import BridgeInfo
 from ovsndu.ovs.sandbox import Sandbox
 from ovsndu.testing.state_corpus import populate_conntrack
-from ovsndu.upgrade.keeper import StateKeeper
+from ovsndu.upgrade.keeper import StateKeeper, main_thread_forwards
 
 
 def test_traffic_reads_are_bounded(sandbox: Sandbox) -> None:
@@ -36,6 +38,8 @@ def test_traffic_reads_are_bounded(sandbox: Sandbox) -> None:
     third = keeper.take(pid)
     assert third is not None and keeper.traffic_reads == 2
     assert keeper.traffic_due(pid, keeper.traffic_at + 1) is False
+    # brc's dummy ports are polled by the main thread: each dump held them; measured
+    assert 0 < keeper.traffic_hold_s < 5
 
 
 def test_traffic_interval_scales_with_the_read() -> None:
@@ -47,6 +51,37 @@ def test_traffic_interval_scales_with_the_read() -> None:
     keeper.traffic_read_s = 0.005  # a small table: read again with every snapshot
     assert keeper.traffic_due(1, 1000.0 + 1)
     assert keeper.traffic_due(2, 1000.0)  # another process: read at once
+
+
+def test_traffic_interval_scales_with_the_hold_of_forwarding() -> None:
+    """A dump that holds the main thread, which polls system ports, for 250 ms (one zone
+    of 100k entries) is taken at most every 2500 s (0.1 ms of silence a second), even
+    though its read's time alone would allow every 150 s."""
+    keeper = StateKeeper(VswitchdSpec(Path("/nonexistent"), "unix:/nonexistent"), refresh=60.0)
+    keeper.snapshot, keeper.pid = object(), 1  # type: ignore[assignment]
+    keeper.traffic_at, keeper.traffic_read_s = 1000.0, 1.5
+    assert keeper.traffic_due(1, 1000.0 + 150)
+    keeper.traffic_hold_s = 0.25
+    assert keeper.traffic_every_s() == pytest.approx(2500.0)
+    assert not keeper.traffic_due(1, 1000.0 + 2499) and keeper.traffic_due(1, 1000.0 + 2500)
+
+
+def _ports(*spec: tuple[str, str]) -> Snapshot:
+    cats: dict[str, list[Entry]] = {c: [] for c in CATEGORIES}
+    cats["ports"] = [Port(bridge=b, port=f"p{i}", interface=f"p{i}", type=t, ofport=i + 1)
+                     for i, (b, t) in enumerate(spec)]
+    return Snapshot.build(VswitchdInfo(pid=1, version="3.1.0"), cats)
+
+
+def test_which_ports_a_dump_holds() -> None:
+    """System, tap and dummy ports of a userspace bridge wait on the main thread; DPDK
+    ports (PMD threads) and any port of a kernel bridge do not."""
+    bridges = [BridgeInfo("u", "netdev", ("OpenFlow15",)),
+               BridgeInfo("k", "system", ("OpenFlow15",))]
+    assert main_thread_forwards(_ports(("u", "")), bridges)
+    assert main_thread_forwards(_ports(("u", "dpdk"), ("u", "tap")), bridges)
+    assert not main_thread_forwards(_ports(("u", "dpdk"), ("u", "internal"), ("u", "patch"),
+                                           ("k", ""), ("k", "tap")), bridges)
 
 
 def test_adopts_the_upgrades_snapshot() -> None:

@@ -122,6 +122,8 @@ def test_killed_vswitchd_comes_back_with_its_state(rig: Rig) -> None:
         one_serving(rig)
     wait("the last known state", lambda: (rig.status().get("last_known_state") or {})
          .get("vswitchd_pid") == old)
+    kept = rig.status()["last_known_state"]  # how often its conntrack is read, and why
+    assert kept["traffic_every_s"] >= 0 and kept["traffic_hold_ms"] >= 0, kept
     binary = os.readlink(f"/proc/{old}/exe")
     os.kill(old, signal.SIGKILL)
     took = wait("a restarted vswitchd", lambda: rig.status().get("vswitchd", {})

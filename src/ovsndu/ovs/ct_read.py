@@ -26,6 +26,7 @@ not hold forwarding): read whole, as before.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import TypeVar
 
@@ -48,6 +49,8 @@ _HINT: set[int] = set()
 LAST: dict[tuple[int | None, str], dict[str, int]] = {}
 # per (pid, datapath): expired entries not swept yet that the last read's count held
 _UNSWEPT: dict[tuple[int | None, str], int] = {}
+# per (pid, datapath): the longest single dump call of the last read, seconds
+_LONGEST: dict[tuple[int | None, str], float] = {}
 
 
 def known_zones(dp: str) -> frozenset[int]:
@@ -89,7 +92,7 @@ def read_conntrack(appctl: Unixctl, dp: str, zones: Collection[int] = (), *,
         entries = _full(appctl, dp, flags)
     else:
         known = set(zones) | _ZONES.get(dp, frozenset()) | _HINT
-        _UNSWEPT[key] = 0
+        _UNSWEPT[key], _LONGEST[key] = 0, 0.0
         by_zone = _by_zone(appctl, dp, sorted(known), flags) if known else None
         if by_zone is None and known:  # one long hold of the forwarding thread: said
             log.info("ct_read.full_dump", event_kind="ct_full_dump", vswitchd_pid=appctl.pid,
@@ -102,6 +105,22 @@ def read_conntrack(appctl: Unixctl, dp: str, zones: Collection[int] = (), *,
     # connection may enter one before the next read).
     _ZONES[dp] = frozenset(e.zone for e in entries if isinstance(e, Conntrack)) | set(zones)
     return entries
+
+
+def longest_hold_s(pid: int | None) -> float:
+    """The longest single ``dump-conntrack`` call of the last read of each userspace
+    datapath of process *pid* (its wall time: a bound on how long it held the main
+    thread, and so forwarding on the ports that thread polls); 0 if none known."""
+    return max((v for (p, _dp), v in _LONGEST.items() if p == pid), default=0.0)
+
+
+def _dump(appctl: Unixctl, dp: str, *args: str) -> str:
+    """One ``dpctl/dump-conntrack`` call of a userspace datapath, its time kept."""
+    began = time.monotonic()
+    text = appctl("dpctl/dump-conntrack", *args)
+    key = (appctl.pid, dp)
+    _LONGEST[key] = max(_LONGEST.get(key, 0.0), time.monotonic() - began)
+    return text
 
 
 def unswept(appctl: Unixctl, dp: str) -> int:
@@ -149,7 +168,7 @@ def _by_zone(appctl: Unixctl, dp: str, zones: list[int], flags: tuple[str, ...]
         entries: list[Entry] = []
         for zone in zones:
             entries += appctl_parsers.parse_conntrack(
-                appctl("dpctl/dump-conntrack", *flags, dp, f"zone={zone}"))
+                _dump(appctl, dp, *flags, dp, f"zone={zone}"))
         after = _nconns(appctl, dp)
         if (unswept := _adds_up(appctl, dp, len(entries), before, after)) is not None:
             _UNSWEPT[key] = unswept
@@ -164,7 +183,7 @@ def _full_once(appctl: Unixctl, dp: str, flags: tuple[str, ...]) -> Sequence[Ent
     changes while it is read, e.g. entries expiring, is not read again: each read is a
     hold); :func:`_full` when it does not add up."""
     before = _nconns(appctl, dp)
-    entries = appctl_parsers.parse_conntrack(appctl("dpctl/dump-conntrack", *flags, dp))
+    entries = appctl_parsers.parse_conntrack(_dump(appctl, dp, *flags, dp))
     after = _nconns(appctl, dp)
     if (unswept := _adds_up(appctl, dp, len(entries), before, after)) is not None:
         _UNSWEPT[(appctl.pid, dp)] = unswept
@@ -174,7 +193,9 @@ def _full_once(appctl: Unixctl, dp: str, flags: tuple[str, ...]) -> Sequence[Ent
 
 def _full(appctl: Unixctl, dp: str, flags: tuple[str, ...]) -> Sequence[Entry]:
     def read() -> Sequence[Entry]:
-        return appctl_parsers.parse_conntrack(appctl("dpctl/dump-conntrack", *flags, dp))
+        if dp.startswith("system@"):  # the kernel's table: its dump holds no thread of ours
+            return appctl_parsers.parse_conntrack(appctl("dpctl/dump-conntrack", *flags, dp))
+        return appctl_parsers.parse_conntrack(_dump(appctl, dp, *flags, dp))
 
     return counted(read, lambda: visible_count(appctl, dp), f"conntrack of {dp}",
                    "dpctl/ct-stats-show")

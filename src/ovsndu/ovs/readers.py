@@ -122,6 +122,7 @@ class StateReader:
         self.pid = pid
         self.of_dir = Path(of_dir) if of_dir is not None else self.rundir  # OpenFlow sockets
         self.traffic_read_s = 0.0  # how long the last read of conntrack and FDB took
+        self.bridges: list[BridgeInfo] = []  # as the last snapshot read them
 
     def snapshot(self, *, traffic: bool | Mapping[str, Sequence[Entry]] = True,
                  openflow: Mapping[str, Sequence[Entry]] | None = None) -> Snapshot:
@@ -131,7 +132,7 @@ class StateReader:
         categories as already read by :meth:`openflow_known` with the same known rules)."""
         with Unixctl.for_daemon(self.rundir, pid=self.pid) as appctl, Ovsdb(self.db) as db:
             version = appctl("version").splitlines()[0].strip()
-            bridges = read_bridges(db)
+            bridges = self.bridges = read_bridges(db)
             cats: dict[str, list[Entry]] = {name: [] for name in CATEGORIES}
             self._known_hits.clear()
             self._flow_bridges.clear()
