@@ -33,9 +33,9 @@ Where a userspace bridge has ports its main thread polls (system, tap and dummy 
 not DPDK's, which PMD threads poll), every zone's dump is a silence of those ports as
 long as the call: the longest one of the last read, divided by ``hold_budget`` (1e-4:
 0.1 ms of silence a second), bounds the interval too.  One zone of 100k entries (a
-~250 ms hold) is then read every ~40 min instead of every ~110 s; zones of 12.5k (~40
-ms) every ~7 min.  ``ovsndu status`` shows the interval (``traffic_every_s``) and the
-hold (``traffic_hold_ms``).
+~250–320 ms dump) is then read every ~54 min instead of every ~110 s; zones of 12.5k
+(~65 ms) every ~11 min (``benchmarks.ct_hold --ct-zones Z``).  ``ovsndu status``
+shows the interval (``traffic_every_s``) and the hold (``traffic_hold_ms``).
 """
 
 from __future__ import annotations
