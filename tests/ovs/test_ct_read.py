@@ -96,7 +96,7 @@ def test_expired_entries_not_swept_yet_are_no_unknown_zone(sandbox: Sandbox) -> 
             wait_for(lambda: ct_read.visible_count(appctl, DP) == 20,  # zone 78's only
                      timeout=5.0, what="zone 77's entries expired")
             got = ct_read.read_conntrack(appctl, DP, zones=[77, 78])
-            if ct_read._nconns(appctl, DP) > len(got):  # still not swept: the case
+            if ct_read.nconns(appctl, DP) > len(got):  # still not swept: the case
                 break
         else:
             raise AssertionError("the sweeper always ran between expiry and read")

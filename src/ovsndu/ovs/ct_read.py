@@ -129,7 +129,9 @@ def unswept(appctl: Unixctl, dp: str) -> int:
     return _UNSWEPT.get((appctl.pid, dp), 0)
 
 
-def _nconns(appctl: Unixctl, dp: str) -> int:
+def nconns(appctl: Unixctl, dp: str) -> int:
+    """``dpctl/ct-get-nconns``: OVS's counter of *dp*'s entries (expired ones not
+    swept yet included); ParseError when it prints no number."""
     text = appctl("dpctl/ct-get-nconns", dp).strip()
     try:
         return int(text)
@@ -164,12 +166,12 @@ def _by_zone(appctl: Unixctl, dp: str, zones: list[int], flags: tuple[str, ...]
     (a zone not in *zones* holds entries) even read twice."""
     key = (appctl.pid, dp)
     for _ in range(2):
-        before = _nconns(appctl, dp)
+        before = nconns(appctl, dp)
         entries: list[Entry] = []
         for zone in zones:
             entries += appctl_parsers.parse_conntrack(
                 _dump(appctl, dp, *flags, dp, f"zone={zone}"))
-        after = _nconns(appctl, dp)
+        after = nconns(appctl, dp)
         if (unswept := _adds_up(appctl, dp, len(entries), before, after)) is not None:
             _UNSWEPT[key] = unswept
             return entries
@@ -182,9 +184,9 @@ def _full_once(appctl: Unixctl, dp: str, flags: tuple[str, ...]) -> Sequence[Ent
     """One full dump checked against ``ct-get-nconns`` before and after it (a table that
     changes while it is read, e.g. entries expiring, is not read again: each read is a
     hold); :func:`_full` when it does not add up."""
-    before = _nconns(appctl, dp)
+    before = nconns(appctl, dp)
     entries = appctl_parsers.parse_conntrack(_dump(appctl, dp, *flags, dp))
-    after = _nconns(appctl, dp)
+    after = nconns(appctl, dp)
     if (unswept := _adds_up(appctl, dp, len(entries), before, after)) is not None:
         _UNSWEPT[(appctl.pid, dp)] = unswept
         return entries

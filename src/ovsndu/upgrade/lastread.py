@@ -222,8 +222,8 @@ def read_until_stop(spec: VswitchdSpec, last: LastRead, tag: str, marks: dict[st
         if not last.frozen:  # what the table holds now that the read does not (a bound)
             # ct-get-nconns (a counter: no hold of forwarding right before the stop,
             # as ct-stats-show's walk would be), less what the read found expired.
-            held = sum(int(appctl("dpctl/ct-get-nconns", dp).strip() or 0)
-                       - ct_read.unswept(appctl, dp) for dp in dps)
+            held = sum(ct_read.nconns(appctl, dp) - ct_read.unswept(appctl, dp)
+                       for dp in dps)
             last.ct_missed = max(0, held - len(last.replaced["conntrack"]))
     stop_at = time.monotonic()
     os.kill(pid, signal.SIGSTOP)
